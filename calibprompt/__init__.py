@@ -1,0 +1,1 @@
+"""CalibPrompt: calibration-aware prompt learning for medical vision-language models."""
