@@ -1,1 +1,60 @@
-"""CalibPrompt: calibration-aware prompt learning for medical vision-language models."""
+"""CalibPrompt: calibration-aware prompt learning for medical vision-language models.
+
+The flat public API::
+
+    import calibprompt as cp
+
+    backbone = cp.load_backbone("biomedclip")          # or "tiny-random" offline
+    task = cp.load_task("covid")
+    engine = cp.Engine(backbone)
+    engine.add_zero_shot("zero-shot", task)
+    engine.add_prompt("calibprompt", "runs/calibprompt-seed1.json")
+    out = engine.predict([image])                        # {head: Prediction(probs, logits)}
+    cp.calibration_report(out["zero-shot"].probs, labels)
+"""
+from .checkpoint import load_prompt, read_prompt_metadata, save_prompt
+from .data import SUPPORTED_IMAGE_SUFFIXES, is_image_file, load_image
+from .devices import available_devices, resolve_device
+from .engine import Engine, Head, Prediction
+from .losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
+from .metrics import (
+    accuracy,
+    adaptive_calibration_error,
+    apply_temperature,
+    bootstrap_interval,
+    brier_score,
+    calibration_report,
+    classwise_ece,
+    ece_interval,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    maximum_calibration_error,
+    mean_confidence,
+    negative_log_likelihood,
+    reliability_bins,
+)
+from .models import (
+    BACKBONES,
+    Backbone,
+    BackboneSpec,
+    BackboneUnavailableError,
+    list_backbones,
+    load_backbone,
+    save_backbone,
+)
+from .prompt_learner import PromptLearner
+from .tasks import Task, list_tasks, load_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES", "Backbone", "BackboneSpec", "BackboneUnavailableError", "list_backbones", "load_backbone",
+    "save_backbone", "PromptLearner", "Engine", "Head", "Prediction", "Task", "list_tasks", "load_task",
+    "LOSSES", "METHODS", "get_loss", "get_method", "list_methods", "build_objective", "save_prompt",
+    "load_prompt", "read_prompt_metadata", "load_image", "is_image_file", "SUPPORTED_IMAGE_SUFFIXES",
+    "resolve_device", "available_devices", "accuracy", "expected_calibration_error", "maximum_calibration_error",
+    "adaptive_calibration_error", "classwise_ece", "negative_log_likelihood", "brier_score", "macro_f1",
+    "mean_confidence", "reliability_bins", "bootstrap_interval", "ece_interval", "calibration_report",
+    "fit_temperature", "apply_temperature", "__version__",
+]

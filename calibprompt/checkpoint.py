@@ -1,0 +1,91 @@
+"""Prompt checkpoints: the learned context vectors as safetensors, described by a JSON file beside them.
+
+``<stem>.safetensors`` holds one tensor, ``ctx``. ``<stem>.json`` holds everything needed to rebuild
+and to judge the prompt: the backbone it was learned on, the class names and prompt layout, and
+whatever the trainer adds (task, method, loss parameters, seed, shots, split files, metrics,
+timings). Both are written atomically, the JSON last, so a checkpoint with a JSON file is complete.
+Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .fileio import atomic_write, atomic_write_json
+from .prompt_learner import PromptLearner
+
+__all__ = ["FORMAT", "save_prompt", "read_prompt_metadata", "load_prompt", "checkpoint_paths"]
+
+FORMAT = "calibprompt-prompt/1"
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(weights, metadata)`` paths for a checkpoint given by stem, .json or .safetensors path."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_prompt(path: str | os.PathLike, learner: PromptLearner, *, backbone: str,
+                metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``learner``'s context and description; returns the JSON path."""
+    weights, meta_path = checkpoint_paths(path)
+    ctx = learner.ctx.detach().to("cpu", torch.float32).contiguous()
+    atomic_write(weights, lambda tmp: save_file({"ctx": ctx}, tmp))
+    meta = {"format": FORMAT, "backbone": backbone, **learner.config(), "ctx_shape": list(ctx.shape)}
+    meta.update(dict(metadata or {}))
+    meta["weights"] = weights.name
+    atomic_write_json(meta_path, meta)
+    return meta_path
+
+
+def read_prompt_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description of a checkpoint (``ValueError`` if it is missing or not one of ours)."""
+    _, meta_path = checkpoint_paths(path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"No prompt checkpoint at {meta_path} (expected a .json file beside the .safetensors).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Cannot read the prompt checkpoint {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a CalibPrompt prompt checkpoint (format {FORMAT!r}).")
+    return meta
+
+
+def load_prompt(path: str | os.PathLike, backbone, *, check_backbone: bool = True) -> tuple[PromptLearner, dict[str, Any]]:
+    """Rebuild the :class:`PromptLearner` of a checkpoint on ``backbone``; returns it with the metadata.
+
+    Raises:
+        ValueError: missing or damaged files, or a checkpoint learned on another backbone.
+    """
+    meta = read_prompt_metadata(path)
+    weights, _ = checkpoint_paths(path)
+    if check_backbone and meta.get("backbone") != backbone.name:
+        raise ValueError(
+            f"This prompt was learned on the backbone {meta.get('backbone')!r}, but the loaded backbone is "
+            f"{backbone.name!r}; load {meta.get('backbone')!r} to use it."
+        )
+    try:
+        ctx = load_file(str(weights))["ctx"]
+    except (FileNotFoundError, SafetensorError, KeyError, OSError) as exc:
+        raise ValueError(f"Cannot read the context vectors {weights}: {exc}") from exc
+    learner = PromptLearner(
+        backbone, meta["classnames"], n_ctx=int(meta["n_ctx"]), ctx_init=meta.get("ctx_init"),
+        class_specific=bool(meta.get("class_specific", False)),
+        class_token_position=meta.get("class_token_position", "end"),
+    )
+    if tuple(ctx.shape) != tuple(learner.ctx.shape):
+        raise ValueError(
+            f"The context in {weights.name} has shape {tuple(ctx.shape)}, but this backbone's prompt needs "
+            f"{tuple(learner.ctx.shape)}; it was learned on a different architecture."
+        )
+    with torch.no_grad():
+        learner.ctx.copy_(ctx.to(learner.ctx.device, learner.ctx.dtype))
+    return learner, meta

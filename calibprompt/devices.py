@@ -1,0 +1,48 @@
+"""Choosing the torch device: ``auto`` means CUDA, then Apple's MPS, then the CPU."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DEVICE_CHOICES", "resolve_device", "available_devices"]
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available_devices() -> list[str]:
+    """The device names usable on this machine, best first (always ends with ``"cpu"``)."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if _mps_available():
+        found.append("mps")
+    return found + ["cpu"]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Turn ``None``/``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"``/``"mps"`` into a usable device.
+
+    Raises:
+        ValueError: for an unknown name, or a device this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    kind = name.split(":", 1)[0]
+    if kind not in DEVICE_CHOICES:
+        raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N').")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine; choose 'auto' or 'cpu'.")
+    if kind == "mps" and not _mps_available():
+        raise ValueError("Apple MPS is not available on this machine; choose 'auto' or 'cpu'.")
+    if kind == "cuda" and ":" in name:
+        index = int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return torch.device(name)

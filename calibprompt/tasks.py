@@ -1,0 +1,167 @@
+"""Classification tasks: class names, zero-shot templates and the paper's hyperparameters.
+
+A task file (JSON, in the repository's ``prompts/`` folder, or anywhere) looks like::
+
+    {"name": "kather", "title": "...", "modality": "histopathology",
+     "classes": [{"id": "ADI", "name": "adipose tissue", "display": "Adipose"}, ...],
+     "templates": ["An H&E image of {}."],
+     "calibprompt": {"plip": {"alpha": 0.05, "beta": 0.01}, "quiltnet": {"alpha": 0.01, "beta": 1.0}}}
+
+``id`` is the class folder name on disk, ``name`` the words put into prompts, ``display`` what the
+app shows. Classes are listed in the order of their labels (the folders' alphabetical order, as in
+the reference code). ``calibprompt`` holds CalibPrompt's alpha (LS = SMAC) and beta (AS weight) per
+backbone family, from the paper's table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["TaskClass", "Task", "PROMPTS_DIR", "list_tasks", "load_task", "DEFAULT_TEMPLATES"]
+
+PROMPTS_DIR = Path(os.environ.get("CALIBPROMPT_PROMPTS_DIR", Path(__file__).resolve().parent.parent / "prompts"))
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass(frozen=True)
+class TaskClass:
+    id: str
+    name: str
+    display: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task (see the module docstring for the file format)."""
+
+    name: str
+    classes: tuple[TaskClass, ...]
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    title: str = ""
+    modality: str = ""
+    description: str = ""
+    source: str = ""
+    paper_hparams: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self):
+        if len(self.classes) < 2:
+            raise ValueError(f"Task {self.name!r} needs at least 2 classes, got {len(self.classes)}.")
+        for key, values in (("id", [c.id for c in self.classes]), ("name", [c.name for c in self.classes])):
+            if len(set(values)) != len(values):
+                raise ValueError(f"Task {self.name!r}: class {key}s must be distinct, got {values}.")
+        if not self.templates:
+            raise ValueError(f"Task {self.name!r} needs at least one template.")
+        for template in self.templates:
+            if template.count("{}") != 1:
+                raise ValueError(f"Task {self.name!r}: template {template!r} must contain '{{}}' exactly once.")
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names as used in prompts, in label order."""
+        return [c.name for c in self.classes]
+
+    @property
+    def class_ids(self) -> list[str]:
+        """Class folder names, in label order."""
+        return [c.id for c in self.classes]
+
+    @property
+    def display_names(self) -> list[str]:
+        return [c.display for c in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prompts_for(self, classname: str) -> list[str]:
+        """The zero-shot prompts of one class: every template filled with its name."""
+        return [t.format(classname) for t in self.templates]
+
+    def hyperparameters(self, backbone_family: str) -> dict[str, float]:
+        """CalibPrompt's alpha/beta for a backbone family from the paper (empty when not given)."""
+        return dict(self.paper_hparams.get(backbone_family, {}))
+
+    def label_of(self, class_id_or_name: str) -> int:
+        """Label index of a class given by folder id, prompt name or display name (case-insensitive)."""
+        key = class_id_or_name.strip().lower()
+        for index, c in enumerate(self.classes):
+            if key in (c.id.lower(), c.name.lower(), c.display.lower()):
+                return index
+        raise ValueError(f"Class {class_id_or_name!r} is not in task {self.name!r}; its classes: {', '.join(self.class_ids)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "title": self.title, "modality": self.modality, "description": self.description,
+            "source": self.source,
+            "classes": [{"id": c.id, "name": c.name, "display": c.display} for c in self.classes],
+            "templates": list(self.templates),
+            "calibprompt": {k: dict(v) for k, v in self.paper_hparams.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str | None = None) -> "Task":
+        where = f" in {path}" if path else ""
+        try:
+            raw_classes = data["classes"]
+            name = str(data["name"])
+        except KeyError as exc:
+            raise ValueError(f"Task file{where} lacks the key {exc.args[0]!r} (needs 'name' and 'classes').") from None
+        classes = []
+        for entry in raw_classes:
+            if isinstance(entry, str):
+                entry = {"id": entry}
+            if not isinstance(entry, Mapping) or "id" not in entry:
+                raise ValueError(f"Task file{where}: each class needs an 'id' (its folder name), got {entry!r}.")
+            cid = str(entry["id"])
+            cname = str(entry.get("name") or cid.replace("_", " "))
+            classes.append(TaskClass(cid, cname, str(entry.get("display") or cname)))
+        hparams = {
+            str(family): {str(k): float(v) for k, v in values.items()}
+            for family, values in (data.get("calibprompt") or {}).items()
+        }
+        return cls(
+            name=name, classes=tuple(classes), templates=tuple(data.get("templates") or DEFAULT_TEMPLATES),
+            title=str(data.get("title", "")), modality=str(data.get("modality", "")),
+            description=str(data.get("description", "")), source=str(data.get("source", "")),
+            paper_hparams=hparams, path=path,
+        )
+
+    @classmethod
+    def from_classnames(cls, classnames: Sequence[str], templates: Sequence[str] | None = None,
+                        name: str = "custom") -> "Task":
+        """A task from class names typed by a user (the name doubles as id and display name)."""
+        names = [" ".join(str(c).split()) for c in classnames]
+        names = [n for n in names if n]
+        return cls(name=name, classes=tuple(TaskClass(n, n, n) for n in names),
+                   templates=tuple(templates or DEFAULT_TEMPLATES))
+
+
+def list_tasks(prompts_dir: str | os.PathLike | None = None) -> list[str]:
+    """Names of the task files in ``prompts/``."""
+    folder = Path(prompts_dir or PROMPTS_DIR)
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def load_task(name_or_path: str | os.PathLike, prompts_dir: str | os.PathLike | None = None) -> Task:
+    """Load a task by name (``"kather"``, ``"covid"``, ...) or from a JSON file path."""
+    if isinstance(name_or_path, Task):
+        return name_or_path
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" and candidate.is_file():
+        path = candidate
+    else:
+        path = Path(prompts_dir or PROMPTS_DIR) / f"{name_or_path}.json"
+        if not path.is_file():
+            known = ", ".join(list_tasks(prompts_dir)) or "none found"
+            raise ValueError(f"Unknown task {str(name_or_path)!r}; choose one of: {known} (or give a task .json file).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Cannot read the task file {path}: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"The task file {path} must hold a JSON object.")
+    return Task.from_dict(data, path=str(path))
