@@ -13,9 +13,23 @@ The flat public API::
     cp.calibration_report(out["zero-shot"].probs, labels)
 """
 from .checkpoint import load_prompt, read_prompt_metadata, save_prompt
-from .data import SUPPORTED_IMAGE_SUFFIXES, is_image_file, load_image
+from .compare import run_comparison, summarize
+from .data import (
+    SUPPORTED_IMAGE_SUFFIXES,
+    Dataset,
+    LabeledImages,
+    extract_zip,
+    few_shot_split,
+    is_image_file,
+    load_dataset,
+    load_image,
+    sample_few_shot,
+)
 from .devices import available_devices, resolve_device
 from .engine import Engine, Head, Prediction
+from .evaluation import Evaluation, evaluate_head, evaluate_probs
+from .features import FeatureCache
+from .jobs import JobRunner, TrainJob, open_dataset, run_train_job
 from .losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
 from .metrics import (
     accuracy,
@@ -44,7 +58,9 @@ from .models import (
     save_backbone,
 )
 from .prompt_learner import PromptLearner
+from .store import RunRecord, RunStore
 from .tasks import Task, list_tasks, load_task
+from .trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
 
 __version__ = "0.1.0"
 
@@ -56,5 +72,8 @@ __all__ = [
     "resolve_device", "available_devices", "accuracy", "expected_calibration_error", "maximum_calibration_error",
     "adaptive_calibration_error", "classwise_ece", "negative_log_likelihood", "brier_score", "macro_f1",
     "mean_confidence", "reliability_bins", "bootstrap_interval", "ece_interval", "calibration_report",
-    "fit_temperature", "apply_temperature", "__version__",
+    "fit_temperature", "apply_temperature", "Dataset", "LabeledImages", "load_dataset", "few_shot_split",
+    "sample_few_shot", "extract_zip", "FeatureCache", "TrainConfig", "StepInfo", "TrainingCancelled", "train_prompts",
+    "Evaluation", "evaluate_probs", "evaluate_head", "RunStore", "RunRecord", "TrainJob", "JobRunner",
+    "run_train_job", "open_dataset", "run_comparison", "summarize", "__version__",
 ]

@@ -85,6 +85,200 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _loss_params(args: argparse.Namespace) -> dict[str, float]:
+    return {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .jobs import TrainJob, run_train_job
+    from .store import RunStore
+
+    job = TrainJob(model=args.model, dataset=args.dataset, task=args.task, shots=args.shots, seed=args.seed,
+                   method=args.method, epochs=args.epochs, loss_params=_loss_params(args), device=args.device,
+                   n_views=args.views, n_bins=args.bins)
+    store = RunStore()
+    bar = None
+
+    def on_step(info):
+        nonlocal bar
+        if bar is None:
+            bar = _progress_bar(info.total_steps, f"{job.method} seed {job.seed}")
+        bar.update(1)
+        bar.set_postfix(epoch=f"{info.epoch}/{info.epochs}", loss=f"{info.loss:.3f}", lr=f"{info.lr:.1e}")
+
+    try:
+        record = run_train_job(job, store, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(record.to_dict(), indent=2))
+        return 0 if record.status == "done" else 1
+    print(f"run {record.id}: {record.status}")
+    if record.status == "done":
+        m = record.metrics
+        print(f"accuracy {m['accuracy']:.4f}  ECE {m['ece']:.4f}  MCE {m['mce']:.4f}  ACE {m['ace']:.4f}  "
+              f"NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  ({m['test_images']} test images, "
+              f"{m['train_seconds']:.1f} s training)")
+        print(f"checkpoint: {record.checkpoint}")
+    return 0 if record.status == "done" else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.datasets import few_shot_split
+    from .engine import Engine
+    from .evaluation import evaluate_head
+    from .features import FeatureCache
+    from .jobs import open_dataset
+    from .models import load_backbone
+    from .store import RunStore
+
+    store = RunStore()
+    checkpoint, defaults = args.checkpoint, {}
+    if args.run:
+        record = store.get_run(args.run)
+        if record.status != "done" or not record.checkpoint:
+            raise ValueError(f"Run {args.run} is {record.status}; only a done run has a checkpoint to evaluate.")
+        checkpoint, defaults = record.checkpoint, record.params
+    model = args.model or defaults.get("model")
+    dataset = args.dataset or defaults.get("dataset")
+    if not model or not dataset:
+        raise ValueError("Give --model and --dataset (or --run ID to reuse a run's).")
+    task, ds = open_dataset(dataset, args.task or defaults.get("task"))
+    shots = args.shots if args.shots is not None else defaults.get("shots", 8)
+    seed = args.seed if args.seed is not None else defaults.get("seed", 1)
+    _, test = few_shot_split(ds, shots, seed)
+    backbone = load_backbone(model, device=args.device)
+    engine = Engine(backbone)
+    head = "zero-shot"
+    if checkpoint:
+        head = "prompt"
+        engine.add_prompt(head, checkpoint)
+    else:
+        engine.add_zero_shot(head, task)
+    params = {"model": model, "dataset": str(dataset), "task": task.name, "head": checkpoint or "zero-shot",
+              "shots": shots, "seed": seed}
+    run_id = store.create_run("evaluate", params, slug="eval")
+    store.start_run(run_id, str(backbone.device))
+    try:
+        feats = FeatureCache(backbone).plain(test.paths)
+        result = evaluate_head(engine, head, feats, test.labels, [str(p) for p in test.paths], task.classnames,
+                               n_bins=args.bins)
+        store.finish_run(run_id, result.report, None, result.rows)
+    except BaseException as exc:
+        store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    if args.csv:
+        _write_csv(args.csv, [{k: v for k, v in r.items() if k != "probs"} | {
+            f"p_{c}": p for c, p in zip(task.class_ids, r["probs"])} for r in result.rows])
+    if args.json:
+        _write_json(args.json, {"run_id": run_id, "report": result.report, "rows": result.rows})
+    r = result.report
+    print(f"{run_id}: {len(test)} images, accuracy {r['accuracy']:.4f}, ECE {r['ece']:.4f} "
+          f"(95% {r['intervals']['ece'][0]:.4f}-{r['intervals']['ece'][1]:.4f}), MCE {r['mce']:.4f}, "
+          f"ACE {r['ace']:.4f}, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else ""
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import RunStore
+
+    records = RunStore().list_runs(status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    rows = []
+    for r in records:
+        m = r.metrics or {}
+        rows.append({"id": r.id, "kind": r.kind, "status": r.status, "method": r.params.get("method", ""),
+                     "model": r.params.get("model", ""), "seed": r.params.get("seed", ""),
+                     "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece"))})
+    _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece"])
+    return 0
+
+
+def _write_json(path: str, data) -> None:
+    from .fileio import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    from .fileio import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import ROW_FIELDS, parse_methods, run_comparison, summarize
+
+    methods = parse_methods(args.methods)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, e.g. 1,2,3; got {args.seeds!r}.") from None
+    if not seeds:
+        raise ValueError("Give at least one seed, e.g. --seeds 1,2,3.")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", file=sys.stderr, leave=False)
+
+    def on_result(row):
+        bar.update(1)
+        bar.set_postfix(method=row["method"], seed=row["seed"], acc=f"{row['accuracy']:.3f}", ece=f"{row['ece']:.3f}")
+
+    try:
+        rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task, shots=args.shots,
+                              epochs=args.epochs, n_bins=args.bins, device=args.device,
+                              loss_params=_loss_params(args), on_result=on_result)
+    finally:
+        bar.close()
+    table = summarize(rows)
+    if args.json:
+        _write_json(args.json, [{k: r[k] for k in ROW_FIELDS} for r in rows])
+    if args.csv:
+        _write_csv(args.csv, [{k: r[k] for k in ROW_FIELDS} for r in rows])
+    print(f"{args.model} on {args.dataset}: {args.shots} shots, seeds {','.join(map(str, seeds))}, "
+          f"{args.epochs} epochs (mean +- std over seeds; accuracy, ECE, MCE, ACE in %)")
+    pretty = []
+    for t in table:
+        entry = {"method": t["method"]}
+        for key, label in (("accuracy", "acc"), ("ece", "ECE"), ("mce", "MCE"), ("ace", "ACE")):
+            entry[label] = f"{100 * t[key + '_mean']:.2f} +- {100 * t[key + '_std']:.2f}"
+        entry["NLL"] = f"{t['nll_mean']:.3f} +- {t['nll_std']:.3f}"
+        entry["Brier"] = f"{t['brier_mean']:.3f} +- {t['brier_std']:.3f}"
+        entry["conf"] = f"{100 * t['mean_confidence_mean']:.1f}"
+        pretty.append(entry)
+    _print_table(pretty, ["method", "acc", "ECE", "MCE", "ACE", "NLL", "Brier", "conf"])
+    return 0
+
+
+def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, help="backbone name (calibprompt backbones), hf-hub: id or folder")
+    p.add_argument("--dataset", required=model_required,
+                   help="a folder (class folders, train/test, images/train|test + classnames.txt) or CSV, or a task name")
+    p.add_argument("--task", help="task name or .json file supplying class names and templates")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calibprompt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
@@ -108,6 +302,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    from .losses import list_methods
+
+    p = sub.add_parser("train", help="learn a prompt on a few shots (the paper's protocol by default)")
+    _add_job_arguments(p)
+    p.add_argument("--shots", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--method", default="calibprompt", choices=list_methods())
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--alpha", type=float, help="LS/SMAC smoothing (default: the paper's value for the task)")
+    p.add_argument("--beta", type=float, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
+    p.add_argument("--views", type=int, default=10, help="cached augmented views per training image")
+    p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="calibration report of zero-shot or a learned prompt on a test split")
+    _add_job_arguments(p, model_required=False)
+    p.add_argument("--checkpoint", help="prompt checkpoint (.json); default: zero-shot")
+    p.add_argument("--run", help="evaluate a stored run's checkpoint (its model, dataset and split by default)")
+    p.add_argument("--shots", type=int, help="shots of the split whose test part is used (default 8)")
+    p.add_argument("--seed", type=int, help="seed of that split (default 1)")
+    p.add_argument("--json", help="write the report and per-image rows to this JSON file")
+    p.add_argument("--csv", help="write the per-image rows to this CSV file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list the run store")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", help="only runs with this status")
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="several methods over several seeds: a paper-style table")
+    _add_job_arguments(p)
+    p.add_argument("--shots", type=int, default=8)
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--methods", default="zeroshot,coop,calibprompt",
+                   help="comma-separated: zeroshot, " + ", ".join(list_methods()))
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--json", help="write one row per method and seed to this JSON file")
+    p.add_argument("--csv", help="write the same rows as CSV")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

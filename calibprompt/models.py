@@ -283,6 +283,20 @@ class Backbone:
         return float(self.model.logit_scale.detach().exp().item())
 
     @property
+    def fingerprint(self) -> str:
+        """A short hash of the name and of samples of the weights: tells caches two models apart."""
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+
+            digest = hashlib.blake2b(self.name.encode(), digest_size=16)
+            params = list(self.model.state_dict().items())
+            for key, tensor in params[:3] + params[-3:]:
+                digest.update(key.encode())
+                digest.update(tensor.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    @property
     def embed_dim(self) -> int:
         return int(self.encode_text(["a"]).shape[1])
 

@@ -44,6 +44,7 @@ class PromptLearner(nn.Module):
         class_specific: one context per class (CSC) instead of one shared by all classes.
         class_token_position: ``"end"``, ``"middle"`` or ``"front"``.
         generator: optional ``torch.Generator`` for the random initialisation.
+        trim: cut the padded tail of the prompts (exact; ``False`` only to measure what it saves).
 
     ``forward()`` returns the prompt embeddings (K, L, W); :meth:`encode_text` the class text
     features (K, D).
@@ -51,7 +52,7 @@ class PromptLearner(nn.Module):
 
     def __init__(self, backbone, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str | None = None,
                  class_specific: bool = False, class_token_position: str = "end",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, trim: bool = True):
         super().__init__()
         if class_token_position not in CLASS_TOKEN_POSITIONS:
             raise ValueError(
@@ -97,7 +98,8 @@ class PromptLearner(nn.Module):
                 f"The prompts do not fit the text encoder's context of {tower.context_length} tokens; "
                 "use fewer context vectors or shorter class names."
             )
-        ids = tower.trim(tower.tokenize(prompts))
+        ids = tower.tokenize(prompts)
+        ids = tower.trim(ids) if trim else ids
         name_lens = [tower.content_length(tower.tokenize([name])) - 2 for name in classnames]
         with torch.no_grad():
             embedding = tower.embed_tokens(ids)

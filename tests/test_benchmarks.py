@@ -22,3 +22,12 @@ def test_inference_latency_writes_its_contract(tmp_path):
     result = json.loads(out.read_text())
     assert {"backbone", "ratio", "images_per_second", "zero_shot_seconds", "three_heads_seconds"} <= set(result)
     assert result["ratio"] > 0
+
+
+def test_train_speed_writes_its_contract(tmp_path):
+    out = tmp_path / "speed.json"
+    assert _load("train_speed").main(["--backbone", "tiny-random", "--epochs", "2", "--views", "2",
+                                      "--test-per-class", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"backbone", "speedup", "seconds", "reference_seconds", "accuracy", "reference_accuracy"} <= set(result)
+    assert result["speedup"] > 0 and 0 <= result["accuracy"] <= 1

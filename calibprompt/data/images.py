@@ -1,11 +1,7 @@
-"""Data loading for CalibPrompt.
-
-Sections
---------
-* Image loading -- :func:`load_image` turns whatever a clinician or a dataset
-  hands us (a path, uploaded bytes, a file object, a numpy array, a PIL image,
-  a DICOM file) into an 8-bit RGB :class:`PIL.Image.Image`, or raises a
-  :class:`ValueError` whose message says what went wrong and what to do.
+"""Image loading: :func:`load_image` turns whatever a clinician or a dataset hands us (a path,
+uploaded bytes, a file object, a numpy array, a PIL image, a DICOM file) into an 8-bit RGB
+:class:`PIL.Image.Image`, or raises a :class:`ValueError` whose message says what went wrong and
+what to do.
 """
 
 from __future__ import annotations

@@ -1,0 +1,100 @@
+"""Paper-style comparisons: several methods over several seeds on one backbone and dataset.
+
+Each (seed, method) is a stored training run (zero-shot is evaluated on the same seed's test split),
+so every prompt a comparison learns is available in the app afterwards. :func:`summarize` reduces
+the rows to mean and standard deviation per method, as in the paper's tables.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any, Callable, Sequence
+
+from .data.datasets import few_shot_split
+from .features import FeatureCache
+from .jobs import TrainJob, evaluate_zero_shot, open_dataset, run_train_job
+from .losses import get_method
+from .models import load_backbone
+from .store import RunStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ROW_FIELDS", "METRIC_FIELDS", "parse_methods", "run_comparison", "summarize"]
+
+METRIC_FIELDS = ("accuracy", "ece", "mce", "ace", "nll", "brier", "mean_confidence")
+ROW_FIELDS = ("method", "seed") + METRIC_FIELDS + ("train_seconds",)
+ZERO_SHOT = "zeroshot"
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``"zeroshot,coop,calibprompt"`` -> validated method names (``zero-shot`` is accepted too)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    methods = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        if item in ("zeroshot", "zero-shot", "zero_shot", "zs"):
+            item = ZERO_SHOT
+        else:
+            item = get_method(item).name  # ValueError names the methods
+        if item not in methods:
+            methods.append(item)
+    if not methods:
+        raise ValueError("Name at least one method, e.g. --methods zeroshot,coop,calibprompt.")
+    return methods
+
+
+def _row(method: str, seed: int, metrics: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+    return {"method": method, "seed": seed, **{k: float(metrics[k]) for k in METRIC_FIELDS},
+            "train_seconds": float(train_seconds)}
+
+
+def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequence[int], *, task: str | None = None,
+                   shots: int = 8, epochs: int = 50, n_bins: int = 10, device: str = "auto",
+                   loss_params: dict[str, float] | None = None, store: RunStore | None = None,
+                   on_result: Callable[[dict[str, Any]], None] | None = None, n_boot: int = 200) -> list[dict[str, Any]]:
+    """Train and evaluate every method on every seed; returns one row per (method, seed) with the
+    fields of :data:`ROW_FIELDS` (fractions, not percent)."""
+    store = store or RunStore()
+    backbone = load_backbone(model, device=device)
+    task_obj, ds = open_dataset(dataset, task)
+    cache = FeatureCache(backbone)
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        for method in methods:
+            if method == ZERO_SHOT:
+                _, test = few_shot_split(ds, shots, seed)
+                evaluation = evaluate_zero_shot(backbone, task_obj, test, cache, n_bins=n_bins, n_boot=n_boot)
+                row = _row(method, seed, evaluation.report, 0.0)
+            else:
+                params = {k: v for k, v in (loss_params or {}).items() if k in get_method(method).task_params}
+                job = TrainJob(model=model, dataset=dataset, task=task, shots=shots, seed=seed, method=method,
+                               epochs=epochs, loss_params=params, device=str(backbone.device), n_bins=n_bins)
+                record = run_train_job(job, store, backbone=backbone, n_boot=n_boot)
+                if record.status != "done":
+                    raise RuntimeError(f"Run {record.id} ended {record.status}: {record.error}")
+                row = _row(method, seed, record.metrics, record.metrics.get("train_seconds", 0.0))
+                row["run_id"] = record.id
+            rows.append(row)
+            if on_result is not None:
+                on_result(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per method, in first-seen method order:
+    ``{"method", "seeds", "<metric>_mean", "<metric>_std", ...}`` (std 0 for a single seed)."""
+    order: list[str] = []
+    for row in rows:
+        if row["method"] not in order:
+            order.append(row["method"])
+    table = []
+    for method in order:
+        group = [r for r in rows if r["method"] == method]
+        entry: dict[str, Any] = {"method": method, "seeds": len(group)}
+        for key in METRIC_FIELDS + ("train_seconds",):
+            values = [float(r[key]) for r in group]
+            entry[f"{key}_mean"] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        table.append(entry)
+    return table

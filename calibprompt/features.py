@@ -1,0 +1,164 @@
+"""Image features computed once and kept on disk.
+
+The encoders are frozen, so an image's features never change for a given backbone. For training
+images the cache holds a fixed number of augmented views (the paper's random resized crop, scale
+0.08-1, and horizontal flip, then the model's own normalisation), each view seeded by the image's
+content hash and its index, so view ``v`` of an image is the same picture on every run and machine;
+for test images it holds the plain preprocessed view. Prompt-tuning steps then run only the text
+side, and every method and seed reuses the same features.
+
+Layout: ``<features_dir>/<backbone key>/<hash[:2]>/<hash>.safetensors`` with tensors ``plain``
+(D,) and ``aug`` (V, D), where the backbone key names the backbone, a fingerprint of its weights and
+the augmentation recipe, and ``hash`` is the SHA-256 of the image file's bytes. Files are written
+atomically; a damaged file is recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torchvision import transforms as T
+
+from .data import load_image
+from .fileio import atomic_write
+from .paths import features_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureCache", "train_transform", "file_hash", "AUGMENTATION"]
+
+AUGMENTATION = {"crop_scale": (0.08, 1.0), "flip": True, "version": 1}
+_CHUNK_BYTES = 1 << 20
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (the cache key of an image)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find(transform, kind):
+    for t in getattr(transform, "transforms", [transform]):
+        if isinstance(t, kind):
+            return t
+    return None
+
+
+def train_transform(preprocess) -> T.Compose:
+    """The paper's training augmentation built around a backbone's own test-time ``preprocess``:
+    random resized crop (scale 0.08-1, bicubic) to the model's input size, horizontal flip, and the
+    model's normalisation."""
+    crop = _find(preprocess, T.CenterCrop)
+    norm = _find(preprocess, T.Normalize)
+    if crop is None or norm is None:
+        raise ValueError("Cannot derive a training augmentation: the backbone's preprocessing lacks CenterCrop/Normalize.")
+    size = crop.size if isinstance(crop.size, (tuple, list)) else (crop.size, crop.size)
+    return T.Compose([
+        T.RandomResizedCrop(tuple(size), scale=AUGMENTATION["crop_scale"], interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(norm.mean, norm.std),
+    ])
+
+
+def _view_seed(key: str, view: int) -> int:
+    return int(hashlib.blake2b(f"{key}:{view}".encode(), digest_size=8).hexdigest(), 16) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class FeatureCache:
+    """Image features of one backbone, cached on disk (see the module docstring).
+
+    Args:
+        backbone: a :class:`calibprompt.models.Backbone`.
+        root: cache folder (default ``$CALIBPROMPT_HOME/features``).
+        batch_size: images per image-encoder call.
+
+    ``encoded`` counts the images (or views) that went through the image encoder, ``hits`` those
+    served from disk, so callers and tests can see that a second run computes nothing.
+    """
+
+    def __init__(self, backbone, root: str | os.PathLike | None = None, batch_size: int = 64):
+        self.backbone = backbone
+        self.batch_size = int(batch_size)
+        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone.name).strip("_")[:60] or "backbone"
+        self.folder = Path(root or features_dir()) / f"{safe_name}-{backbone.fingerprint[:12]}-aug{AUGMENTATION['version']}"
+        self._augment = train_transform(backbone.preprocess)
+        self.encoded = 0
+        self.hits = 0
+
+    def _file(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def _read(self, key: str) -> dict[str, torch.Tensor]:
+        path = self._file(key)
+        if not path.is_file():
+            return {}
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            logger.warning("Recomputing the damaged feature file %s (%s)", path, exc)
+            return {}
+
+    def _write(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        data = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+        atomic_write(self._file(key), lambda tmp: save_file(data, tmp))
+
+    def plain(self, paths: Sequence[str | os.PathLike], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Features (N, D) of the plain preprocessed images (test-time view)."""
+        keys = [file_hash(p) for p in paths]
+        stored = {k: self._read(k) for k in dict.fromkeys(keys)}
+        todo = [(k, p) for k, p in dict(zip(keys, paths)).items() if "plain" not in stored[k]]
+        self.hits += len(keys) - len(todo)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            pixels = self.backbone.preprocess_images([load_image(p) for _, p in chunk])
+            feats = self.backbone.encode_pixels(pixels, normalize=True, batch_size=self.batch_size)
+            self.encoded += len(chunk)
+            for (key, _), feat in zip(chunk, feats):
+                stored[key]["plain"] = feat
+                self._write(key, stored[key])
+            if progress:
+                progress(min(start + len(chunk), len(todo)), len(todo))
+        return torch.stack([stored[k]["plain"] for k in keys])
+
+    def augmented(self, paths: Sequence[str | os.PathLike], n_views: int,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Features (N, n_views, D) of ``n_views`` seeded augmented views of each image."""
+        if n_views < 1:
+            raise ValueError(f"n_views must be at least 1, got {n_views}.")
+        keys = [file_hash(p) for p in paths]
+        stored = {k: self._read(k) for k in dict.fromkeys(keys)}
+        have = {k: (stored[k]["aug"].shape[0] if "aug" in stored[k] else 0) for k in stored}
+        todo = [(k, p) for k, p in dict(zip(keys, paths)).items() if have[k] < n_views]
+        self.hits += sum(min(have[k], n_views) for k in keys)
+        per_chunk = max(1, self.batch_size // n_views)
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start:start + per_chunk]
+            views, owners = [], []
+            for key, path in chunk:
+                image = load_image(path)
+                for v in range(have[key], n_views):
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(_view_seed(key, v))
+                        views.append(self._augment(image))
+                    owners.append(key)
+            feats = self.backbone.encode_pixels(torch.stack(views), normalize=True, batch_size=self.batch_size)
+            self.encoded += len(views)
+            for key, _ in chunk:
+                new = feats[[i for i, owner in enumerate(owners) if owner == key]]
+                old = stored[key].get("aug")
+                stored[key]["aug"] = new if old is None else torch.cat([old, new])
+                self._write(key, stored[key])
+            if progress:
+                progress(min(start + len(chunk), len(todo)), len(todo))
+        return torch.stack([stored[k]["aug"][:n_views] for k in keys])

@@ -1,0 +1,49 @@
+"""Where CalibPrompt keeps its data: ``$CALIBPROMPT_HOME`` (default ``~/.calibprompt``).
+
+Everything the app or the CLI writes (the run store, prompt checkpoints, feature caches, generated
+and uploaded datasets) lives below this folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "inside"]
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """The data directory (created if missing)."""
+    root = Path(override or os.environ.get("CALIBPROMPT_HOME") or Path.home() / ".calibprompt").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve()
+
+
+def _sub(name: str, override: str | os.PathLike | None) -> Path:
+    path = data_dir(override) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir(override: str | os.PathLike | None = None) -> Path:
+    return _sub("runs", override)
+
+
+def features_dir(override: str | os.PathLike | None = None) -> Path:
+    return _sub("features", override)
+
+
+def datasets_dir(override: str | os.PathLike | None = None) -> Path:
+    return _sub("datasets", override)
+
+
+def uploads_dir(override: str | os.PathLike | None = None) -> Path:
+    return _sub("uploads", override)
+
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` resolves to a location inside ``folder`` (symlinks resolved)."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False

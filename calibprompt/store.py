@@ -1,0 +1,716 @@
+"""The run store: training jobs and evaluations in one SQLite database (``<data dir>/runs.db``).
+
+Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version`` so later versions can migrate):
+
+``runs``
+    ``id`` (``20261129-161530-coop-s1-3fa2``: UTC creation time, a short slug, 4 random hex digits),
+    ``kind`` (``train`` | ``evaluate``), ``status`` (see :data:`STATUSES`), ``created_at``,
+    ``started_at``, ``finished_at`` (ISO-8601 UTC), ``params`` (JSON object), ``metrics`` (JSON, NULL
+    until done), ``progress`` (JSON, the latest snapshot), ``checkpoint`` (absolute path of the
+    checkpoint's JSON file, NULL unless done), ``error``, ``device``, and the owning process:
+    ``pid``, ``host`` and ``pid_start`` (an internal marker of when that process started, used to
+    tell a live owner from a later process that happens to reuse its pid). A queued run is owned by
+    the process that created it; :meth:`RunStore.start_run` hands it to the process that runs it.
+``predictions``
+    one row per evaluated image of a finished run: ``run_id``, ``idx``, ``path``, ``label``,
+    ``predicted``, ``confidence``, ``probs`` (JSON list); deleted with their run.
+``reviews``
+    a reviewer's verdict (``agree`` | ``disagree`` | ``unsure``) on an image, optionally of one run;
+    one verdict per (run, image): a new verdict replaces the previous one. Deleted with their run.
+
+Guarantees:
+
+* Status changes follow :data:`TRANSITIONS`; anything else raises ``ValueError``. Every check and
+  write happens in one ``BEGIN IMMEDIATE`` transaction, so two threads or processes cannot both
+  move the same run.
+* :meth:`RunStore.finish_run` stores the predictions, metrics, checkpoint and the ``done`` status
+  in one transaction: a run is either done with all its predictions, or unchanged. A training run
+  is only marked done when its checkpoint files exist.
+* Finished runs are durable (``synchronous=FULL``) and survive a restart of the app.
+* Runs left ``queued``/``running`` by a process that has died are marked ``interrupted`` when a
+  store is opened (:meth:`RunStore.recover_interrupted`); runs of live processes and of other hosts
+  are left alone.
+* Each operation uses its own short-lived connection (WAL mode, 30 s busy timeout), so one
+  :class:`RunStore` may be shared by threads, and several processes may open the same file.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import operator
+import os
+import re
+import secrets
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_write_text
+from .paths import data_dir
+
+__all__ = [
+    "SCHEMA_VERSION", "STATUSES", "ACTIVE_STATUSES", "FINAL_STATUSES", "TRANSITIONS", "KINDS", "VERDICTS",
+    "INTERRUPTED_ERROR", "REVIEW_CSV_COLUMNS", "RunRecord", "RunStore",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "queued": ("running", "cancelled", "failed", "interrupted"),
+    "running": ("done", "failed", "cancelled", "interrupted"),
+    "done": (),
+    "failed": (),
+    "cancelled": (),
+    "interrupted": (),
+}
+KINDS = ("train", "evaluate")
+VERDICTS = ("agree", "disagree", "unsure")
+INTERRUPTED_ERROR = "The process running this job stopped (restart or crash) before it finished."
+REVIEW_CSV_COLUMNS = ("run_id", "image", "verdict", "note", "reviewer", "updated_at")
+PREDICTION_KEYS = ("path", "label", "predicted", "confidence", "probs")
+
+_SLUG_MAX = 40
+_ID_ATTEMPTS = 20
+
+_SCHEMA_V1 = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ({", ".join(repr(k) for k in KINDS)})),
+    status      TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    created_at  TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT,
+    params      TEXT NOT NULL DEFAULT '{{}}',
+    metrics     TEXT,
+    progress    TEXT,
+    checkpoint  TEXT,
+    error       TEXT,
+    device      TEXT,
+    pid         INTEGER,
+    host        TEXT,
+    pid_start   TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    path        TEXT,
+    label       INTEGER,
+    predicted   INTEGER NOT NULL,
+    confidence  REAL NOT NULL,
+    probs       TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reviews (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT REFERENCES runs (id) ON DELETE CASCADE,
+    image       TEXT NOT NULL,
+    verdict     TEXT NOT NULL CHECK (verdict IN ({", ".join(repr(v) for v in VERDICTS)})),
+    note        TEXT NOT NULL DEFAULT '',
+    reviewer    TEXT NOT NULL DEFAULT '',
+    updated_at  TEXT NOT NULL,
+    UNIQUE (run_id, image)
+);
+-- UNIQUE (run_id, image) treats NULL run ids as distinct; this index also makes run-less reviews unique.
+CREATE UNIQUE INDEX IF NOT EXISTS reviews_one_per_image ON reviews (IFNULL(run_id, ''), image);
+"""
+
+# version -> script that upgrades a database at version - 1 to it.
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+_RUN_COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "params", "metrics",
+                "progress", "checkpoint", "error", "device", "pid", "host")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types; non-finite floats become None; ``ValueError`` naming ``where``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise ValueError(f"{where} has the key {key!r} ({type(key).__name__}); JSON keys must be strings.")
+            out[str(key)] = _plain(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays, torch tensors
+    if callable(tolist):
+        try:
+            converted = tolist()
+        except Exception:  # noqa: BLE001 - any failure means "not serialisable"
+            converted = value
+        if converted is not value:
+            return _plain(converted, where)
+    raise ValueError(f"{where} is not JSON-serialisable (got a {type(value).__name__}: {value!r:.80}).")
+
+
+def _dump(value: Any, where: str) -> str:
+    return json.dumps(_plain(value, where), allow_nan=False, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _require_mapping(value: Any, name: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a dict, got a {type(value).__name__}.")
+    return value
+
+
+def _require_str(value: Any, name: str, *, empty: bool = True) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got a {type(value).__name__}.")
+    if not empty and not value.strip():
+        raise ValueError(f"{name} must not be empty.")
+    return value
+
+
+def _slugify(slug: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", slug.lower()).strip("-")
+    return slug[:_SLUG_MAX].rstrip("-")
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return text[text.rindex(")") + 2:].split()[19]  # field 22 (starttime); fields 3.. follow "comm)"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_exists(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a real owner pid; never signal a process group, assume alive
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
+        return _pid_exists_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def _pid_exists_windows(pid: int) -> bool:  # pragma: no cover - exercised on Windows only
+    try:
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+        try:
+            code = ctypes.c_ulong()
+            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return True
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    except Exception:  # noqa: BLE001 - when unsure, never interrupt a run
+        return True
+
+
+def _owner_alive(pid: int, started: str | None) -> bool:
+    """Whether the process that owns a run (on this host) is still running."""
+    if not _pid_exists(pid):
+        return False
+    if started is not None:
+        current = _process_start(pid)
+        if current is not None and current != started:
+            return False  # the pid now belongs to a later process (e.g. the same container restarted)
+    return True
+
+
+def _checkpoint_files(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
+    from .checkpoint import checkpoint_paths  # lazy: keeps the store free of torch at import time
+
+    return checkpoint_paths(checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------ record
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs``, with ``params``, ``metrics`` and ``progress`` decoded from JSON."""
+
+    id: str
+    kind: str
+    status: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    checkpoint: str | None
+    error: str | None
+    device: str | None
+    pid: int | None
+    host: str | None
+
+    @classmethod
+    def _from_row(cls, row: sqlite3.Row) -> "RunRecord":
+        values = {name: row[name] for name in _RUN_COLUMNS}
+        for name in ("params", "metrics", "progress"):
+            values[name] = _load(values[name])
+        if values["params"] is None:
+            values["params"] = {}
+        return cls(**values)
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """Seconds from start to finish; None unless the run both started and finished."""
+        if not self.started_at or not self.finished_at:
+            return None
+        delta = datetime.fromisoformat(self.finished_at) - datetime.fromisoformat(self.started_at)
+        return delta.total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields (deep-copied) plus ``duration_seconds``: plain JSON types only."""
+        data = dataclasses.asdict(self)
+        data["duration_seconds"] = self.duration_seconds
+        return data
+
+
+# ------------------------------------------------------------------------------------------------- store
+
+class RunStore:
+    """Runs, their predictions and reviews in ``path`` (default ``<data dir>/runs.db``).
+
+    Opening a store creates or upgrades the schema and, unless ``recover=False``, marks runs left
+    behind by dead processes as interrupted (:meth:`recover_interrupted`). A store object holds no
+    open connection and may be shared by threads.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, recover: bool = True) -> None:
+        if path is None:
+            path = data_dir() / "runs.db"
+        if isinstance(path, str) and path.strip() in ("", ":memory:"):
+            raise ValueError("The run store needs a database file path (an in-memory database would not persist).")
+        self.path = Path(path).expanduser().absolute()
+        if self.path.is_dir():
+            raise ValueError(f"The run store path {self.path} is a folder; give a file such as {self.path / 'runs.db'}.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"Cannot open the run store {self.path}: {exc}") from exc
+        if recover:
+            self.recover_interrupted()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("The run store %s could not use WAL mode (got %s); concurrent use may block.",
+                               self.path, mode)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One connection and one transaction; ``write`` takes the write lock up front (no upgrade races)."""
+        conn = self._connect()
+        try:
+            with conn:  # commit on success, roll back on any exception
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+        finally:
+            conn.close()
+
+    def _init_schema(self) -> None:
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"The run store {self.path} has schema version {version}, newer than this CalibPrompt "
+                    f"understands ({SCHEMA_VERSION}); upgrade CalibPrompt or use another data directory."
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _split_sql(_MIGRATIONS[target]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {int(target)}")
+                logger.debug("Run store %s: schema now at version %d", self.path, target)
+
+    # -- lookups ----------------------------------------------------------------------------------
+
+    def _check_id(self, run_id: Any) -> str:
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"A run id must be a non-empty string, got {run_id!r}.")
+        return run_id
+
+    def _row(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"No run {run_id!r} in the store {self.path}")
+        return row
+
+    @staticmethod
+    def _check_transition(run_id: str, current: str, target: str) -> None:
+        allowed = TRANSITIONS.get(current, ())
+        if target in allowed:
+            return
+        if not allowed:
+            raise ValueError(f"Run {run_id!r} is already {current}; a {current} run cannot become {target}.")
+        raise ValueError(
+            f"Run {run_id!r} is {current} and cannot become {target} "
+            f"(a {current} run can become: {', '.join(allowed)})."
+        )
+
+    def _transition(self, run_id: str, target: str, **values: Any) -> None:
+        run_id = self._check_id(run_id)
+        with self._transaction() as conn:
+            current = self._row(conn, run_id)["status"]
+            self._check_transition(run_id, current, target)
+            self._update(conn, run_id, status=target, **values)
+        logger.info("Run %s: %s -> %s", run_id, current, target)
+
+    @staticmethod
+    def _update(conn: sqlite3.Connection, run_id: str, **values: Any) -> None:
+        columns = ", ".join(f"{name} = ?" for name in values)
+        conn.execute(f"UPDATE runs SET {columns} WHERE id = ?", (*values.values(), run_id))
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def create_run(self, kind: str, params: dict, slug: str = "") -> str:
+        """Add a queued run owned by this process; returns its id (``YYYYMMDD-HHMMSS-<slug>-<hex4>``).
+
+        ``slug`` is lower-cased and reduced to ``a-z0-9-`` (at most 40 characters); empty means ``kind``.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"Unknown run kind {kind!r}; expected one of: {', '.join(KINDS)}.")
+        params_json = _dump(_require_mapping(params, "params"), "params")
+        slug = _slugify(_require_str(slug, "slug")) or kind
+        now = _now()
+        for _ in range(_ID_ATTEMPTS):
+            run_id = f"{now:%Y%m%d-%H%M%S}-{slug}-{secrets.token_hex(2)}"
+            try:
+                with self._transaction() as conn:
+                    conn.execute(
+                        "INSERT INTO runs (id, kind, status, created_at, params, pid, host, pid_start) "
+                        "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                        (run_id, kind, _iso(now), params_json, os.getpid(), socket.gethostname(),
+                         _process_start(os.getpid())),
+                    )
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc).upper():
+                    continue  # the same id in the same second: draw other hex digits
+                raise
+            logger.info("Run %s created (%s)", run_id, kind)
+            return run_id
+        raise RuntimeError(f"Could not find a free run id for slug {slug!r} after {_ID_ATTEMPTS} attempts.")
+
+    def start_run(self, run_id: str, device: str) -> None:
+        """queued -> running on ``device``; records started_at and this process (pid, host)."""
+        device = _require_str(device, "device", empty=False)
+        self._transition(run_id, "running", started_at=_iso(_now()), device=device, pid=os.getpid(),
+                         host=socket.gethostname(), pid_start=_process_start(os.getpid()))
+
+    def update_progress(self, run_id: str, progress: dict) -> None:
+        """Replace the progress snapshot of a running run (one short write)."""
+        run_id = self._check_id(run_id)
+        text = _dump(_require_mapping(progress, "progress"), "progress")
+        with self._transaction() as conn:
+            cursor = conn.execute("UPDATE runs SET progress = ? WHERE id = ? AND status = 'running'", (text, run_id))
+            if cursor.rowcount == 0:
+                status = self._row(conn, run_id)["status"]
+                raise ValueError(f"Run {run_id!r} is {status}; progress can only be reported while it is running.")
+
+    def finish_run(self, run_id: str, metrics: dict, checkpoint: str | os.PathLike | None,
+                   predictions: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """running -> done, with ``metrics``, ``checkpoint`` and ``predictions``, all in one transaction.
+
+        ``checkpoint`` (a stem, ``.json`` or ``.safetensors`` path) is required for training runs and
+        must exist (both files); it is stored as the absolute path of the JSON file. Each prediction is
+        a dict with ``path``, ``label`` (int or None), ``predicted``, ``confidence`` and ``probs``;
+        they are numbered in the given order. On any error nothing is stored and the run is unchanged.
+        """
+        run_id = self._check_id(run_id)
+        metrics_json = _dump(_require_mapping(metrics, "metrics"), "metrics")
+        with self._transaction(write=False) as conn:
+            row = self._row(conn, run_id)
+        self._check_transition(run_id, row["status"], "done")
+        checkpoint_text = None
+        if checkpoint is None:
+            if row["kind"] == "train":
+                raise ValueError(f"Training run {run_id!r} cannot be done without a checkpoint.")
+        else:
+            weights, meta = _checkpoint_files(_require_str(checkpoint, "checkpoint", empty=False))
+            missing = [str(p) for p in (weights, meta) if not p.is_file()]
+            if missing:
+                raise ValueError(
+                    f"Run {run_id!r} cannot be done: its checkpoint is incomplete ({', '.join(missing)} missing)."
+                )
+            checkpoint_text = os.path.abspath(meta)
+        if predictions is not None and (isinstance(predictions, (str, bytes, Mapping))
+                                        or not isinstance(predictions, Iterable)):
+            raise ValueError(f"predictions must be a list of dicts, got a {type(predictions).__name__}.")
+
+        with self._transaction() as conn:
+            current = self._row(conn, run_id)["status"]
+            self._check_transition(run_id, current, "done")  # it may have changed meanwhile
+            count = 0
+            if predictions is not None:
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT INTO predictions (run_id, idx, path, label, predicted, confidence, probs) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _prediction_rows(run_id, predictions),
+                )
+                count = conn.total_changes - before
+            self._update(conn, run_id, status="done", metrics=metrics_json, checkpoint=checkpoint_text,
+                         finished_at=_iso(_now()))
+        logger.info("Run %s done (%d predictions)", run_id, count)
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        """queued/running -> failed, with the error message."""
+        error = _require_str(error, "error").strip() or "Unknown error."
+        self._transition(run_id, "failed", error=error, finished_at=_iso(_now()))
+
+    def cancel_run(self, run_id: str) -> None:
+        """queued/running -> cancelled."""
+        self._transition(run_id, "cancelled", finished_at=_iso(_now()))
+
+    def mark_interrupted(self, run_id: str, error: str = INTERRUPTED_ERROR) -> None:
+        """queued/running -> interrupted (its process stopped before the run finished)."""
+        error = _require_str(error, "error").strip() or INTERRUPTED_ERROR
+        self._transition(run_id, "interrupted", error=error, finished_at=_iso(_now()))
+
+    def recover_interrupted(self) -> list[str]:
+        """Mark queued/running runs whose owning process on this host has died as interrupted.
+
+        Runs of live processes, of other hosts (their pids mean nothing here) and without a recorded
+        pid are left alone. Returns the ids that were marked. Called when a store is opened.
+        """
+        host = socket.gethostname()
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                "SELECT id, pid, pid_start FROM runs WHERE status IN ('queued', 'running') AND host = ? "
+                "AND pid IS NOT NULL", (host,),
+            ).fetchall()
+        dead = [(row["id"], row["pid"], row["pid_start"]) for row in rows
+                if not _owner_alive(int(row["pid"]), row["pid_start"])]
+        if not dead:
+            return []
+        marked = []
+        with self._transaction() as conn:
+            finished_at = _iso(_now())
+            for run_id, pid, started in dead:
+                cursor = conn.execute(
+                    "UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = ? "
+                    "AND status IN ('queued', 'running') AND host = ? AND pid = ? AND pid_start IS ?",
+                    (INTERRUPTED_ERROR, finished_at, run_id, host, pid, started),
+                )
+                if cursor.rowcount:
+                    marked.append(run_id)
+        for run_id in marked:
+            logger.warning("Run %s was left unfinished by a stopped process; marked interrupted.", run_id)
+        return marked
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord:
+        run_id = self._check_id(run_id)
+        with self._transaction(write=False) as conn:
+            return RunRecord._from_row(self._row(conn, run_id))
+
+    def list_runs(self, status: str | Iterable[str] | None = None, kind: str | None = None,
+                  limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally only some statuses, one kind, and at most ``limit``."""
+        clauses, args = [], []
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            unknown = [s for s in wanted if s not in STATUSES]
+            if unknown or not wanted:
+                raise ValueError(f"Unknown run status {unknown or wanted!r}; expected some of: {', '.join(STATUSES)}.")
+            clauses.append(f"status IN ({', '.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if kind is not None:
+            if kind not in KINDS:
+                raise ValueError(f"Unknown run kind {kind!r}; expected one of: {', '.join(KINDS)}.")
+            clauses.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT * FROM runs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"limit must be a positive integer or None, got {limit!r}.")
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._transaction(write=False) as conn:
+            return [RunRecord._from_row(row) for row in conn.execute(sql, args)]
+
+    def delete_run(self, run_id: str, *, force: bool = False) -> None:
+        """Delete a run with its predictions and reviews.
+
+        Checkpoint files are NOT deleted (another run or the user may still use them). A queued or
+        running run is refused unless ``force``: cancel it first.
+        """
+        run_id = self._check_id(run_id)
+        with self._transaction() as conn:
+            status = self._row(conn, run_id)["status"]
+            if status in ACTIVE_STATUSES and not force:
+                raise ValueError(f"Run {run_id!r} is {status}; cancel it before deleting it.")
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        logger.info("Run %s deleted", run_id)
+
+    def predictions(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's predictions in order: dicts with idx, path, label, predicted, confidence, probs."""
+        run_id = self._check_id(run_id)
+        with self._transaction(write=False) as conn:
+            self._row(conn, run_id)
+            rows = conn.execute(
+                "SELECT idx, path, label, predicted, confidence, probs FROM predictions WHERE run_id = ? "
+                "ORDER BY idx", (run_id,),
+            ).fetchall()
+        return [{"idx": r["idx"], "path": r["path"], "label": r["label"], "predicted": r["predicted"],
+                 "confidence": r["confidence"], "probs": json.loads(r["probs"])} for r in rows]
+
+    # -- reviews ----------------------------------------------------------------------------------
+
+    def set_review(self, image: str, verdict: str, note: str = "", run_id: str | None = None,
+                   reviewer: str = "") -> dict[str, Any]:
+        """Record a verdict on ``image`` (path or content hash), replacing an earlier one for the same run."""
+        image = _require_str(image, "image", empty=False)
+        if not isinstance(verdict, str) or verdict.strip().lower() not in VERDICTS:
+            raise ValueError(f"Unknown verdict {verdict!r}; expected one of: {', '.join(VERDICTS)}.")
+        verdict = verdict.strip().lower()
+        note = _require_str(note, "note")
+        reviewer = _require_str(reviewer, "reviewer")
+        if run_id is not None:
+            run_id = self._check_id(run_id)
+        with self._transaction() as conn:
+            if run_id is not None:
+                self._row(conn, run_id)
+            updated_at = _iso(_now())
+            cursor = conn.execute(
+                "UPDATE reviews SET verdict = ?, note = ?, reviewer = ?, updated_at = ? "
+                "WHERE run_id IS ? AND image = ?", (verdict, note, reviewer, updated_at, run_id, image),
+            )
+            if cursor.rowcount == 0:
+                conn.execute(
+                    "INSERT INTO reviews (run_id, image, verdict, note, reviewer, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, image, verdict, note, reviewer, updated_at),
+                )
+            row = conn.execute("SELECT * FROM reviews WHERE run_id IS ? AND image = ?", (run_id, image)).fetchone()
+        return dict(row)
+
+    def reviews(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Reviews (all, or those of one run), newest first: id, run_id, image, verdict, note, reviewer, updated_at."""
+        with self._transaction(write=False) as conn:
+            if run_id is None:
+                rows = conn.execute("SELECT * FROM reviews ORDER BY updated_at DESC, id DESC").fetchall()
+            else:
+                self._row(conn, self._check_id(run_id))
+                rows = conn.execute("SELECT * FROM reviews WHERE run_id = ? ORDER BY updated_at DESC, id DESC",
+                                    (run_id,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def export_reviews_csv(self, path: str | os.PathLike, run_id: str | None = None) -> Path:
+        """Write the reviews (all, or one run's) as CSV (``REVIEW_CSV_COLUMNS``), atomically; returns the path."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(REVIEW_CSV_COLUMNS)
+        for review in self.reviews(run_id):
+            writer.writerow(["" if review[c] is None else review[c] for c in REVIEW_CSV_COLUMNS])
+        return atomic_write_text(path, buffer.getvalue())
+
+
+def _prediction_rows(run_id: str, predictions: Iterable[Mapping[str, Any]]) -> Iterator[tuple]:
+    """Validated rows for ``predictions``; raises ``ValueError`` (inside the transaction) on a bad one."""
+    for i, item in enumerate(predictions):
+        where = f"predictions[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{where} must be a dict, got a {type(item).__name__}.")
+        missing = [key for key in PREDICTION_KEYS if key not in item]
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(missing)} (needs {', '.join(PREDICTION_KEYS)}).")
+        path = item["path"]
+        if path is not None:
+            path = _require_str(path, f"{where}['path']")
+        label = None if item["label"] is None else _integer(item["label"], f"{where}['label']")
+        predicted = _integer(item["predicted"], f"{where}['predicted']")
+        confidence = _number(item["confidence"], f"{where}['confidence']")
+        probs = _plain(item["probs"], f"{where}['probs']")
+        if not isinstance(probs, list) or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                                                  and p is not None for p in probs):
+            raise ValueError(f"{where}['probs'] must be a list of finite numbers.")
+        yield (run_id, i, path, label, predicted, confidence, json.dumps(probs, allow_nan=False))
+
+
+def _integer(value: Any, where: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{where} must be an integer, got {value!r}.") from None
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{where} must be a number, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be finite, got {number}.")
+    return number
+
+
+def _split_sql(script: str) -> list[str]:
+    """The statements of a schema script (no semicolons inside statements), comments dropped."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]

@@ -1,0 +1,199 @@
+"""Few-shot prompt tuning, top to bottom.
+
+The encoders are frozen and the image features are precomputed (:mod:`calibprompt.features`), so a
+training step is: pick one cached augmented view per image of the batch, encode the class prompts
+with the current context, ``logits = logit_scale * image @ text.T``, the method's loss, an SGD step.
+
+Defaults follow the paper's protocol: SGD (lr 0.002, momentum 0.9, weight decay 5e-4), one warm-up
+epoch at a constant 1e-5, then a cosine schedule over the 50 epochs (stepped per epoch, as in
+Dassl), batch 16, 16 context vectors with random N(0, 0.02) initialisation, the last epoch kept.
+All randomness (context initialisation, batch order, view choice) comes from one generator seeded
+with ``seed``, so a run is repeatable on a given device.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .losses import Objective, build_objective
+from .prompt_learner import PromptLearner
+
+__all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate"]
+
+
+class TrainingCancelled(Exception):
+    """Raised inside :func:`train_prompts` when ``should_stop()`` turns true."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one prompt-tuning run (the paper's protocol by default)."""
+
+    method: str = "coop"
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    n_ctx: int = 16
+    ctx_init: str | None = None
+    class_specific: bool = False
+    class_token_position: str = "end"
+    seed: int = 1
+    loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {"alpha": 0.1, "beta": 1.0}
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.warmup_lr <= 0:
+            raise ValueError("Learning rates must be positive.")
+        if self.warmup_epochs < 0:
+            raise ValueError("warmup_epochs must be >= 0.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepInfo:
+    """Progress after one optimisation step (what ``on_step`` receives)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float
+    parts: dict[str, float]
+    lr: float
+    elapsed: float
+    eta: float
+
+    @property
+    def fraction(self) -> float:
+        return self.global_step / self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    learner: PromptLearner
+    config: TrainConfig
+    objective_params: dict[str, float]
+    history: list[dict[str, float]]  # per epoch: mean loss and parts, lr, train accuracy
+    seconds: float
+    steps: int
+    device: str
+
+
+def learning_rate(epoch: int, config: TrainConfig) -> float:
+    """Learning rate of 0-based ``epoch``: ``warmup_lr`` during warm-up, then
+    ``lr * (1 + cos(pi * (epoch - warmup) / epochs)) / 2`` (Dassl's constant warm-up + cosine)."""
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
+
+
+def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                  config: TrainConfig | None = None, *, objective: Objective | None = None, task=None,
+                  zero_shot_text: torch.Tensor | None = None,
+                  on_step: Callable[[StepInfo], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Learn a prompt context for ``classnames`` from precomputed image features.
+
+    Args:
+        backbone: the frozen :class:`~calibprompt.models.Backbone` (its device is used).
+        classnames: K class names, in label order.
+        features: L2-normalised image features, (N, D) or (N, V, D) with V augmented views per image.
+        labels: (N,) integer labels.
+        config: hyperparameters (:class:`TrainConfig`; the paper's protocol by default).
+        objective: the loss; default ``build_objective(config.method, backbone_family=..., task=task,
+            **config.loss_params)`` (the paper's alpha/beta for the task and backbone family).
+        zero_shot_text: (K, D) zero-shot class features, needed by the ZS-Norm / ZS-penalty methods.
+        on_step: called after every step with a :class:`StepInfo`.
+        should_stop: polled before every step; when it returns true, :class:`TrainingCancelled` is raised.
+    """
+    config = config or TrainConfig()
+    objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
+                                             **config.loss_params)
+    device = backbone.device
+    feats = features.to(device, torch.float32)
+    if feats.dim() == 2:
+        feats = feats.unsqueeze(1)
+    labels_t = torch.as_tensor(labels, dtype=torch.long, device=device)
+    n, n_views = feats.shape[0], feats.shape[1]
+    if labels_t.shape != (n,):
+        raise ValueError(f"Got {n} feature rows but {labels_t.numel()} labels.")
+    if n == 0:
+        raise ValueError("No training images.")
+    if int(labels_t.min()) < 0 or int(labels_t.max()) >= len(classnames):
+        raise ValueError(f"Labels must lie in [0, {len(classnames)}).")
+    zs_text = None
+    if objective.method.needs_zero_shot:
+        if zero_shot_text is None:
+            raise ValueError(f"Method {objective.method.name!r} needs the zero-shot class features (zero_shot_text).")
+        zs_text = F.normalize(zero_shot_text.to(device, torch.float32), dim=-1)
+
+    generator = torch.Generator().manual_seed(int(config.seed))
+    learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
+                            class_specific=config.class_specific,
+                            class_token_position=config.class_token_position, generator=generator)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=learning_rate(0, config), momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scale = backbone.logit_scale
+    batch = min(config.batch_size, n)
+    steps_per_epoch = n // batch  # incomplete last batches are dropped, as in the reference
+    total_steps = steps_per_epoch * config.epochs
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    global_step = 0
+    learner.train()
+    for epoch in range(config.epochs):
+        lr = learning_rate(epoch, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(n, generator=generator)
+        views = torch.randint(n_views, (n,), generator=generator)
+        sums: dict[str, float] = {}
+        correct = 0
+        for step in range(steps_per_epoch):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"Stopped by request at epoch {epoch + 1}, step {step + 1}.")
+            idx = order[step * batch:(step + 1) * batch].to(device)
+            image = feats[idx, views[idx.cpu()].to(device)]
+            target = labels_t[idx]
+            text = learner.encode_text(normalize=True)
+            logits = scale * image @ text.T
+            zs_logits = scale * image @ zs_text.T if zs_text is not None else None
+            loss, parts = objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            global_step += 1
+            values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            correct += int((logits.detach().argmax(1) == target).sum())
+            if on_step is not None:
+                elapsed = time.perf_counter() - start
+                on_step(StepInfo(epoch + 1, config.epochs, step + 1, steps_per_epoch, global_step, total_steps,
+                                 values["loss"], {k: v for k, v in values.items() if k != "loss"}, lr, elapsed,
+                                 elapsed / global_step * (total_steps - global_step)))
+        epoch_row = {k: v / steps_per_epoch for k, v in sums.items()}
+        epoch_row.update(epoch=epoch + 1, lr=lr, train_accuracy=correct / (steps_per_epoch * batch))
+        history.append(epoch_row)
+    learner.eval()
+    return TrainResult(learner, config, dict(objective.params), history, time.perf_counter() - start, global_step,
+                       str(device))
