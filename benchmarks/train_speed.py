@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     spec = BACKBONES.get(args.backbone)
-    twin = spec is not None and not spec.is_twin_only
+    twin = spec is not None and spec.model_id is not None  # hub models are timed as random-weight twins
     backbone = load_backbone(args.backbone, device=args.device, pretrained=not twin)
     size = backbone.preprocess_cfg.get("size", 224) if backbone.preprocess_cfg else 224
     classnames = [f"tissue type {i}" for i in range(args.classes)]

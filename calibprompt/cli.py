@@ -270,6 +270,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from .demo.datasets import STANDARD_SPLITS, write_demo_dataset
+
+    std = STANDARD_SPLITS[args.task]
+    out = write_demo_dataset(
+        args.task, args.out, seed=args.seed,
+        train_per_class=args.train_per_class if args.train_per_class is not None else std["train_per_class"],
+        test_per_class=args.test_per_class if args.test_per_class is not None else std["test_per_class"],
+        shift=args.shift if args.shift is not None else std["shift"], workers=args.workers)
+    print(f"wrote {out} (train/<class>/*.png, test/<class>/*.png); use it with --dataset {out} --task {args.task}")
+    return 0
+
+
+def cmd_demo_build(args: argparse.Namespace) -> int:
+    from .demo.pretrain import DEMO_DIR, PretrainConfig, pretrain_demo_backbone
+
+    if args.stage in ("all", "backbone"):
+        config = PretrainConfig(seed=args.seed, steps=args.steps, workers=args.workers)
+        bar = _progress_bar(config.steps, "pretraining")
+
+        def on_step(record):
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", scale=f"{record['logit_scale']:.1f}")
+
+        try:
+            summary = pretrain_demo_backbone(args.out or DEMO_DIR, config, on_step=on_step)
+        finally:
+            bar.close()
+        print(f"demo backbone written to {args.out or DEMO_DIR}: loss {summary['final_loss']:.3f}, logit scale "
+              f"{summary['logit_scale']:.1f}, {summary['render_seconds'] + summary['train_seconds']:.0f} s")
+    if args.stage in ("all", "prompts"):
+        if args.out:
+            raise ValueError("The bundled prompts are trained on the bundled backbone; drop --out to build them.")
+        from .demo.bundle import build_demo_prompts, write_sample_images
+
+        for path in build_demo_prompts():
+            print(f"prompt written: {path}")
+        print(f"sample images listed in {write_sample_images()}")
+    return 0
+
+
 def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
     p.add_argument("--model", required=model_required, help="backbone name (calibprompt backbones), hf-hub: id or folder")
     p.add_argument("--dataset", required=model_required,
@@ -345,6 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write one row per method and seed to this JSON file")
     p.add_argument("--csv", help="write the same rows as CSV")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo-data", help="write a synthetic demo dataset (train/ and test/ class folders)")
+    p.add_argument("--task", required=True, choices=["demo", "demo-binary"])
+    p.add_argument("--out", required=True, help="a new folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-per-class", type=int, help="default: the standard split's")
+    p.add_argument("--test-per-class", type=int, help="default: the standard split's")
+    p.add_argument("--shift", type=float, help="stain/scanner shift from the pretraining domain (default: the standard split's)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("demo-build", help="pretrain the bundled demo backbone on the synthetic world (CPU, minutes)")
+    p.add_argument("--out", help="model folder (default: the package's bundled demo model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--stage", choices=["all", "backbone", "prompts"], default="all",
+                   help="pretrain the backbone, train the bundled demo prompts and sample images, or both")
+    p.set_defaults(func=cmd_demo_build)
     return parser
 
 

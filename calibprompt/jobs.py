@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .checkpoint import save_prompt
 from .data.datasets import Dataset, LabeledImages, few_shot_split, load_dataset
+from .demo.datasets import is_demo_task, standard_split
 from .devices import resolve_device
 from .engine import Engine
 from .evaluation import Evaluation, evaluate_head
@@ -82,7 +83,8 @@ def open_dataset(dataset: str | os.PathLike, task: str | Task | None = None) -> 
     """The task and dataset a job names.
 
     ``dataset`` is a folder or CSV file in any layout :func:`calibprompt.data.datasets.load_dataset`
-    reads, or a task name whose data lives in ``$CALIBPROMPT_HOME/datasets/<name>``. ``task`` (a name
+    reads, or a task name whose data lives in ``$CALIBPROMPT_HOME/datasets/<name>`` (for the demo
+    tasks, their standard split, generated on first use). ``task`` (a name
     or file) supplies class names and templates; without it, a folder named like a task uses that
     task, and any other folder gets its class names from its folders.
     """
@@ -90,7 +92,7 @@ def open_dataset(dataset: str | os.PathLike, task: str | Task | None = None) -> 
     path = Path(dataset).expanduser()
     if not path.exists() and str(dataset) in list_tasks():
         task_obj = task_obj or load_task(str(dataset))
-        path = datasets_dir() / str(dataset)
+        path = standard_split(str(dataset)) if is_demo_task(str(dataset)) else datasets_dir() / str(dataset)
         if not path.exists():
             raise ValueError(
                 f"No data for the task {dataset!r} in {path}. Put the dataset there (any supported layout, e.g. the "

@@ -100,10 +100,11 @@ class BackboneSpec:
     size: str = ""
     suits: tuple[str, ...] = ()
     seed: int = 0
+    local_dir: str | None = None  # a bundled model folder (open_clip local-dir layout)
 
     @property
     def is_twin_only(self) -> bool:
-        return self.model_id is None
+        return self.model_id is None and self.local_dir is None
 
 
 def _vit_cfg(embed_dim: int, image_size: int, patch: int, width: int, layers: int, text_width: int,
@@ -200,6 +201,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         force_quick_gelu=True,
         licence="MIT",
         size="151M params",
+    ),
+    "demo": BackboneSpec(
+        name="demo",
+        family="demo",
+        description="The bundled demo model: a tiny CLIP pretrained on a synthetic histology world (knows only that world).",
+        local_dir=str(ASSETS_DIR / "demo-backbone"),
+        context_length=48,
+        licence="MIT (this project)",
+        size="4M params",
+        suits=("demo", "demo-binary"),
     ),
     "tiny-random": BackboneSpec(
         name="tiny-random",
@@ -572,6 +583,18 @@ def _load_local(path: Path, arch: str | None, device: torch.device, precision: s
     return Backbone(path.stem, model, preprocess, open_clip.get_tokenizer(arch), description=f"{arch} from {path}")
 
 
+def _load_bundled(spec: BackboneSpec, device: torch.device, precision: str) -> Backbone:
+    folder = Path(spec.local_dir)
+    if not (folder / "open_clip_model.safetensors").is_file():
+        raise BackboneUnavailableError(
+            f"The bundled backbone '{spec.name}' is missing from {folder}; rebuild it with 'calibprompt demo-build' "
+            "(or reinstall the package from its repository)."
+        )
+    backbone = _load_local(folder, None, device, precision)
+    backbone.name, backbone.description = spec.name, spec.description
+    return backbone
+
+
 def load_backbone(name_or_path: str | os.PathLike, device: str | torch.device | None = None, *,
                   pretrained: bool = True, precision: str = "fp32", arch: str | None = None) -> Backbone:
     """Load a backbone.
@@ -593,6 +616,8 @@ def load_backbone(name_or_path: str | os.PathLike, device: str | torch.device | 
     name = os.fspath(name_or_path)
     if name in BACKBONES:
         spec = BACKBONES[name]
+        if spec.local_dir is not None:
+            return _load_bundled(spec, device, precision)
         if spec.is_twin_only or not pretrained:
             return build_twin(spec, device)
         return _load_hub_spec(spec, name, device, precision)
