@@ -179,7 +179,7 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
         evaluation = evaluate_head(engine, job.method, test_feats, test.labels, [str(p) for p in test.paths],
                                    task.classnames, n_bins=job.n_bins, n_boot=n_boot)
         metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
-                   "train_images": len(train), "test_images": len(test)}
+                   "train_images": len(train), "test_images": len(test), "task": task.name}
         checkpoint = save_prompt(runs_dir() / run_id / "prompt", result.learner, backbone=backbone.name, metadata={
             "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
             "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": str(dataset.root),

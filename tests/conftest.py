@@ -34,3 +34,23 @@ def calibprompt_home(tmp_path, monkeypatch):
     home = tmp_path / "calibprompt-home"
     monkeypatch.setenv("CALIBPROMPT_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """The app (build_demo over the demo model) served on localhost for the API and browser tests."""
+    previous = os.environ.get("CALIBPROMPT_HOME")
+    os.environ["CALIBPROMPT_HOME"] = str(tmp_path_factory.mktemp("app-home"))
+    import app
+    from calibprompt.models import load_backbone
+    from calibprompt.workspace import Workspace
+
+    demo = app.build_demo(Workspace(load_backbone("demo"), "Model: the bundled demo model (test server)."))
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+    if previous is None:
+        os.environ.pop("CALIBPROMPT_HOME", None)
+    else:
+        os.environ["CALIBPROMPT_HOME"] = previous

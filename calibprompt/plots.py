@@ -1,0 +1,912 @@
+"""Plotly figures for judging whether a model's confidence can be trusted.
+
+Every public function here is pure: it takes numbers (usually the dicts produced by
+:func:`calibprompt.metrics.calibration_report`) and returns a
+:class:`plotly.graph_objects.Figure`. Nothing is read or written, nothing random is
+drawn, and the same input always gives the same figure (``fig.to_json()`` is equal).
+This module never imports a UI toolkit; the web app embeds the figures it returns.
+
+Figures
+-------
+* :func:`reliability_diagram` - one method: per-bin accuracy bars, the gap to mean
+  confidence shaded (red = overconfident, blue = underconfident), the dashed
+  perfect-calibration diagonal, and the number of samples above each bar.
+* :func:`reliability_grid` - one such diagram per method, side by side, each titled with
+  the method's name and its ECE.
+* :func:`reliability_overlay` - all methods on one axis (accuracy vs mean confidence per
+  non-empty bin; marker area grows with the bin count).
+* :func:`confidence_histogram` - distribution of top-label confidence per method, or
+  correct/incorrect stacked for one method, with the mean confidence marked.
+* :func:`loss_curve` - live training loss (one or several named series).
+* :func:`classwise_ece_bars` - grouped bars of per-class ECE per method.
+
+Conventions
+-----------
+* Probabilities stay in ``[0, 1]`` in the data; axes and hover texts show them as
+  percentages. Empty bins are not drawn at all (never as a zero-height bar).
+* Every method has one colour everywhere (:func:`method_colour`): :data:`METHOD_COLOURS`
+  for the three main methods, otherwise a colour of :data:`FALLBACK_PALETTE` chosen from
+  a checksum of the name (stable across runs and processes). Within one figure
+  :func:`method_colours` moves a fallback colour along the palette if it is taken.
+* Invalid input (wrong shapes, unknown or missing keys, values outside ``[0, 1]``) raises
+  ``ValueError`` with a message naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .metrics import ReliabilityBins
+
+__all__ = [
+    "FALLBACK_PALETTE",
+    "FIGURE_HEIGHT",
+    "METHOD_COLOURS",
+    "OVERCONFIDENT_COLOUR",
+    "UNDERCONFIDENT_COLOUR",
+    "classwise_ece_bars",
+    "confidence_histogram",
+    "loss_curve",
+    "method_colour",
+    "method_colours",
+    "reliability_diagram",
+    "reliability_grid",
+    "reliability_overlay",
+]
+
+# ---------------------------------------------------------------------------
+# Style
+# ---------------------------------------------------------------------------
+#: One colour per main method (keys are normalised names, see :func:`method_colour`).
+METHOD_COLOURS: dict[str, str] = {
+    "zero-shot": "#7f7f7f",  # grey: the untuned baseline
+    "coop": "#ff7f0e",  # orange
+    "calibprompt": "#2ca02c",  # green
+}
+#: Colours for every other method name (no pure red or blue: those mark the gap).
+FALLBACK_PALETTE: tuple[str, ...] = (
+    "#9467bd",  # purple
+    "#8c564b",  # brown
+    "#e377c2",  # pink
+    "#bcbd22",  # olive
+    "#17becf",  # cyan
+    "#637939",  # moss
+    "#7b4173",  # plum
+    "#b8860b",  # dark gold
+    "#393b79",  # navy
+    "#6b6ecf",  # periwinkle
+)
+#: Gap shading of the reliability diagram (translucent fill, solid outline).
+OVERCONFIDENT_COLOUR = "rgba(214, 39, 40, 0.35)"
+OVERCONFIDENT_LINE = "rgb(214, 39, 40)"
+UNDERCONFIDENT_COLOUR = "rgba(31, 119, 180, 0.35)"
+UNDERCONFIDENT_LINE = "rgb(31, 119, 180)"
+#: Accuracy-bar colour of a single diagram drawn without a method colour.
+DEFAULT_BAR_COLOUR = "#5f6b7a"
+DIAGONAL_COLOUR = "#444444"
+CORRECT_COLOUR = "#4e9a50"
+INCORRECT_COLOUR = "#d9534f"
+#: Colours of loss series (by position).
+SERIES_PALETTE: tuple[str, ...] = (
+    "#1f3b73", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+)
+
+TEMPLATE = "plotly_white"
+FONT = dict(family="Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif", size=13, color="#222222")
+#: Height in pixels of every single-panel figure (a grid row is about this tall too).
+FIGURE_HEIGHT = 400
+_GRID_ROW_HEIGHT = 340
+_GRID_EXTRA_HEIGHT = 80  # title and legend
+
+_RELIABILITY_REQUIRED = ("edges", "counts", "accuracy", "confidence")
+_RELIABILITY_OPTIONAL = ("strategy", "n_bins", "gap")
+_VALUE_ATOL = 1e-9
+
+
+# ---------------------------------------------------------------------------
+# Colours
+# ---------------------------------------------------------------------------
+def _normalise_name(name: str) -> str:
+    return "-".join(name.strip().lower().replace("_", " ").split())
+
+
+def method_colour(name: str) -> str:
+    """The colour of a method, the same in every figure.
+
+    ``"zero-shot"``, ``"coop"`` and ``"calibprompt"`` (case-insensitive; ``_`` and spaces
+    count as ``-``) get :data:`METHOD_COLOURS`; any other name gets the entry of
+    :data:`FALLBACK_PALETTE` at ``crc32(normalised name) % len(palette)``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"a method name must be a str, but got {name!r} (type {type(name).__name__}).")
+    key = _normalise_name(name)
+    if key in METHOD_COLOURS:
+        return METHOD_COLOURS[key]
+    return FALLBACK_PALETTE[zlib.crc32(key.encode("utf-8")) % len(FALLBACK_PALETTE)]
+
+
+def method_colours(names: Iterable[str]) -> dict[str, str]:
+    """Colours for the methods of one figure: :func:`method_colour`, kept distinct.
+
+    A fallback colour already used (by a main method or an earlier name) moves to the
+    next free palette entry, as long as one is free. Deterministic for a given order.
+    """
+    names = list(names)
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:  # main methods first, so they always keep their colour
+        colour = method_colour(name)
+        if _normalise_name(name) in METHOD_COLOURS:
+            out[name] = colour
+            used.add(colour)
+    for name in names:
+        if name in out:
+            continue
+        colour = method_colour(name)
+        if colour in used:
+            start = FALLBACK_PALETTE.index(colour)
+            for step in range(1, len(FALLBACK_PALETTE)):
+                candidate = FALLBACK_PALETTE[(start + step) % len(FALLBACK_PALETTE)]
+                if candidate not in used:
+                    colour = candidate
+                    break
+        out[name] = colour
+        used.add(colour)
+    return {name: out[name] for name in names}
+
+
+# ---------------------------------------------------------------------------
+# Formatting and validation helpers
+# ---------------------------------------------------------------------------
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100.0 * x:.{digits}f} %"
+
+
+def _edge_pct(x: float) -> str:
+    """A bin edge as a short percentage: 30 %, 6.67 %, 100 %."""
+    return f"{100.0 * x:.3g} %"
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, but got {value!r}.")
+    return int(value)
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a finite number in [0, 1], but got {value!r}.")
+    v = float(value)
+    if not -_VALUE_ATOL <= v <= 1.0 + _VALUE_ATOL:
+        raise ValueError(f"`{name}` must lie in [0, 1] (a fraction, not a percentage), but got {v!r}.")
+    return min(max(v, 0.0), 1.0)
+
+
+def _check_mapping(obj: Any, name: str, what: str) -> Mapping:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"`{name}` must be a dict mapping {what}, but got {type(obj).__name__}.")
+    if len(obj) == 0:
+        raise ValueError(f"`{name}` is empty; pass at least one entry ({what}).")
+    for key in obj:
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"every key of `{name}` must be a non-empty str (a method name), but got {key!r}.")
+    return obj
+
+
+def _float_vector(values: Any, name: str, allow_none: bool = False) -> np.ndarray:
+    """A 1-D float64 array; ``None`` entries become NaN when ``allow_none``."""
+    if isinstance(values, (str, bytes)) or values is None:
+        raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.")
+    if isinstance(values, np.ndarray):
+        arr = values
+    else:
+        try:
+            items = list(values)
+        except TypeError:
+            raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.") from None
+        if allow_none:
+            items = [np.nan if v is None else v for v in items]
+        try:
+            arr = np.asarray(items)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"`{name}` could not be read as a 1-D array of numbers ({exc}).") from None
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, but got an array of shape {arr.shape}.")
+    if arr.size and arr.dtype.kind not in "iuf":
+        raise ValueError(f"`{name}` must hold numbers, but got dtype {arr.dtype}.")
+    return arr.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------
+# Reliability data
+# ---------------------------------------------------------------------------
+class _Bins:
+    """Validated reliability bins as float arrays (NaN marks an empty bin)."""
+
+    def __init__(self, edges, counts, accuracy, confidence, strategy: str):
+        self.edges = edges
+        self.counts = counts
+        self.accuracy = accuracy
+        self.confidence = confidence
+        self.strategy = strategy
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def nonempty(self) -> np.ndarray:
+        return self.counts > 0
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def calibration_error(self) -> float | None:
+        """``sum_b n_b / N * |acc_b - conf_b|`` (ECE for uniform bins, ACE for quantile)."""
+        if self.total == 0:
+            return None
+        m = self.nonempty
+        return float(np.sum(self.counts[m] / self.total * np.abs(self.accuracy[m] - self.confidence[m])))
+
+
+def _as_bins(reliability: Any, name: str = "reliability") -> _Bins:
+    """Validate a :class:`ReliabilityBins` or its ``to_dict()`` form."""
+    if isinstance(reliability, ReliabilityBins):
+        data = {
+            "edges": reliability.edges,
+            "counts": reliability.counts,
+            "accuracy": reliability.accuracy,
+            "confidence": reliability.confidence,
+            "strategy": reliability.strategy,
+        }
+    elif isinstance(reliability, Mapping):
+        data = dict(reliability)
+        unknown = sorted(str(k) for k in data if k not in _RELIABILITY_REQUIRED + _RELIABILITY_OPTIONAL)
+        if unknown:
+            raise ValueError(
+                f"`{name}` has unknown key(s) {unknown}; a reliability dict (ReliabilityBins.to_dict()) "
+                f"has keys {list(_RELIABILITY_REQUIRED + _RELIABILITY_OPTIONAL)}. To plot a whole "
+                "calibration_report, pass the report itself (it has a 'reliability' key)."
+            )
+        missing = [k for k in _RELIABILITY_REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"`{name}` is missing key(s) {missing}; required keys are {list(_RELIABILITY_REQUIRED)}.")
+    else:
+        raise ValueError(
+            f"`{name}` must be a ReliabilityBins or its to_dict() dict, but got {type(reliability).__name__}."
+        )
+
+    edges = _float_vector(data["edges"], f"{name}['edges']")
+    counts_raw = _float_vector(data["counts"], f"{name}['counts']")
+    acc = _float_vector(data["accuracy"], f"{name}['accuracy']", allow_none=True)
+    conf = _float_vector(data["confidence"], f"{name}['confidence']", allow_none=True)
+    n = counts_raw.shape[0]
+    if n < 1:
+        raise ValueError(f"`{name}['counts']` is empty; at least one bin is required.")
+    if edges.shape[0] != n + 1:
+        raise ValueError(
+            f"`{name}['edges']` must have n_bins + 1 = {n + 1} entries for {n} bins, but has {edges.shape[0]}."
+        )
+    for key, arr in (("accuracy", acc), ("confidence", conf)):
+        if arr.shape[0] != n:
+            raise ValueError(f"`{name}['{key}']` must have one entry per bin ({n}), but has {arr.shape[0]}.")
+    if "n_bins" in data and data["n_bins"] != n:
+        raise ValueError(f"`{name}['n_bins']` is {data['n_bins']!r} but there are {n} bins.")
+    if "gap" in data and data["gap"] is not None and len(list(data["gap"])) != n:
+        raise ValueError(f"`{name}['gap']` must have one entry per bin ({n}).")
+    strategy = data.get("strategy", "uniform")
+    if strategy not in ("uniform", "quantile"):
+        raise ValueError(f"`{name}['strategy']` must be 'uniform' or 'quantile', but got {strategy!r}.")
+
+    if not np.isfinite(edges).all() or edges.min() < -_VALUE_ATOL or edges.max() > 1 + _VALUE_ATOL:
+        raise ValueError(f"`{name}['edges']` must be finite and lie in [0, 1].")
+    if np.any(np.diff(edges) < 0):
+        raise ValueError(f"`{name}['edges']` must be non-decreasing.")
+    if not np.isfinite(counts_raw).all() or np.any(counts_raw < 0) or np.any(counts_raw != np.round(counts_raw)):
+        raise ValueError(f"`{name}['counts']` must be non-negative integers.")
+    counts = counts_raw.astype(np.int64)
+    filled = counts > 0
+    for key, arr in (("accuracy", acc), ("confidence", conf)):
+        finite = np.isfinite(arr)
+        if np.any(filled & ~finite):
+            i = int(np.argmax(filled & ~finite))
+            raise ValueError(f"`{name}['{key}']` is missing (None/NaN) for bin {i}, which has {counts[i]} samples.")
+        if np.any(~filled & ~np.isnan(arr)):
+            i = int(np.argmax(~filled & ~np.isnan(arr)))
+            raise ValueError(
+                f"`{name}['{key}']` has a value for bin {i}, which is empty (count 0); empty bins must be None/NaN."
+            )
+        vals = arr[filled]
+        if vals.size and (vals.min() < -_VALUE_ATOL or vals.max() > 1 + _VALUE_ATOL):
+            raise ValueError(f"`{name}['{key}']` must lie in [0, 1] (fractions, not percentages).")
+    acc = np.where(filled, np.clip(acc, 0.0, 1.0), np.nan)
+    conf = np.where(filled, np.clip(conf, 0.0, 1.0), np.nan)
+    return _Bins(np.clip(edges, 0.0, 1.0), counts, acc, conf, strategy)
+
+
+def _split_report(report: Any, name: str) -> tuple[_Bins, float | None, list | None]:
+    """``(bins, ece, ece_interval)`` of a calibration_report, a reliability dict or bins.
+
+    A calibration report's own ``"ece"`` is used; without one the ECE is computed from
+    the bins (for quantile bins that number is the ACE).
+    """
+    interval = None
+    ece = None
+    if isinstance(report, Mapping) and "reliability" in report:
+        bins = _as_bins(report["reliability"], f"{name}['reliability']")
+        if report.get("ece") is not None:
+            ece = _check_fraction(report["ece"], f"{name}['ece']")
+        intervals = report.get("intervals")
+        if isinstance(intervals, Mapping) and intervals.get("ece") is not None:
+            iv = list(intervals["ece"])
+            if len(iv) != 2:
+                raise ValueError(f"`{name}['intervals']['ece']` must be [lo, hi], but got {intervals['ece']!r}.")
+            interval = [_check_fraction(v, f"{name}['intervals']['ece']") for v in iv]
+    else:
+        bins = _as_bins(report, name)
+    if ece is None:
+        ece = bins.calibration_error()
+    return bins, ece, interval
+
+
+def _ce_label(bins: _Bins) -> str:
+    return "ACE" if bins.strategy == "quantile" else "ECE"
+
+
+def _reliability_traces(
+    bins: _Bins,
+    colour: str,
+    *,
+    shown: set[str] | None = None,
+    method: str | None = None,
+) -> list[go.BaseTraceType]:
+    """Traces of one reliability diagram.
+
+    ``shown`` collects the legend entries already drawn (a grid shows each once). With a
+    ``method`` (grid panels, each in its own colour) the accuracy bars get no legend
+    entry, since one swatch cannot stand for all panels' colours.
+    """
+    shown = set() if shown is None else shown
+
+    def legend(label: str) -> dict:
+        first = label not in shown and not (method and label == "Accuracy")
+        shown.add(label)
+        return dict(name=label, legendgroup=label, showlegend=first)
+
+    prefix = f"<b>{method}</b><br>" if method else ""
+    m = bins.nonempty
+    lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
+    centres = (lo + hi) / 2.0
+    widths = hi - lo
+    acc, conf, counts = bins.accuracy[m], bins.confidence[m], bins.counts[m]
+    total = max(bins.total, 1)
+    gaps = conf - acc  # > 0: overconfident
+
+    hover = []
+    for a, c, n, l, h, g in zip(acc, conf, counts, lo, hi, gaps):
+        state = "overconfident" if g > 0 else ("underconfident" if g < 0 else "calibrated")
+        hover.append(
+            f"{prefix}Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
+            f"Samples: {int(n)} ({_pct(n / total)} of all)<br>"
+            f"Accuracy: {_pct(a)}<br>Mean confidence: {_pct(c)}<br>"
+            f"Gap: {abs(100 * g):.1f} points ({state})"
+        )
+
+    traces: list[go.BaseTraceType] = [
+        go.Scatter(
+            x=[0.0, 1.0], y=[0.0, 1.0], mode="lines",
+            line=dict(color=DIAGONAL_COLOUR, dash="dash", width=1.5),
+            hoverinfo="skip", **legend("Perfect calibration"),
+        ),
+        go.Bar(
+            x=centres.tolist(), y=acc.tolist(), width=widths.tolist(),
+            marker=dict(color=colour, line=dict(color="white", width=1)),
+            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+            **legend("Accuracy"),
+        ),
+    ]
+    for label, sel, fill, line in (
+        ("Gap: overconfident", gaps > 0, OVERCONFIDENT_COLOUR, OVERCONFIDENT_LINE),
+        ("Gap: underconfident", gaps < 0, UNDERCONFIDENT_COLOUR, UNDERCONFIDENT_LINE),
+    ):
+        if not sel.any():
+            continue
+        traces.append(
+            go.Bar(
+                x=centres[sel].tolist(), y=np.abs(gaps[sel]).tolist(), base=np.minimum(acc, conf)[sel].tolist(),
+                width=widths[sel].tolist(),
+                marker=dict(color=fill, line=dict(color=line, width=1.2), pattern=dict(shape="/", fgcolor=line, size=6)),
+                hovertext=[h for h, s in zip(hover, sel) if s], hovertemplate="%{hovertext}<extra></extra>",
+                **legend(label),
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=centres.tolist(), y=np.maximum(acc, conf).tolist(), mode="text",
+            text=[str(int(n)) for n in counts],
+            # above the bar, or just inside it when the bar reaches the top of the axes
+            textposition=["bottom center" if t > 0.9 else "top center" for t in np.maximum(acc, conf)],
+            textfont=dict(size=10, color="#555555"), cliponaxis=False,
+            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+            **legend("Samples per bin (n)"),
+        )
+    )
+    return traces
+
+
+def _style_reliability_axes(fig: go.Figure, row: int | None = None, col: int | None = None,
+                            anchor: str = "x", y_title: bool = True) -> None:
+    where = {} if row is None else dict(row=row, col=col)
+    fig.update_xaxes(
+        range=[0, 1], tickformat=".0%", dtick=0.2, title_text="Confidence", constrain="domain",
+        showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
+    )
+    fig.update_yaxes(
+        range=[0, 1], tickformat=".0%", dtick=0.2, title_text="Accuracy" if y_title else None,
+        scaleanchor=anchor, scaleratio=1, constrain="domain",
+        showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
+    )
+
+
+def _base_layout(fig: go.Figure, title: str, height: int = FIGURE_HEIGHT) -> go.Figure:
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        height=height,
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=16)) if title else None,
+        margin=dict(l=60, r=20, t=60 if title else 30, b=55),
+        hoverlabel=dict(font_size=12, bgcolor="white"),
+        legend=dict(bgcolor="rgba(255,255,255,0.8)", font=dict(size=12)),
+    )
+    return fig
+
+
+def _ece_text(label: str, ece: float, interval: list | None = None, long: bool = False) -> str:
+    text = f"{label} {_pct(ece)}"
+    if interval is not None:
+        lo, hi = 100 * interval[0], 100 * interval[1]
+        text += f"<br>(95 % CI {lo:.1f}–{hi:.1f} %)" if long else f" [{lo:.1f}–{hi:.1f}]"
+    return text
+
+
+# ---------------------------------------------------------------------------
+# Public figures
+# ---------------------------------------------------------------------------
+def reliability_diagram(
+    reliability: Mapping | ReliabilityBins,
+    title: str = "",
+    colour: str | None = None,
+    ece: float | None = None,
+) -> go.Figure:
+    """Reliability diagram of one method.
+
+    Args:
+        reliability: a :class:`~calibprompt.metrics.ReliabilityBins`, its ``to_dict()``
+            (as in ``calibration_report(...)["reliability"]``), or a whole calibration
+            report (its ``"reliability"`` is drawn and, when ``ece`` is not given, its
+            ``"ece"`` annotated).
+        title: figure title.
+        colour: colour of the accuracy bars (default: a neutral slate).
+        ece: an ECE in ``[0, 1]`` to annotate in the top-left corner; none if ``None``.
+
+    Returns:
+        a figure with traces, in order: the dashed diagonal ``"Perfect calibration"``, the
+        ``"Accuracy"`` bars (one per non-empty bin, at the bin centre, as wide as the bin),
+        ``"Gap: overconfident"`` / ``"Gap: underconfident"`` bars from accuracy to mean
+        confidence (each only when some bin is so), and ``"Samples per bin (n)"``, the bin
+        counts as text above the bars. Empty bins draw nothing.
+    """
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise ValueError(f"`title` must be a str, but got {title!r}.")
+    if colour is not None and (not isinstance(colour, str) or not colour.strip()):
+        raise ValueError(f"`colour` must be a CSS colour string or None, but got {colour!r}.")
+    if isinstance(reliability, Mapping) and "reliability" in reliability:
+        bins, report_ece, interval = _split_report(reliability, "reliability")
+        if ece is None and "ece" in reliability:
+            ece = report_ece
+        else:
+            interval = None
+    else:
+        bins, interval = _as_bins(reliability), None
+    if ece is not None:
+        ece = _check_fraction(ece, "ece")
+
+    fig = go.Figure(_reliability_traces(bins, colour or DEFAULT_BAR_COLOUR))
+    _base_layout(fig, title)
+    fig.update_layout(barmode="overlay", bargap=0, legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
+    _style_reliability_axes(fig)
+    if ece is not None:
+        fig.add_annotation(
+            text=_ece_text(_ce_label(bins), ece, interval, long=True), xref="x domain", yref="y domain", x=0.03, y=0.97,
+            xanchor="left", yanchor="top", showarrow=False, align="left",
+            font=dict(size=13, color="#222222"), bgcolor="rgba(255,255,255,0.85)",
+            bordercolor="#cccccc", borderwidth=1, borderpad=4,
+        )
+    return fig
+
+
+def reliability_grid(reports: Mapping[str, Mapping], n_cols: int = 3) -> go.Figure:
+    """One reliability diagram per method, side by side.
+
+    Args:
+        reports: ``{method: calibration_report(...)}`` (a reliability dict or
+            :class:`~calibprompt.metrics.ReliabilityBins` per method also works; the ECE is
+            then computed from the bins).
+        n_cols: subplots per row (int >= 1); fewer when there are fewer methods.
+
+    Returns:
+        a figure with ``len(reports)`` subplots in method order; subplot ``i`` is titled
+        ``"<method> · ECE x.x %"`` (plus the 95 % interval when the report has one) and
+        draws the traces of :func:`reliability_diagram` in the method's colour. Shared
+        legend entries appear once.
+    """
+    reports = _check_mapping(reports, "reports", "method names to calibration reports")
+    n_cols = _check_int(n_cols, "n_cols", 1)
+    names = list(reports)
+    parsed = [_split_report(reports[n], f"reports[{n!r}]") for n in names]
+    colours = method_colours(names)
+    cols = min(n_cols, len(names))
+    rows = math.ceil(len(names) / cols)
+    titles = []
+    for name, (bins, ece, interval) in zip(names, parsed):
+        t = f"<b>{name}</b>"
+        if ece is not None:
+            t += f" · {_ece_text(_ce_label(bins), ece, interval)}"
+        titles.append(t)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=titles,
+        horizontal_spacing=min(0.08, 0.9 / max(cols - 1, 1)), vertical_spacing=min(0.14, 0.9 / max(rows - 1, 1)),
+    )
+    shown: set[str] = set()
+    for i, (name, (bins, _, _)) in enumerate(zip(names, parsed)):
+        row, col = i // cols + 1, i % cols + 1
+        for trace in _reliability_traces(bins, colours[name], shown=shown, method=name):
+            fig.add_trace(trace, row=row, col=col)
+        anchor = "x" if i == 0 else f"x{i + 1}"
+        _style_reliability_axes(fig, row=row, col=col, anchor=anchor, y_title=(col == 1))
+    _base_layout(fig, "", height=_GRID_EXTRA_HEIGHT + _GRID_ROW_HEIGHT * rows)
+    fig.update_layout(
+        barmode="overlay", bargap=0,
+        margin=dict(l=60, r=20, t=50, b=95),
+        legend=dict(orientation="h", x=0.5, xanchor="center", yref="container", y=0.01, yanchor="bottom"),
+    )
+    fig.update_annotations(font_size=13)
+    return fig
+
+
+def reliability_overlay(reports: Mapping[str, Mapping]) -> go.Figure:
+    """All methods' reliability curves on one axis.
+
+    Args:
+        reports: ``{method: calibration_report(...)}`` (or reliability dicts / bins).
+
+    Returns:
+        a figure with the dashed ``"Perfect calibration"`` diagonal first, then one
+        ``lines+markers`` trace per method (named ``"<method> · ECE x.x %"``) through
+        ``(mean confidence, accuracy)`` of its non-empty bins; a marker's diameter grows
+        with the square root of the bin's count (largest bin of all methods = 22 px).
+    """
+    reports = _check_mapping(reports, "reports", "method names to calibration reports")
+    names = list(reports)
+    parsed = [_split_report(reports[n], f"reports[{n!r}]") for n in names]
+    colours = method_colours(names)
+    max_count = max([int(b.counts.max()) for b, _, _ in parsed] + [1])
+    fig = go.Figure(
+        go.Scatter(
+            x=[0.0, 1.0], y=[0.0, 1.0], mode="lines", name="Perfect calibration",
+            line=dict(color=DIAGONAL_COLOUR, dash="dash", width=1.5), hoverinfo="skip",
+        )
+    )
+    for name, (bins, ece, _) in zip(names, parsed):
+        m = bins.nonempty
+        conf, acc, counts = bins.confidence[m], bins.accuracy[m], bins.counts[m]
+        lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
+        total = max(bins.total, 1)
+        sizes = 6.0 + 16.0 * np.sqrt(counts / max_count)
+        hover = [
+            f"<b>{name}</b><br>Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
+            f"Samples: {int(n)} ({_pct(n / total)} of all)<br>Accuracy: {_pct(a)}<br>"
+            f"Mean confidence: {_pct(c)}<br>Gap: {100 * (c - a):+.1f} points"
+            for a, c, n, l, h in zip(acc, conf, counts, lo, hi)
+        ]
+        label = name if ece is None else f"{name} · {_ece_text(_ce_label(bins), ece)}"
+        fig.add_trace(
+            go.Scatter(
+                x=conf.tolist(), y=acc.tolist(), mode="lines+markers", name=label,
+                line=dict(color=colours[name], width=2),
+                marker=dict(size=sizes.tolist(), color=colours[name], line=dict(color="white", width=1)),
+                customdata=counts.tolist(), hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+                cliponaxis=False,
+            )
+        )
+    _base_layout(fig, "Reliability (all methods)")
+    fig.update_layout(legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
+    _style_reliability_axes(fig)
+    fig.update_yaxes(title_text="Accuracy")
+    fig.update_xaxes(title_text="Mean confidence")
+    return fig
+
+
+def _as_confidences(values: Any, name: str) -> np.ndarray:
+    """Top-label confidences from a 1-D array, or row maxima of (N, K) probabilities."""
+    try:
+        arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` could not be read as an array of numbers ({exc}).") from None
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"`{name}` must hold numbers, but got dtype {arr.dtype}.")
+    if arr.ndim == 2 and arr.shape[1] >= 2:
+        arr = arr.max(axis=1)
+    elif arr.ndim != 1:
+        raise ValueError(
+            f"`{name}` must be 1-D top-label confidences (N,) or (N, K >= 2) probabilities, "
+            f"but got shape {arr.shape}."
+        )
+    arr = arr.astype(np.float64)
+    if arr.size == 0:
+        raise ValueError(f"`{name}` is empty; at least one confidence is required.")
+    if not np.isfinite(arr).all() or arr.min() < -_VALUE_ATOL or arr.max() > 1 + _VALUE_ATOL:
+        raise ValueError(f"`{name}` must hold finite confidences in [0, 1] (probabilities, not logits).")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def confidence_histogram(
+    confidences: Mapping[str, Any],
+    correct: Mapping[str, Any] | None = None,
+    n_bins: int = 10,
+) -> go.Figure:
+    """Distribution of top-label confidence.
+
+    Args:
+        confidences: ``{method: confidences}``, each a 1-D array of top-label confidences
+            in ``[0, 1]`` or an ``(N, K)`` probability array (its row maxima are used).
+        correct: optional ``{method: 0/1 or bool array}`` of the same length, for exactly
+            one method (the same key as ``confidences``): then the correct and incorrect
+            predictions are stacked and the accuracy is marked next to the mean confidence.
+        n_bins: number of equal-width bins on ``[0, 1]`` (``numpy.histogram`` semantics,
+            a confidence of 1.0 in the last bin, as in the metrics).
+
+    Returns:
+        a figure of bars (``x`` = bin centres, ``width`` = ``1 / n_bins``, ``y`` = share of
+        the method's samples; ``customdata`` = counts) overlaid translucently per method,
+        or stacked ``"Correct"`` / ``"Incorrect"``; and for each method a vertical dashed
+        line at its mean confidence named ``"<method>: mean confidence x.x %"``.
+    """
+    confidences = _check_mapping(confidences, "confidences", "method names to confidence arrays")
+    n_bins = _check_int(n_bins, "n_bins", 1)
+    names = list(confidences)
+    data = {n: _as_confidences(confidences[n], f"confidences[{n!r}]") for n in names}
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    centres, width = ((edges[:-1] + edges[1:]) / 2.0).tolist(), 1.0 / n_bins
+    bin_text = [f"{_edge_pct(lo)} - {_edge_pct(hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
+    colours = method_colours(names)
+    fig = go.Figure()
+    y_max = 0.0
+
+    if correct is not None:
+        if not isinstance(correct, Mapping):
+            raise ValueError(f"`correct` must be a dict {{method: 0/1 array}} or None, but got {type(correct).__name__}.")
+        unknown = sorted(str(k) for k in correct if k not in data)
+        if unknown:
+            raise ValueError(f"`correct` has key(s) {unknown} that are not in `confidences` ({names}).")
+        if len(names) != 1 or len(correct) != 1:
+            raise ValueError(
+                "`correct` is supported for a single method only: pass one method in `confidences` "
+                f"and the same key in `correct` (got {len(names)} method(s) and {len(correct)} key(s))."
+            )
+        name = names[0]
+        conf = data[name]
+        ok = np.asarray(correct[name])
+        if ok.ndim != 1 or ok.shape[0] != conf.shape[0]:
+            raise ValueError(
+                f"`correct[{name!r}]` must be 1-D with one entry per confidence ({conf.shape[0]}), "
+                f"but got shape {ok.shape}."
+            )
+        if ok.dtype.kind not in "biuf" or not np.isin(ok.astype(np.float64), (0.0, 1.0)).all():
+            raise ValueError(f"`correct[{name!r}]` must hold booleans or 0/1 values.")
+        ok = ok.astype(bool)
+        total = conf.shape[0]
+        for label, sel, colour in (("Correct", ok, CORRECT_COLOUR), ("Incorrect", ~ok, INCORRECT_COLOUR)):
+            counts, _ = np.histogram(conf[sel], bins=edges)
+            share = counts / total
+            fig.add_trace(
+                go.Bar(
+                    x=centres, y=share.tolist(), width=width, name=label, customdata=counts.tolist(),
+                    marker=dict(color=colour, line=dict(color="white", width=1)),
+                    hovertext=[
+                        f"<b>{name}</b> - {label.lower()}<br>Confidence {b}<br>Samples: {int(c)} ({_pct(s)} of all)"
+                        for b, c, s in zip(bin_text, counts, share)
+                    ],
+                    hovertemplate="%{hovertext}<extra></extra>",
+                )
+            )
+        y_max = float(np.histogram(conf, bins=edges)[0].max() / total)
+        barmode = "stack"
+        acc = float(ok.mean())
+        fig.add_trace(_vertical_line(acc, y_max, f"{name}: accuracy {_pct(acc)}", "#333333", "dot"))
+        title = f"Confidence of {name}: correct vs incorrect"
+    else:
+        for name in names:
+            conf = data[name]
+            counts, _ = np.histogram(conf, bins=edges)
+            share = counts / conf.shape[0]
+            y_max = max(y_max, float(share.max()))
+            fig.add_trace(
+                go.Bar(
+                    x=centres, y=share.tolist(), width=width, name=name, legendgroup=name,
+                    customdata=counts.tolist(), opacity=0.85 if len(names) == 1 else 0.5,
+                    marker=dict(color=colours[name], line=dict(color=colours[name], width=1)),
+                    hovertext=[
+                        f"<b>{name}</b><br>Confidence {b}<br>Samples: {int(c)} ({_pct(s)} of {conf.shape[0]})"
+                        for b, c, s in zip(bin_text, counts, share)
+                    ],
+                    hovertemplate="%{hovertext}<extra></extra>",
+                )
+            )
+        barmode = "overlay"
+        title = "Top-label confidence"
+    for name in names:
+        mean = float(data[name].mean())
+        colour = "#333333" if correct is not None else colours[name]
+        fig.add_trace(
+            _vertical_line(mean, y_max, f"{name}: mean confidence {_pct(mean)}", colour, "dash", group=name)
+        )
+    _base_layout(fig, title)
+    fig.update_layout(barmode=barmode, bargap=0, legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.1 if n_bins <= 20 else 0.2, title_text="Top-label confidence",
+                     showline=True, linecolor="#bbbbbb", zeroline=False)
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero", title_text="Share of samples",
+                     range=[0, max(y_max, 1e-9) * 1.12], showline=True, linecolor="#bbbbbb")
+    return fig
+
+
+def _vertical_line(x: float, y_max: float, label: str, colour: str, dash: str, group: str | None = None) -> go.Scatter:
+    top = max(y_max, 1e-9) * 1.08
+    return go.Scatter(
+        x=[x, x], y=[0.0, top], mode="lines", name=label, legendgroup=group,
+        line=dict(color=colour, dash=dash, width=2),
+        hovertemplate=f"{label}<extra></extra>",
+    )
+
+
+def _as_points(series: Any, name: str) -> tuple[list[float], list[float | None]]:
+    if isinstance(series, (str, bytes, Mapping)) or not isinstance(series, (Sequence, np.ndarray)):
+        raise ValueError(f"`{name}` must be a list of (step, loss) pairs, but got {type(series).__name__}.")
+    steps: list[float] = []
+    losses: list[float | None] = []
+    for i, point in enumerate(series):
+        if isinstance(point, (str, bytes)) or not isinstance(point, (Sequence, np.ndarray)) or len(point) != 2:
+            raise ValueError(f"`{name}[{i}]` must be a (step, loss) pair, but got {point!r}.")
+        step, loss = point[0], point[1]
+        if isinstance(step, np.generic):
+            step = step.item()
+        if isinstance(loss, np.generic):
+            loss = loss.item()
+        if not _is_real(step) or not math.isfinite(float(step)):
+            raise ValueError(f"`{name}[{i}]`: the step must be a finite number, but got {step!r}.")
+        if loss is not None and not _is_real(loss):
+            raise ValueError(f"`{name}[{i}]`: the loss must be a number, but got {loss!r}.")
+        steps.append(int(step) if float(step).is_integer() else float(step))
+        # a diverged (NaN/inf) or missing loss is a gap in the line, not an error
+        losses.append(float(loss) if loss is not None and math.isfinite(float(loss)) else None)
+    return steps, losses
+
+
+def loss_curve(
+    points: Sequence[tuple[int, float]] | Mapping[str, Sequence[tuple[int, float]]],
+    title: str = "Training loss",
+) -> go.Figure:
+    """Training loss against optimisation step, for a live chart.
+
+    Args:
+        points: ``[(step, loss), ...]`` (one series named ``"loss"``), or
+            ``{series name: [(step, loss), ...]}`` for several (e.g. the total and the
+            parts of a composite loss). Points are drawn in the order given; a NaN/inf
+            loss (diverged step) leaves a gap in the line.
+        title: figure title.
+
+    Returns:
+        one ``Scatter`` per non-empty series; with no points at all, a figure without
+        traces that says "No steps yet". ``layout.uirevision`` is fixed so that redrawing
+        with more points keeps the user's zoom.
+    """
+    if not isinstance(title, str):
+        raise ValueError(f"`title` must be a str, but got {title!r}.")
+    if isinstance(points, Mapping):
+        for key in points:
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"every key of `points` must be a non-empty str (a series name), but got {key!r}.")
+        series = {k: _as_points(v, f"points[{k!r}]") for k, v in points.items()}
+    elif points is None:
+        series = {}
+    else:
+        series = {"loss": _as_points(points, "points")}
+    fig = go.Figure()
+    for i, (name, (steps, losses)) in enumerate(series.items()):
+        if not steps:
+            continue
+        colour = SERIES_PALETTE[i % len(SERIES_PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=steps, y=losses, mode="lines+markers" if len(steps) <= 60 else "lines", name=name,
+                line=dict(color=colour, width=2.5 if i == 0 else 1.8), marker=dict(size=5, color=colour),
+                connectgaps=False, hovertemplate=f"<b>{name}</b><br>step %{{x}}<br>loss %{{y:.4f}}<extra></extra>",
+            )
+        )
+    _base_layout(fig, title)
+    fig.update_layout(uirevision="loss-curve", showlegend=len(fig.data) > 1,
+                      legend=dict(orientation="h", x=1.0, xanchor="right", y=1.02, yanchor="bottom"))
+    fig.update_xaxes(title_text="Step", showline=True, linecolor="#bbbbbb", zeroline=False)
+    fig.update_yaxes(title_text="Loss", showline=True, linecolor="#bbbbbb", zeroline=False)
+    if not fig.data:
+        fig.update_xaxes(range=[0, 1], showticklabels=False)
+        fig.update_yaxes(range=[0, 1], showticklabels=False)
+        fig.add_annotation(
+            text="No steps yet", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+            font=dict(size=16, color="#888888"),
+        )
+    return fig
+
+
+def classwise_ece_bars(classwise: Mapping[str, Sequence[float]], classnames: Sequence[str]) -> go.Figure:
+    """Grouped bars of the classwise ECE of each method.
+
+    Args:
+        classwise: ``{method: report["classwise_ece"]}``, each a list of one value in
+            ``[0, 1]`` per class.
+        classnames: the class names, in the order of the values (unique, non-empty).
+
+    Returns:
+        one ``Bar`` trace per method (``x`` = class names, ``y`` = classwise ECE), named
+        ``"<method> (mean x.x %)"``, grouped.
+    """
+    classwise = _check_mapping(classwise, "classwise", "method names to per-class ECE lists")
+    if isinstance(classnames, (str, bytes)) or not isinstance(classnames, (Sequence, np.ndarray)):
+        raise ValueError(f"`classnames` must be a list of str, but got {classnames!r}.")
+    classnames = list(classnames)
+    if not classnames or not all(isinstance(c, str) and c.strip() for c in classnames):
+        raise ValueError(f"`classnames` must be a non-empty list of non-empty str, but got {classnames!r}.")
+    if len(set(classnames)) != len(classnames):
+        dup = sorted({c for c in classnames if classnames.count(c) > 1})
+        raise ValueError(f"`classnames` must be unique, but {dup} repeat.")
+    k = len(classnames)
+    names = list(classwise)
+    colours = method_colours(names)
+    fig = go.Figure()
+    for name in names:
+        vals = _float_vector(classwise[name], f"classwise[{name!r}]")
+        if vals.shape[0] != k:
+            raise ValueError(
+                f"`classwise[{name!r}]` has {vals.shape[0]} values but there are {k} classnames; "
+                "pass one classwise ECE per class, in the order of `classnames`."
+            )
+        vals = np.array([_check_fraction(v, f"classwise[{name!r}]") for v in vals.tolist()])
+        fig.add_trace(
+            go.Bar(
+                x=classnames, y=vals.tolist(), name=f"{name} (mean {_pct(float(vals.mean()))})",
+                marker=dict(color=colours[name]),
+                hovertext=[f"<b>{name}</b><br>{c}: classwise ECE {_pct(v)}" for c, v in zip(classnames, vals)],
+                hovertemplate="%{hovertext}<extra></extra>",
+            )
+        )
+    _base_layout(fig, "Classwise ECE")
+    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.05,
+                      legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
+    fig.update_xaxes(title_text="Class", type="category", showline=True, linecolor="#bbbbbb")
+    fig.update_yaxes(title_text="Classwise ECE", tickformat=".1%", rangemode="tozero", showline=True, linecolor="#bbbbbb")
+    return fig

@@ -1,0 +1,515 @@
+"""Tests for calibprompt.plots: the data in the traces, layout conventions, validation."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import pytest
+
+from calibprompt import metrics as M
+from calibprompt import plots as P
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def random_probs(seed: int, n: int = 400, k: int = 3, scale: float = 2.0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)) * scale
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    y = rng.integers(0, k, size=n)
+    return p, y
+
+
+@pytest.fixture(scope="module")
+def reports():
+    out = {}
+    for i, name in enumerate(["zero-shot", "coop", "calibprompt", "ls"]):
+        p, y = random_probs(i, k=2 + i % 2)
+        out[name] = M.calibration_report(p, y, n_bins=10, n_boot=30, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sparse_report():
+    """Two classes: every confidence >= 0.5, so with 10 bins bins 0-4 are empty."""
+    p, y = random_probs(7, n=200, k=2)
+    rep = M.calibration_report(p, y, n_bins=10, n_boot=0)
+    assert rep["reliability"]["counts"][:5] == [0] * 5
+    return rep
+
+
+def traces_named(fig: go.Figure, name: str) -> list:
+    return [t for t in fig.data if t.name == name]
+
+
+def only(fig: go.Figure, name: str):
+    found = traces_named(fig, name)
+    assert len(found) == 1, [t.name for t in fig.data]
+    return found[0]
+
+
+def nonempty_bins(rel: dict):
+    idx = [i for i, c in enumerate(rel["counts"]) if c > 0]
+    e = rel["edges"]
+    return idx, [(e[i] + e[i + 1]) / 2 for i in idx], [e[i + 1] - e[i] for i in idx]
+
+
+def assert_serialises(fig: go.Figure) -> dict:
+    text = fig.to_json()
+    assert "NaN" not in text
+    return json.loads(text)
+
+
+# ---------------------------------------------------------------------------
+# Colours
+# ---------------------------------------------------------------------------
+
+
+def test_method_colours_main_fallback_and_distinct():
+    assert set(P.METHOD_COLOURS) == {"zero-shot", "coop", "calibprompt"}
+    assert P.method_colour("CoOp") == P.METHOD_COLOURS["coop"]
+    assert P.method_colour("Zero_Shot") == P.METHOD_COLOURS["zero-shot"]
+    assert P.method_colour("ls") in P.FALLBACK_PALETTE
+    assert P.method_colour("ls") == P.method_colour("ls")  # stable
+    names = ["ls", "fl", "temperature-scaled coop", "coop", "mdca", "dca", "mmce", "zero-shot"]
+    colours = P.method_colours(names)
+    assert list(colours) == names
+    assert len(set(colours.values())) == len(names)
+    assert colours["coop"] == P.METHOD_COLOURS["coop"]
+    with pytest.raises(ValueError, match="str"):
+        P.method_colour(3)
+
+
+# ---------------------------------------------------------------------------
+# Reliability diagram
+# ---------------------------------------------------------------------------
+
+
+def test_reliability_diagram_bars_match_the_bins(reports):
+    rep = reports["coop"]
+    rel = rep["reliability"]
+    fig = P.reliability_diagram(rel, title="CoOp", ece=rep["ece"])
+    idx, centres, widths = nonempty_bins(rel)
+
+    bars = only(fig, "Accuracy")
+    assert bars.type == "bar"
+    np.testing.assert_allclose(bars.y, [rel["accuracy"][i] for i in idx])
+    np.testing.assert_allclose(bars.x, centres)
+    np.testing.assert_allclose(bars.width, widths)
+
+    counts = only(fig, "Samples per bin (n)")
+    assert list(counts.text) == [str(rel["counts"][i]) for i in idx]
+    np.testing.assert_allclose(counts.x, centres)
+    for i, h in zip(idx, bars.hovertext):  # counts and percentages in the hover
+        assert f"Samples: {rel['counts'][i]} " in h
+        assert f"Accuracy: {100 * rel['accuracy'][i]:.1f} %" in h
+        assert f"Mean confidence: {100 * rel['confidence'][i]:.1f} %" in h
+
+    diag = only(fig, "Perfect calibration")
+    assert list(diag.x) == [0.0, 1.0] and list(diag.y) == [0.0, 1.0]
+    assert diag.line.dash == "dash"
+
+    assert fig.layout.title.text == "CoOp"
+    assert fig.layout.xaxis.title.text == "Confidence" and fig.layout.yaxis.title.text == "Accuracy"
+    assert tuple(fig.layout.xaxis.range) == (0, 1) and tuple(fig.layout.yaxis.range) == (0, 1)
+    assert fig.layout.yaxis.scaleanchor == "x"
+    assert [a.text for a in fig.layout.annotations] == [f"ECE {100 * rep['ece']:.1f} %"]
+    assert_serialises(fig)
+
+
+def test_gap_bars_span_accuracy_to_confidence_coloured_by_direction(reports):
+    rel = reports["zero-shot"]["reliability"]
+    fig = P.reliability_diagram(rel)
+    idx, centres, _ = nonempty_bins(rel)
+    acc = np.array([rel["accuracy"][i] for i in idx])
+    conf = np.array([rel["confidence"][i] for i in idx])
+    centres = np.array(centres)
+    for name, sel in (("Gap: overconfident", conf > acc), ("Gap: underconfident", conf < acc)):
+        found = traces_named(fig, name)
+        if not sel.any():
+            assert found == []
+            continue
+        (gap,) = found
+        np.testing.assert_allclose(gap.x, centres[sel])
+        np.testing.assert_allclose(gap.base, np.minimum(acc, conf)[sel])
+        np.testing.assert_allclose(np.array(gap.base) + np.array(gap.y), np.maximum(acc, conf)[sel])
+    over = traces_named(fig, "Gap: overconfident")
+    assert over and "214, 39, 40" in over[0].marker.color  # red-ish: confidence > accuracy
+    assert fig.layout.annotations == ()  # no ECE passed -> no annotation
+    assert fig.layout.barmode == "overlay"
+
+
+def test_underconfident_gap_is_blue():
+    rel = {"edges": [0.0, 0.5, 1.0], "counts": [0, 4], "accuracy": [None, 1.0], "confidence": [None, 0.75]}
+    fig = P.reliability_diagram(rel)
+    gap = only(fig, "Gap: underconfident")
+    assert "31, 119, 180" in gap.marker.color
+    assert list(gap.base) == [0.75] and list(gap.y) == [0.25]
+    assert traces_named(fig, "Gap: overconfident") == []
+    counts = only(fig, "Samples per bin (n)")
+    assert list(counts.text) == ["4"] and list(counts.textposition) == ["bottom center"]  # kept inside the axes
+    assert "Confidence bin 50 % - 100 %" in only(fig, "Accuracy").hovertext[0]
+
+
+def test_empty_bins_draw_no_bar(sparse_report):
+    rel = sparse_report["reliability"]
+    fig = P.reliability_diagram(rel)
+    bars = only(fig, "Accuracy")
+    idx, _, _ = nonempty_bins(rel)
+    assert len(bars.x) == len(idx) == sum(c > 0 for c in rel["counts"])
+    assert min(bars.x) > 0.5  # nothing drawn in the empty bins 0..4 (not even a zero bar)
+    assert all(v is not None and not math.isnan(v) for v in bars.y)
+    for t in fig.data:
+        if t.type == "bar":
+            assert all(x > 0.5 for x in t.x)
+    assert_serialises(fig)
+
+
+def test_diagram_accepts_bins_object_and_whole_report(reports):
+    p, y = random_probs(3)
+    rb = M.reliability_bins(p, y, n_bins=8)
+    a = P.reliability_diagram(rb)
+    b = P.reliability_diagram(rb.to_dict())
+    assert a.to_json() == b.to_json()
+
+    rep = reports["calibprompt"]
+    fig = P.reliability_diagram(rep, colour="#123456")
+    assert only(fig, "Accuracy").marker.color == "#123456"
+    (note,) = fig.layout.annotations
+    assert note.text.startswith(f"ECE {100 * rep['ece']:.1f} %") and "95 % CI" in note.text
+    # an explicit ece wins over the report's
+    assert P.reliability_diagram(rep, ece=0.5).layout.annotations[0].text == "ECE 50.0 %"
+
+
+def test_quantile_bins_are_labelled_ace():
+    p, y = random_probs(5)
+    fig = P.reliability_grid({"coop": M.reliability_bins(p, y, n_bins=5, strategy="quantile")})
+    assert "ACE" in fig.layout.annotations[0].text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"extra": 1}, "unknown key"),
+        ({"edges": [0.0, 1.0]}, "edges"),
+        ({"accuracy": [0.5]}, "accuracy"),
+        ({"counts": [1, 2, 3]}, "edges"),
+        ({"counts": [-1, 2]}, "non-negative integers"),
+        ({"accuracy": [None, 0.5]}, "missing"),
+        ({"counts": [0, 2], "accuracy": [0.0, 0.5], "confidence": [None, 0.6]}, "empty"),
+        ({"accuracy": [40.0, 50.0]}, r"\[0, 1\]"),
+        ({"edges": [0.0, 0.7, 0.5]}, "non-decreasing"),
+        ({"strategy": "log"}, "strategy"),
+        ({"n_bins": 3}, "n_bins"),
+        ({"accuracy": ["a", "b"]}, "numbers"),
+    ],
+)
+def test_reliability_validation(change, message):
+    rel = {"edges": [0.0, 0.5, 1.0], "counts": [2, 3], "accuracy": [0.5, 1 / 3], "confidence": [0.4, 0.7]}
+    rel.update(change)
+    with pytest.raises(ValueError, match=message):
+        P.reliability_diagram(rel)
+
+
+def test_reliability_diagram_rejects_other_types():
+    with pytest.raises(ValueError, match="ReliabilityBins"):
+        P.reliability_diagram([0.1, 0.2])
+    with pytest.raises(ValueError, match="missing"):
+        P.reliability_diagram({"edges": [0, 1], "counts": [1]})
+    with pytest.raises(ValueError, match="ece"):
+        P.reliability_diagram({"edges": [0, 1], "counts": [1], "accuracy": [1], "confidence": [1]}, ece=2.0)
+
+
+# ---------------------------------------------------------------------------
+# Grid and overlay
+# ---------------------------------------------------------------------------
+
+
+def test_grid_one_subplot_per_method_with_ece_titles(reports):
+    fig = P.reliability_grid(reports, n_cols=3)
+    names = list(reports)
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == len(names)
+    for name, title in zip(names, titles):
+        assert name in title
+        assert f"ECE {100 * reports[name]['ece']:.1f} %" in title
+    # 4 methods in 3 columns: 2 rows; one x axis per method
+    xaxes = sorted({t.xaxis for t in fig.data})
+    assert len(xaxes) == len(names)
+    assert fig.layout.height == P._GRID_EXTRA_HEIGHT + 2 * P._GRID_ROW_HEIGHT
+    for i, name in enumerate(names):
+        axis = "x" if i == 0 else f"x{i + 1}"
+        bars = [t for t in fig.data if t.xaxis == axis and t.name == "Accuracy"]
+        assert len(bars) == 1
+        rel = reports[name]["reliability"]
+        np.testing.assert_allclose(bars[0].y, [a for a, c in zip(rel["accuracy"], rel["counts"]) if c > 0])
+        assert bars[0].marker.color == P.method_colour(name)
+        assert any(t.xaxis == axis and t.name == "Perfect calibration" for t in fig.data)
+    # each legend entry once
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert len(legend) == len(set(legend))
+    assert "Perfect calibration" in legend
+    assert_serialises(fig)
+
+
+def test_grid_single_row_and_validation(reports):
+    fig = P.reliability_grid({"coop": reports["coop"], "calibprompt": reports["calibprompt"]}, n_cols=3)
+    assert fig.layout.xaxis2 is not None and "xaxis3" not in fig.layout.to_plotly_json()
+    assert fig.layout.height == P._GRID_EXTRA_HEIGHT + P._GRID_ROW_HEIGHT
+    with pytest.raises(ValueError, match="empty"):
+        P.reliability_grid({})
+    with pytest.raises(ValueError, match="n_cols"):
+        P.reliability_grid(reports, n_cols=0)
+    with pytest.raises(ValueError, match="dict"):
+        P.reliability_grid([reports["coop"]])
+    with pytest.raises(ValueError, match="unknown key"):
+        P.reliability_grid({"coop": {"accuracy": 0.5, "ece": 0.1}})
+
+
+def test_overlay_one_trace_per_method_plus_diagonal(reports):
+    fig = P.reliability_overlay(reports)
+    assert len(fig.data) == len(reports) + 1
+    diag = fig.data[0]
+    assert diag.name == "Perfect calibration" and diag.line.dash == "dash"
+    max_count = max(max(r["reliability"]["counts"]) for r in reports.values())
+    for trace, (name, rep) in zip(fig.data[1:], reports.items()):
+        rel = rep["reliability"]
+        idx = [i for i, c in enumerate(rel["counts"]) if c > 0]
+        assert trace.name.startswith(name) and f"ECE {100 * rep['ece']:.1f} %" in trace.name
+        assert trace.mode == "lines+markers"
+        np.testing.assert_allclose(trace.x, [rel["confidence"][i] for i in idx])
+        np.testing.assert_allclose(trace.y, [rel["accuracy"][i] for i in idx])
+        assert list(trace.customdata) == [rel["counts"][i] for i in idx]
+        sizes = np.array(trace.marker.size)
+        counts = np.array(trace.customdata)
+        order = np.argsort(counts)
+        assert (np.diff(sizes[order]) >= 0).all()  # bigger bins, bigger markers
+        assert sizes.max() <= 22 + 1e-9
+        assert trace.line.color == P.method_colour(name)
+    largest = max(max(t.marker.size) for t in fig.data[1:])
+    assert largest == pytest.approx(22.0) and max_count > 0
+    assert_serialises(fig)
+
+
+# ---------------------------------------------------------------------------
+# Confidence histogram
+# ---------------------------------------------------------------------------
+
+
+def test_confidence_histogram_bins_cover_unit_interval():
+    p1, _ = random_probs(1)
+    p2, _ = random_probs(2, scale=4.0)
+    conf1 = p1.max(axis=1)
+    conf1[0] = 1.0  # in the last, closed bin (numpy.histogram semantics)
+    fig = P.confidence_histogram({"coop": conf1, "calibprompt": p2}, n_bins=10)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [b.name for b in bars] == ["coop", "calibprompt"]
+    edges = np.linspace(0, 1, 11)
+    for bar, conf in zip(bars, (conf1, p2.max(axis=1))):
+        x, w = np.array(bar.x), bar.width
+        assert x[0] - w / 2 == pytest.approx(0.0) and x[-1] + w / 2 == pytest.approx(1.0)
+        np.testing.assert_allclose(x[1:] - x[:-1], 0.1)
+        np.testing.assert_array_equal(bar.customdata, np.histogram(conf, bins=edges)[0])
+        assert sum(bar.customdata) == len(conf)
+        assert sum(bar.y) == pytest.approx(1.0)
+        assert bar.marker.color == P.method_colour(bar.name)
+    means = [t for t in fig.data if t.type == "scatter"]
+    assert len(means) == 2
+    for line, conf in zip(means, (conf1, p2.max(axis=1))):
+        assert line.x[0] == line.x[1] == pytest.approx(conf.mean())
+        assert f"{100 * conf.mean():.1f} %" in line.name
+    assert fig.layout.barmode == "overlay"
+    assert tuple(fig.layout.xaxis.range) == (0, 1)
+    assert_serialises(fig)
+
+
+def test_confidence_histogram_correct_incorrect_stacked():
+    p, y = random_probs(4)
+    conf, ok = p.max(axis=1), p.argmax(axis=1) == y
+    fig = P.confidence_histogram({"coop": conf}, correct={"coop": ok}, n_bins=5)
+    good, bad = only(fig, "Correct"), only(fig, "Incorrect")
+    edges = np.linspace(0, 1, 6)
+    np.testing.assert_array_equal(good.customdata, np.histogram(conf[ok], bins=edges)[0])
+    np.testing.assert_array_equal(
+        np.array(good.customdata) + np.array(bad.customdata), np.histogram(conf, bins=edges)[0]
+    )
+    assert sum(good.y) + sum(bad.y) == pytest.approx(1.0)
+    assert fig.layout.barmode == "stack"
+    names = [t.name for t in fig.data if t.type == "scatter"]
+    assert any("accuracy" in n and f"{100 * ok.mean():.1f} %" in n for n in names)
+    assert any("mean confidence" in n and f"{100 * conf.mean():.1f} %" in n for n in names)
+    assert_serialises(fig)
+
+
+def test_confidence_histogram_validation():
+    conf = np.array([0.2, 0.9, 0.7])
+    with pytest.raises(ValueError, match="single method"):
+        P.confidence_histogram({"a": conf, "b": conf}, correct={"a": [1, 0, 1]})
+    with pytest.raises(ValueError, match="not in `confidences`"):
+        P.confidence_histogram({"a": conf}, correct={"b": [1, 0, 1]})
+    with pytest.raises(ValueError, match="one entry per confidence"):
+        P.confidence_histogram({"a": conf}, correct={"a": [1, 0]})
+    with pytest.raises(ValueError, match="0/1"):
+        P.confidence_histogram({"a": conf}, correct={"a": [1, 0, 2]})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        P.confidence_histogram({"a": [0.5, 3.0]})
+    with pytest.raises(ValueError, match="shape"):
+        P.confidence_histogram({"a": np.zeros((2, 2, 2))})
+    with pytest.raises(ValueError, match="empty"):
+        P.confidence_histogram({"a": []})
+    with pytest.raises(ValueError, match="n_bins"):
+        P.confidence_histogram({"a": conf}, n_bins=0)
+    with pytest.raises(ValueError, match="empty"):
+        P.confidence_histogram({})
+
+
+# ---------------------------------------------------------------------------
+# Loss curve
+# ---------------------------------------------------------------------------
+
+
+def test_loss_curve_single_and_named_series():
+    pts = [(1, 2.5), (2, 1.75), (3, 1.2)]
+    fig = P.loss_curve(pts)
+    (trace,) = fig.data
+    assert list(trace.x) == [1, 2, 3] and list(trace.y) == [2.5, 1.75, 1.2]
+    assert fig.layout.title.text == "Training loss"
+    assert fig.layout.xaxis.title.text == "Step" and fig.layout.yaxis.title.text == "Loss"
+    assert fig.layout.uirevision is not None
+
+    parts = {"total": pts, "LS": [(1, 1.0), (2, float("nan")), (3, 0.5)], "AS": []}
+    fig = P.loss_curve(parts, title="Loss parts")
+    assert [t.name for t in fig.data] == ["total", "LS"]  # empty series skipped
+    assert list(fig.data[1].y) == [1.0, None, 0.5]  # a diverged step is a gap
+    assert fig.layout.title.text == "Loss parts"
+    assert_serialises(fig)
+    arr = P.loss_curve(np.array([[0, 1.0], [10, 0.5]]))
+    assert list(arr.data[0].x) == [0, 10]
+
+
+@pytest.mark.parametrize("empty", [[], {}, {"total": []}, None])
+def test_loss_curve_empty_input_says_no_steps_yet(empty):
+    fig = P.loss_curve(empty)
+    assert len(fig.data) == 0
+    assert any("no steps yet" in a.text.lower() for a in fig.layout.annotations)
+    assert_serialises(fig)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([(1, 0.5, 3)], "pair"),
+        ([1, 2], "pair"),
+        ([("a", 0.5)], "step"),
+        ([(1, "x")], "loss"),
+        ("loss", "list"),
+        ({1: [(1, 0.5)]}, "series name"),
+    ],
+)
+def test_loss_curve_validation(bad, message):
+    with pytest.raises(ValueError, match=message):
+        P.loss_curve(bad)
+
+
+# ---------------------------------------------------------------------------
+# Classwise ECE
+# ---------------------------------------------------------------------------
+
+
+def test_classwise_ece_bars(reports):
+    classwise = {"coop": reports["coop"]["classwise_ece"], "calibprompt": reports["ls"]["classwise_ece"]}
+    assert len(classwise["coop"]) == len(classwise["calibprompt"]) == 3
+    fig = P.classwise_ece_bars(classwise, ["covid", "normal", "pneumonia"])
+    assert fig.layout.barmode == "group"
+    assert len(fig.data) == 2
+    for trace, (name, vals) in zip(fig.data, classwise.items()):
+        assert trace.name.startswith(name) and f"mean {100 * np.mean(vals):.1f} %" in trace.name
+        assert list(trace.x) == ["covid", "normal", "pneumonia"]
+        np.testing.assert_allclose(trace.y, vals)
+        assert trace.marker.color == P.method_colour(name)
+        assert f"{100 * vals[0]:.1f} %" in trace.hovertext[0]
+    assert_serialises(fig)
+
+
+def test_classwise_ece_validation():
+    with pytest.raises(ValueError, match="2 values but there are 3"):
+        P.classwise_ece_bars({"coop": [0.1, 0.2]}, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="unique"):
+        P.classwise_ece_bars({"coop": [0.1, 0.2]}, ["a", "a"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        P.classwise_ece_bars({"coop": []}, [])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        P.classwise_ece_bars({"coop": [5.0, 0.2]}, ["a", "b"])
+    with pytest.raises(ValueError, match="list of str"):
+        P.classwise_ece_bars({"coop": [0.1]}, "a")
+
+
+# ---------------------------------------------------------------------------
+# All figures
+# ---------------------------------------------------------------------------
+
+
+def all_figures(reports):
+    p, y = random_probs(9)
+    conf = p.max(axis=1)
+    return [
+        P.reliability_diagram(reports["coop"]["reliability"], ece=reports["coop"]["ece"]),
+        P.reliability_grid(reports),
+        P.reliability_overlay(reports),
+        P.confidence_histogram({"coop": conf}),
+        P.confidence_histogram({"coop": conf}, correct={"coop": p.argmax(1) == y}),
+        P.loss_curve([(1, 0.3)]),
+        P.loss_curve([]),
+        P.classwise_ece_bars({"coop": [0.1, 0.2]}, ["a", "b"]),
+    ]
+
+
+def test_common_style_and_determinism(reports):
+    first, second = all_figures(reports), all_figures(reports)
+    for a, b in zip(first, second):
+        assert isinstance(a, go.Figure)
+        assert a.to_json() == b.to_json()  # deterministic
+        assert a.layout.template == pio.templates["plotly_white"]
+        assert 360 <= a.layout.height <= 420 or a is first[1]
+        assert a.layout.font.size >= 12
+        assert_serialises(a)
+
+
+def test_inputs_are_not_modified(reports):
+    rel = json.loads(json.dumps(reports["coop"]["reliability"]))
+    conf = np.array([0.3, 0.8, 1.0])
+    before = conf.copy()
+    P.reliability_diagram(rel)
+    P.confidence_histogram({"a": conf})
+    assert rel == reports["coop"]["reliability"]
+    np.testing.assert_array_equal(conf, before)
+
+
+def test_module_does_not_import_gradio():
+    tree = ast.parse(Path(P.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert "gradio" not in imported
+
+
+def test_png_render_if_kaleido_installed(reports):
+    pytest.importorskip("kaleido")
+    fig = P.reliability_diagram(reports["coop"], title="CoOp")
+    try:
+        png = fig.to_image(format="png", width=600, height=400)
+    except Exception as exc:  # kaleido present but no browser to drive
+        pytest.skip(f"kaleido cannot render here: {exc}")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
