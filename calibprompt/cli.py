@@ -25,7 +25,8 @@ def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
 def cmd_backbones(args: argparse.Namespace) -> int:
     from .models import BACKBONES
 
-    rows = [{"name": s.name, "family": s.family, "source": s.model_id or "random twin (offline)",
+    rows = [{"name": s.name, "family": s.family,
+             "source": s.model_id or ("bundled (offline)" if s.local_dir else "random twin (offline)"),
              "context": s.context_length, "size": s.size, "licence": s.licence, "suits": ",".join(s.suits)}
             for s in BACKBONES.values()]
     if args.json:

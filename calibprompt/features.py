@@ -47,28 +47,21 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _find(transform, kind):
-    for t in getattr(transform, "transforms", [transform]):
-        if isinstance(t, kind):
-            return t
-    return None
-
-
 def train_transform(preprocess) -> T.Compose:
-    """The paper's training augmentation built around a backbone's own test-time ``preprocess``:
-    random resized crop (scale 0.08-1, bicubic) to the model's input size, horizontal flip, and the
-    model's normalisation."""
-    crop = _find(preprocess, T.CenterCrop)
-    norm = _find(preprocess, T.Normalize)
-    if crop is None or norm is None:
+    """The paper's training augmentation built around a backbone's own test-time ``preprocess``: its
+    resize and centre crop are replaced by a random resized crop (scale 0.08-1, bicubic) to the same
+    size and a horizontal flip; the steps before them (e.g. MedCLIP's grayscale and square padding)
+    and after them (tensor conversion, the model's normalisation) are kept."""
+    steps = list(getattr(preprocess, "transforms", [preprocess]))
+    crop_at = next((i for i, t in enumerate(steps) if isinstance(t, T.CenterCrop)), None)
+    if crop_at is None or not any(isinstance(t, T.Normalize) for t in steps):
         raise ValueError("Cannot derive a training augmentation: the backbone's preprocessing lacks CenterCrop/Normalize.")
+    resize_at = next((i for i, t in enumerate(steps[:crop_at]) if isinstance(t, T.Resize)), crop_at)
+    crop = steps[crop_at]
     size = crop.size if isinstance(crop.size, (tuple, list)) else (crop.size, crop.size)
-    return T.Compose([
-        T.RandomResizedCrop(tuple(size), scale=AUGMENTATION["crop_scale"], interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(norm.mean, norm.std),
-    ])
+    augment = [T.RandomResizedCrop(tuple(size), scale=AUGMENTATION["crop_scale"], interpolation=T.InterpolationMode.BICUBIC),
+               T.RandomHorizontalFlip()]
+    return T.Compose(steps[:resize_at] + augment + steps[crop_at + 1:])
 
 
 def _view_seed(key: str, view: int) -> int:

@@ -101,6 +101,7 @@ class BackboneSpec:
     suits: tuple[str, ...] = ()
     seed: int = 0
     local_dir: str | None = None  # a bundled model folder (open_clip local-dir layout)
+    builder: str = "open_clip"  # how the weights become a model: "open_clip", "plip" or "medclip"
 
     @property
     def is_twin_only(self) -> bool:
@@ -176,6 +177,28 @@ BACKBONES: dict[str, BackboneSpec] = {
         size="151M params",
         suits=("kather", "pannuke", "digestpath"),
     ),
+    "plip": BackboneSpec(
+        name="plip",
+        family="plip",
+        description="PLIP (ViT-B/32 CLIP fine-tuned on 208k pathology image-text pairs from Twitter), converted to open_clip.",
+        model_id="vinid/plip (transformers CLIPModel)",
+        hub_files=(HubFiles("vinid/plip", (("config.json",), ("model.safetensors", "pytorch_model.bin"))),),
+        licence="research use (vinid/plip terms)",
+        size="151M params",
+        suits=("kather", "pannuke", "digestpath"),
+        builder="plip",
+    ),
+    "medclip": BackboneSpec(
+        name="medclip",
+        family="medclip",
+        description="MedCLIP-ViT (Swin-T + Bio_ClinicalBERT with projection heads), trained on chest X-rays.",
+        model_id="MedCLIP-ViT release (medclip-vit-pretrained)",
+        context_length=77,
+        licence="MedCLIP release terms (research use)",
+        size="137M params",
+        suits=("covid", "rsna18"),
+        builder="medclip",
+    ),
     "clip-vit-b16": BackboneSpec(
         name="clip-vit-b16",
         family="clip",
@@ -207,7 +230,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="demo",
         description="The bundled demo model: a tiny CLIP pretrained on a synthetic histology world (knows only that world).",
         local_dir=str(ASSETS_DIR / "demo-backbone"),
-        context_length=48,
+        context_length=40,
         licence="MIT (this project)",
         size="4M params",
         suits=("demo", "demo-binary"),
@@ -398,6 +421,11 @@ def build_twin(spec: BackboneSpec, device: torch.device | str | None = "cpu") ->
     from open_clip.model import CLIP, CustomTextCLIP
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
+    if spec.builder != "open_clip":
+        model, preprocess, tokenizer, cfg = _create_model(spec, resolve_device(device), "fp32", twin=True)
+        return Backbone(f"{spec.name}-twin", model, preprocess, tokenizer, family=spec.family, pretrained=False,
+                        description=f"Random-weight twin of {spec.name}.", model_cfg=cfg)
+
     cfg = _resolve_twin_text_dirs(spec.model_cfg)
     text_cfg = cfg["text_cfg"]
     model_class = CustomTextCLIP if "hf_model_name" in text_cfg else CLIP
@@ -498,7 +526,7 @@ def _hub_offline():
 
 
 def _unavailable_message(label: str, spec: BackboneSpec, missing: list[str], why: str) -> str:
-    repos = sorted({m.rsplit("/", 1)[0] for m in missing})
+    repos = sorted({m.rsplit("/", 1)[0] for m in missing if " (from " not in m})
     fetch = "; ".join(f"hf download {r}" for r in repos)
     return (
         f"Cannot load the backbone '{label}' ({spec.model_id}): {why}, and these files are not in the local "
@@ -520,11 +548,70 @@ def _create_openclip(spec: BackboneSpec, device: torch.device, precision: str):
     return model, preprocess, tokenizer
 
 
-def _load_hub_spec(spec: BackboneSpec, label: str, device: torch.device, precision: str) -> Backbone:
+def _create_plip(device: torch.device, twin: bool):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from .plip import PLIP_REPO, hf_clip_to_openclip, tiny_hf_clip
+
+    if twin:
+        hf = tiny_hf_clip()
+    else:
+        from transformers import CLIPModel
+
+        hf = CLIPModel.from_pretrained(PLIP_REPO)
+    model, cfg = hf_clip_to_openclip(hf)
+    preprocess = _make_transform(cfg["vision_cfg"]["image_size"], _OPENAI_PREPROCESS)
+    return model.to(device), preprocess, SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"]), cfg
+
+
+def medclip_checkpoint_path() -> Path:
+    """Where the released MedCLIP-ViT weights are looked for (``$MEDCLIP_CHECKPOINT``, else the data directory)."""
+    from .medclip import CHECKPOINT_NAME
+    from .paths import data_dir
+
+    override = os.environ.get("MEDCLIP_CHECKPOINT")
+    return Path(override).expanduser() if override else data_dir() / "models" / "medclip-vit" / CHECKPOINT_NAME
+
+
+def _create_medclip(device: torch.device, twin: bool):
+    from .medclip import build_medclip, download_medclip_checkpoint
+
+    checkpoint = None
+    if not twin:
+        checkpoint = medclip_checkpoint_path()
+        if not checkpoint.is_file():
+            logger.info("Downloading the MedCLIP-ViT checkpoint into %s", checkpoint.parent)
+            checkpoint = download_medclip_checkpoint(checkpoint.parent)
+    model, preprocess, tokenizer = build_medclip(checkpoint, twin=twin, device=device)
+    return model, preprocess, tokenizer, None
+
+
+def _create_model(spec: BackboneSpec, device: torch.device, precision: str, twin: bool = False):
+    """``(model, preprocess, tokenizer, model_cfg)`` for a spec's builder."""
+    if spec.builder == "plip":
+        return _create_plip(device, twin)
+    if spec.builder == "medclip":
+        return _create_medclip(device, twin)
+    return (*_create_openclip(spec, device, precision), None)
+
+
+def _missing_files(spec: BackboneSpec) -> list[str]:
     missing = missing_hub_files(spec)
+    if spec.builder == "medclip":
+        from .medclip import CHECKPOINT_URL, HUB_FILES
+
+        missing += missing_hub_files(BackboneSpec(spec.name, spec.family, "", hub_files=tuple(
+            HubFiles(repo, tuple((f,) for f in files)) for repo, files in HUB_FILES)))
+        if not medclip_checkpoint_path().is_file():
+            missing.append(f"{medclip_checkpoint_path()} (from {CHECKPOINT_URL})")
+    return missing
+
+
+def _load_hub_spec(spec: BackboneSpec, label: str, device: torch.device, precision: str) -> Backbone:
+    missing = _missing_files(spec)
     if not missing:
         with _hub_offline():  # everything is cached: no network round trip at all
-            model, preprocess, tokenizer = _create_openclip(spec, device, precision)
+            model, preprocess, tokenizer, cfg = _create_model(spec, device, precision)
     else:
         if hub_is_offline():
             raise BackboneUnavailableError(_unavailable_message(label, spec, missing, "HF_HUB_OFFLINE is set"))
@@ -534,8 +621,9 @@ def _load_hub_spec(spec: BackboneSpec, label: str, device: torch.device, precisi
                 _unavailable_message(label, spec, missing, f"the Hugging Face Hub is unreachable ({reason})")
             )
         logger.info("Downloading %s from the Hugging Face Hub (missing: %s)", label, ", ".join(missing))
-        model, preprocess, tokenizer = _create_openclip(spec, device, precision)
-    return Backbone(label, model, preprocess, tokenizer, family=spec.family, description=spec.description)
+        model, preprocess, tokenizer, cfg = _create_model(spec, device, precision)
+    return Backbone(label, model, preprocess, tokenizer, family=spec.family, description=spec.description,
+                    model_cfg=cfg)
 
 
 def _adhoc_hub_spec(model_id: str) -> BackboneSpec:

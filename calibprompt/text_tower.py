@@ -154,7 +154,9 @@ class HFTextTower(TextTower):
 
 
 def text_tower_for(model: nn.Module, tokenizer) -> TextTower:
-    """The adapter that matches ``model``'s text tower."""
+    """The adapter that matches ``model``'s text tower (a model may provide its own: ``build_text_tower``)."""
+    if hasattr(model, "build_text_tower"):
+        return model.build_text_tower(tokenizer)
     text = getattr(model, "text", None)
     if text is not None and hasattr(text, "transformer") and hasattr(text, "pooler"):
         return HFTextTower(model, tokenizer)

@@ -166,3 +166,50 @@ def test_cached_hub_model_loads_offline_through_open_clip(empty_hf_cache, monkey
     assert torch.allclose(loaded.encode_text(["mucus"]), tiny_native.encode_text(["mucus"]), atol=1e-6)
     config = json.loads((folder / "open_clip_config.json").read_text())
     assert config["model_cfg"]["embed_dim"] == 32
+
+
+# ------------------------------------------------------------------ PLIP (issue: the paper's other Med-VLMs)
+def test_plip_conversion_is_exact_against_transformers_clip():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from calibprompt.plip import hf_clip_to_openclip, tiny_hf_clip
+
+    hf = tiny_hf_clip(seed=3)
+    model, cfg = hf_clip_to_openclip(hf)
+    ids = SimpleTokenizer(context_length=77)(["An H&E image of tumor.", "a photo of lymphocytes and debris"])
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        text_ref = hf.get_text_features(input_ids=ids)
+        image_ref = hf.get_image_features(pixel_values=pixels)
+        text_ref = getattr(text_ref, "pooler_output", text_ref)
+        image_ref = getattr(image_ref, "pooler_output", image_ref)
+        assert torch.allclose(model.encode_text(ids), text_ref, atol=1e-5)
+        assert torch.allclose(model.encode_image(pixels), image_ref, atol=1e-5)
+    assert model.logit_scale.item() == pytest.approx(hf.logit_scale.item())
+    assert cfg["quick_gelu"] is True and cfg["vision_cfg"]["patch_size"] == 8
+
+
+def test_plip_and_medclip_are_registered_and_fail_fast_offline(empty_hf_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("CALIBPROMPT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MEDCLIP_CHECKPOINT", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: (False, "offline"))
+    assert {"plip", "medclip"} <= set(list_backbones())
+    for name, expected in (("plip", "vinid/plip"), ("medclip", "medclip-vit-pretrained")):
+        start = time.perf_counter()
+        with pytest.raises(BackboneUnavailableError) as info:
+            load_backbone(name)
+        assert time.perf_counter() - start < 5.0
+        assert name in str(info.value) and expected in str(info.value) and "demo" in str(info.value)
+
+
+def test_plip_twin_runs_the_prompt_learner_exactly(tmp_path):
+    from calibprompt.prompt_learner import PromptLearner
+
+    twin = load_backbone("plip", pretrained=False)
+    assert twin.family == "plip" and twin.context_length == 77
+    names = ["tumor", "normal mucosa"]
+    learner = PromptLearner(twin, names, ctx_init="a photo of a")
+    with torch.no_grad():
+        expected = twin.model.encode_text(twin.tokenizer([f"a photo of a {c}." for c in names]), normalize=True)
+        assert torch.allclose(learner.encode_text(), expected, atol=1e-5)
+    assert twin.encode_image([_image(1)]).shape == (1, 32)
