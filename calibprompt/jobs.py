@@ -26,7 +26,7 @@ from .evaluation import Evaluation, evaluate_head
 from .features import FeatureCache
 from .losses import build_objective, get_method
 from .models import load_backbone
-from .paths import datasets_dir, runs_dir
+from .paths import datasets_dir, inside, runs_dir, uploads_dir
 from .store import RunRecord, RunStore
 from .tasks import Task, TaskClass, list_tasks, load_task
 from .trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
@@ -102,7 +102,8 @@ def open_dataset(dataset: str | os.PathLike, task: str | Task | None = None) -> 
         raise ValueError(f"The dataset {str(dataset)!r} is neither a folder/CSV file nor a task name ({', '.join(list_tasks())}).")
     if task_obj is None and path.name in list_tasks():
         task_obj = load_task(path.name)
-    ds = load_dataset(path, task=task_obj)
+    # an uploaded archive may carry a manifest pointing anywhere: keep it to its own folder
+    ds = load_dataset(path, task=task_obj, confine_to_root=inside(path, uploads_dir()))
     return (task_obj or _task_from_dataset(ds)), ds
 
 

@@ -254,7 +254,8 @@ class Workspace:
         """Demo tasks' standard splits and the dataset folders under the data directory."""
         folders = sorted(p.name for p in datasets_dir().iterdir() if p.is_dir() and not p.name.startswith(".")
                          and "-standard-" not in p.name)
-        uploads = sorted(f"uploads/{p.name}" for p in uploads_dir().iterdir() if p.is_dir() and not p.name.startswith("."))
+        uploads = sorted(f"uploads/{self._upload_root(p).relative_to(uploads_dir()).as_posix()}"
+                         for p in uploads_dir().iterdir() if p.is_dir() and not p.name.startswith("."))
         return list(DEMO_TASKS) + folders + uploads
 
     def resolve_dataset(self, choice: str) -> str:
@@ -274,10 +275,13 @@ class Workspace:
         if not zip_path:
             raise ValueError("Choose a .zip file with one folder of images per class (or train/ and test/ folders).")
         root = extract_zip(zip_path, uploads_dir())
-        top = root if root.parent == uploads_dir() else root.parent
-        while top.parent != uploads_dir():
-            top = top.parent
-        return f"uploads/{top.name}"
+        return f"uploads/{root.relative_to(uploads_dir()).as_posix()}"
+
+    @staticmethod
+    def _upload_root(folder: Path) -> Path:
+        """An unpacked upload's dataset folder: its single top-level folder, if that is all it holds."""
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".") and e.name != "__MACOSX"]
+        return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
     def start_training(self, dataset: str, *, method: str = "calibprompt", shots: int = 8, seed: int = 1,
                        epochs: int = 50, alpha: float | None = None, beta: float | None = None,

@@ -161,3 +161,26 @@ def test_auto_model_choice_falls_back_to_the_demo_with_a_reason(monkeypatch, tmp
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     backbone, banner = choose_backbone("auto")
     assert backbone.name == "demo" and "HF_HUB_OFFLINE" in banner
+
+
+def test_an_uploaded_manifest_cannot_reach_outside_its_folder(ws, tmp_path, calibprompt_home):
+    from PIL import Image
+
+    from calibprompt.jobs import open_dataset
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    archive = tmp_path / "manifest.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            for cls in ("a", "b"):
+                buf = tmp_path / f"{cls}{i}.png"
+                Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(buf)
+                zf.write(buf, f"set/{cls}{i}.png")
+        rows = [f"{c}{i}.png,{c}" for i in range(3) for c in ("a", "b")] + [f"{secret},a", "../../secret.png,b"]
+        zf.writestr("set/manifest.csv", "path,label\n" + "\n".join(rows) + "\n")
+    choice = ws.upload_dataset(str(archive))
+    _, ds = open_dataset(ws.resolve_dataset(choice))
+    assert len(ds.train) == 6
+    assert all("secret" not in str(p) for p in ds.train.paths)
+    assert any("secret" in path for path, _ in ds.skipped)
