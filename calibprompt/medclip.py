@@ -43,6 +43,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from .fileio import atomic_write
 from .text_tower import TextTower
 
 __all__ = [
@@ -532,22 +533,17 @@ def _extract_checkpoint(archive: Path, target: Path) -> Path:
             raise MedCLIPDownloadError(f"Refusing the archive: {info.filename} is a symbolic link.")
         if info.file_size > _MAX_EXTRACT_BYTES:
             raise MedCLIPDownloadError(f"{info.filename} is implausibly large ({info.file_size} bytes).")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
+
+        def copy_member(tmp: str) -> None:
             written = 0
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            with open(tmp, "wb") as out, zf.open(info) as src:
                 for block in iter(lambda: src.read(_CHUNK), b""):
                     written += len(block)
                     if written > _MAX_EXTRACT_BYTES:
                         raise MedCLIPDownloadError(f"{info.filename} inflates beyond {_MAX_EXTRACT_BYTES} bytes.")
                     out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        atomic_write(target, copy_member)
     return target
 
 
