@@ -143,7 +143,8 @@ def build_demo(workspace: Workspace | None = None) -> gr.Blocks:
             return gr.update(), gr.update(), gr.update(active=False), gr.update(), gr.update()
         status = ws.job_status(run_id)
         over = status["status"] not in ("queued", "running")
-        history = pd.DataFrame(ws.run_history())
+        # the store is read again only when the job ends, not on every tick
+        history = pd.DataFrame(ws.run_history()) if over else gr.update()
         prompts = gr.update(choices=ws.prompt_choices()) if over else gr.update()
         return (_progress_html(status), plots.loss_curve(status.get("losses") or []), gr.update(active=not over),
                 history, prompts)

@@ -17,6 +17,7 @@ twins (a native open_clip CLIP, and a CustomTextCLIP with a Hugging Face BERT te
 from __future__ import annotations
 
 import contextlib
+import functools
 import copy
 import json
 import logging
@@ -330,7 +331,7 @@ class Backbone:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    @property
+    @functools.cached_property
     def embed_dim(self) -> int:
         return int(self.encode_text(["a"]).shape[1])
 

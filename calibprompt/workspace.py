@@ -333,9 +333,8 @@ class Workspace:
         source = self.resolve_dataset(dataset)
         task = source if source in DEMO_TASKS else (self.task.name if self.task.path else None)
         _, ds = open_dataset(source, task)
-        if ds.classnames != self.task.classnames and not (source in DEMO_TASKS and source == self.task.name):
-            if [c for c in ds.class_ids] != self.task.class_ids:
-                raise ValueError(f"The dataset's classes {ds.class_ids} are not those of the task {self.task.name!r}.")
+        if ds.class_ids != self.task.class_ids:
+            raise ValueError(f"The dataset's classes {ds.class_ids} are not those of the task {self.task.name!r}.")
         _, test = few_shot_split(ds, 8, 1)
         return test
 
