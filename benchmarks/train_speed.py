@@ -34,11 +34,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from calibprompt.data import load_image  # noqa: E402
-from calibprompt.features import FeatureCache, train_transform  # noqa: E402
-from calibprompt.losses import build_objective  # noqa: E402
-from calibprompt.models import BACKBONES, load_backbone  # noqa: E402
-from calibprompt.prompt_learner import PromptLearner  # noqa: E402
-from calibprompt.trainer import TrainConfig, learning_rate, train_prompts  # noqa: E402
+from calibprompt.training.features import FeatureCache, train_transform  # noqa: E402
+from calibprompt.training.losses import build_objective  # noqa: E402
+from calibprompt.backbones import BACKBONES, load_backbone  # noqa: E402
+from calibprompt.prompting.learner import PromptLearner  # noqa: E402
+from calibprompt.training.trainer import TrainConfig, learning_rate, train_prompts  # noqa: E402
 
 COLOURS = [(235, 225, 232), (70, 45, 130), (205, 85, 150), (150, 60, 90), (120, 140, 200), (90, 160, 110),
            (200, 180, 90), (60, 60, 60), (160, 110, 60)]

@@ -12,9 +12,9 @@ The flat public API::
     out = engine.predict([image])                        # {head: Prediction(probs, logits)}
     cp.calibration_report(out["zero-shot"].probs, labels)
 """
-from .checkpoint import load_prompt, read_prompt_metadata, save_prompt
-from .compare import run_comparison, summarize
-from .data import (
+from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
+from calibprompt.runs.compare import run_comparison, summarize
+from calibprompt.data import (
     SUPPORTED_IMAGE_SUFFIXES,
     Dataset,
     LabeledImages,
@@ -25,13 +25,13 @@ from .data import (
     load_image,
     sample_few_shot,
 )
-from .devices import available_devices, resolve_device
-from .engine import Engine, Head, Prediction
-from .evaluation import Evaluation, evaluate_head, evaluate_probs
-from .features import FeatureCache
-from .jobs import JobRunner, TrainJob, open_dataset, run_train_job
-from .losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
-from .metrics import (
+from calibprompt.devices import available_devices, resolve_device
+from calibprompt.prompting.engine import Engine, Head, Prediction
+from calibprompt.evaluation.report import Evaluation, evaluate_head, evaluate_probs
+from calibprompt.training.features import FeatureCache
+from calibprompt.runs.jobs import JobRunner, TrainJob, open_dataset, run_train_job
+from calibprompt.training.losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
+from calibprompt.evaluation.metrics import (
     accuracy,
     adaptive_calibration_error,
     apply_temperature,
@@ -48,7 +48,7 @@ from .metrics import (
     negative_log_likelihood,
     reliability_bins,
 )
-from .models import (
+from calibprompt.backbones import (
     BACKBONES,
     Backbone,
     BackboneSpec,
@@ -57,10 +57,16 @@ from .models import (
     load_backbone,
     save_backbone,
 )
-from .prompt_learner import PromptLearner
-from .store import RunRecord, RunStore
-from .tasks import Task, list_tasks, load_task
-from .trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+from calibprompt.prompting.learner import PromptLearner
+from calibprompt.runs.store import RunRecord, RunStore
+from calibprompt.prompting.tasks import Task, list_tasks, load_task
+from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+from calibprompt.data.sources import DatasetSource, list_registered_datasets, register_dataset
+from calibprompt.data.resolve import dataset_choices
+from calibprompt.evaluation.agreement import cohen_kappa
+from calibprompt.evaluation.report import CalibrationReport
+from calibprompt.prompting.library import register_bundled_prompt
+from calibprompt.runs.requests import check_train_request
 
 __version__ = "0.1.0"
 
@@ -76,4 +82,6 @@ __all__ = [
     "sample_few_shot", "extract_zip", "FeatureCache", "TrainConfig", "StepInfo", "TrainingCancelled", "train_prompts",
     "Evaluation", "evaluate_probs", "evaluate_head", "RunStore", "RunRecord", "TrainJob", "JobRunner",
     "run_train_job", "open_dataset", "run_comparison", "summarize", "__version__",
+    "DatasetSource", "register_dataset", "list_registered_datasets", "dataset_choices", "cohen_kappa",
+    "CalibrationReport", "register_bundled_prompt", "check_train_request",
 ]

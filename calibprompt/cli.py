@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 from typing import Sequence
+
+from calibprompt import defaults
 
 logger = logging.getLogger("calibprompt")
 
@@ -23,7 +26,7 @@ def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from .models import BACKBONES
+    from calibprompt.backbones import BACKBONES
 
     rows = [{"name": s.name, "family": s.family,
              "source": s.model_id or ("bundled (offline)" if s.local_dir else "random twin (offline)"),
@@ -37,7 +40,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from .tasks import list_tasks, load_task
+    from calibprompt.prompting.tasks import list_tasks, load_task
 
     rows = []
     for name in list_tasks():
@@ -61,9 +64,9 @@ def _parse_prompt_args(values: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .models import load_backbone
-    from .tasks import Task, load_task
+    from calibprompt.prompting.engine import Engine
+    from calibprompt.backbones import load_backbone
+    from calibprompt.prompting.tasks import Task, load_task
 
     task = Task.from_classnames(args.classes.split(",")) if args.classes else load_task(args.task)
     backbone = load_backbone(args.model, device=args.device)
@@ -96,10 +99,29 @@ def _loss_params(args: argparse.Namespace) -> dict[str, float]:
     return {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta)) if v is not None}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .jobs import TrainJob, run_train_job
-    from .store import RunStore
+def _check_train_args(args: argparse.Namespace, seeds: Sequence[int]) -> None:
+    """Refuse an absurd train/compare request before anything is trained or recorded: the numbers
+    against ``calibprompt.defaults.LIMITS``, the shots against the smallest class of the dataset's
+    training pool, and that every seed's split leaves test images (a ValueError: exit status 2)."""
+    from calibprompt.data.layouts import few_shot_split
+    from calibprompt.data.resolve import open_dataset
+    from calibprompt.runs.requests import check_train_request, class_counts_for_split
 
+    for seed in seeds:
+        check_train_request(shots=args.shots, epochs=args.epochs, seed=seed, alpha=args.alpha, beta=args.beta,
+                            n_bins=args.bins)
+    _, dataset = open_dataset(args.dataset, args.task)
+    check_train_request(shots=args.shots, epochs=args.epochs, seed=seeds[0],
+                        class_counts=class_counts_for_split(dataset))
+    for seed in seeds:
+        few_shot_split(dataset, args.shots, seed)  # e.g. a single-folder dataset with no image left to test on
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from calibprompt.runs.jobs import TrainJob, run_train_job
+    from calibprompt.runs.store import RunStore
+
+    _check_train_args(args, [args.seed])
     job = TrainJob(model=args.model, dataset=args.dataset, task=args.task, shots=args.shots, seed=args.seed,
                    method=args.method, epochs=args.epochs, loss_params=_loss_params(args), device=args.device,
                    n_views=args.views, n_bins=args.bins)
@@ -132,13 +154,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data.datasets import few_shot_split
-    from .engine import Engine
-    from .evaluation import evaluate_head
-    from .features import FeatureCache
-    from .jobs import open_dataset
-    from .models import load_backbone
-    from .store import RunStore
+    from calibprompt.data.layouts import few_shot_split
+    from calibprompt.prompting.engine import Engine
+    from calibprompt.evaluation.report import evaluate_head
+    from calibprompt.training.features import FeatureCache
+    from calibprompt.runs.jobs import open_dataset
+    from calibprompt.backbones import load_backbone
+    from calibprompt.runs.store import RunStore
 
     store = RunStore()
     checkpoint, defaults = args.checkpoint, {}
@@ -192,7 +214,7 @@ def _fmt(value) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .store import RunStore
+    from calibprompt.runs.store import RunStore
 
     records = RunStore().list_runs(status=args.status, limit=args.limit)
     if args.json:
@@ -208,8 +230,41 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reviews(args: argparse.Namespace) -> int:
+    import csv
+
+    from calibprompt.runs.store import RunStore
+
+    store = RunStore()
+    if args.csv:
+        path = store.export_reviews_csv(args.csv, reader=args.reader, dataset=args.dataset)
+        with open(path, newline="", encoding="utf-8") as handle:
+            count = sum(1 for _ in csv.reader(handle)) - 1  # notes may span lines: count CSV rows, not lines
+        print(f"wrote {count} review{'' if count == 1 else 's'} to {path}")
+        return 0
+    verdicts = store.reviews(reader=args.reader, dataset=args.dataset)
+    if not verdicts:
+        print("no reviews" + (" matching the filters" if args.reader or args.dataset else " yet"))
+        return 0
+    rows = [{"dataset": r["dataset"], "image": r["image"], "method": r["method"], "reader": r["reader"],
+             "verdict": r["verdict"], "prediction": r["prediction"], "confidence": _fmt(r["confidence"]),
+             "reviewed_at": r["reviewed_at"][:19].replace("T", " "),
+             "note": " ".join(r["note"].split())[:40]} for r in verdicts]
+    _print_table(rows, ["dataset", "image", "method", "reader", "verdict", "prediction", "confidence", "reviewed_at",
+                        "note"])
+    pairs = store.reader_agreement(dataset=args.dataset)
+    print()
+    if not pairs:
+        print("reader agreement: no two readers reviewed a common case")
+        return 0
+    print("reader agreement (Cohen's kappa over common cases; - when undefined or fewer than 2 cases)")
+    _print_table([{**p, "kappa": "-" if p["kappa"] is None else f"{p['kappa']:.3f}"} for p in pairs],
+                 ["reader_a", "reader_b", "cases", "kappa"])
+    return 0
+
+
 def _write_json(path: str, data) -> None:
-    from .fileio import atomic_write_json
+    from calibprompt.fileio import atomic_write_json
 
     atomic_write_json(path, data)
 
@@ -218,7 +273,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     import csv
     import io
 
-    from .fileio import atomic_write_text
+    from calibprompt.fileio import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
@@ -228,7 +283,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import ROW_FIELDS, parse_methods, run_comparison, summarize
+    from calibprompt.runs.compare import ROW_FIELDS, parse_methods, run_comparison, summarize
 
     methods = parse_methods(args.methods)
     try:
@@ -237,6 +292,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds takes comma-separated integers, e.g. 1,2,3; got {args.seeds!r}.") from None
     if not seeds:
         raise ValueError("Give at least one seed, e.g. --seeds 1,2,3.")
+    _check_train_args(args, seeds)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", file=sys.stderr, leave=False)
@@ -272,7 +328,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from .demo.datasets import STANDARD_SPLITS, write_demo_dataset
+    from calibprompt.demo.datasets import STANDARD_SPLITS, write_demo_dataset
 
     std = STANDARD_SPLITS[args.task]
     out = write_demo_dataset(
@@ -285,7 +341,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_build(args: argparse.Namespace) -> int:
-    from .demo.pretrain import DEMO_DIR, PretrainConfig, pretrain_demo_backbone
+    from calibprompt.demo.pretrain import DEMO_DIR, PretrainConfig, pretrain_demo_backbone
 
     if args.stage in ("all", "backbone"):
         config = PretrainConfig(seed=args.seed, steps=args.steps, workers=args.workers)
@@ -304,7 +360,7 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
     if args.stage in ("all", "prompts"):
         if args.out:
             raise ValueError("The bundled prompts are trained on the bundled backbone; drop --out to build them.")
-        from .demo.bundle import build_demo_prompts, write_sample_images
+        from calibprompt.demo.bundle import build_demo_prompts, write_sample_images
 
         for path in build_demo_prompts():
             print(f"prompt written: {path}")
@@ -318,7 +374,7 @@ def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
                    help="a folder (class folders, train/test, images/train|test + classnames.txt) or CSV, or a task name")
     p.add_argument("--task", help="task name or .json file supplying class names and templates")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,17 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    from .losses import list_methods
+    from calibprompt.training.losses import list_methods
 
     p = sub.add_parser("train", help="learn a prompt on a few shots (the paper's protocol by default)")
     _add_job_arguments(p)
-    p.add_argument("--shots", type=int, default=8)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"split and training seed (default {defaults.SEED})")
     p.add_argument("--method", default="calibprompt", choices=list_methods())
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--alpha", type=float, help="LS/SMAC smoothing (default: the paper's value for the task)")
     p.add_argument("--beta", type=float, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
-    p.add_argument("--views", type=int, default=10, help="cached augmented views per training image")
+    p.add_argument("--views", type=int, default=defaults.N_VIEWS, help="cached augmented views per training image")
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -375,13 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.set_defaults(func=cmd_runs)
 
+    p = sub.add_parser("reviews", help="the readers' case verdicts and their agreement, or a CSV export of them")
+    p.add_argument("--csv", help="write the verdicts to this CSV file (spreadsheet-safe) instead of printing them")
+    p.add_argument("--reader", help="only this reader's verdicts")
+    p.add_argument("--dataset", help="only verdicts on this dataset")
+    p.set_defaults(func=cmd_reviews)
+
     p = sub.add_parser("compare", help="several methods over several seeds: a paper-style table")
     _add_job_arguments(p)
-    p.add_argument("--shots", type=int, default=8)
+    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--methods", default="zeroshot,coop,calibprompt",
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)
     p.add_argument("--json", help="write one row per method and seed to this JSON file")
@@ -414,13 +476,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from .models import BackboneUnavailableError
+    import calibprompt.demo
+    from calibprompt.backbones import BackboneUnavailableError
 
+    calibprompt.demo.register()  # the demo's datasets and bundled prompts (the core never imports the demo)
     try:
         return int(args.func(args) or 0)
     except (ValueError, BackboneUnavailableError, FileNotFoundError) as exc:
         print(f"calibprompt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only data directory, a locked database
+        from calibprompt.errors import user_message
+
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"calibprompt {args.command}: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

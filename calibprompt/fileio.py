@@ -1,10 +1,12 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename over the target.
 
-A reader never sees a half-written file, and a crash leaves at most a stray ``*.tmp`` behind.
+A reader never sees a half-written file; a failed write (a full disk, say) removes its temporary file
+and leaves the target as it was, and only a crash can leave a stray ``.<name>.*.tmp`` behind.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,21 +14,34 @@ from typing import Any, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
 
+logger = logging.getLogger(__name__)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the caller asked for, not a random temporary name
+        exc.filename = str(path)
+        raise
+    try:
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) == tmp:
+            exc.filename = str(path)
+        # never leave a half-written temporary file; a failure to remove it must not hide the real error
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as cleanup:  # pragma: no cover - e.g. the disk went read-only meanwhile
+            logger.warning("Could not remove the temporary file %s: %s", tmp, cleanup)
         raise
     return path
 

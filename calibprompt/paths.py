@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "inside"]
+__all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "inside", "SAMPLE_IMAGES_DIR"]
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -47,3 +47,7 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
         return True
     except ValueError:
         return False
+
+
+#: The bundled sample images (package data), the only folder of the package a hosted app serves.
+SAMPLE_IMAGES_DIR = Path(__file__).resolve().parent / "sample_images"

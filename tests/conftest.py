@@ -9,16 +9,24 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def demo_registered():
+    """The demo world's datasets and prompts, registered as the entry points do."""
+    import calibprompt.demo
+
+    calibprompt.demo.register()
+
+
 @pytest.fixture(scope="session")
 def tiny_native():
-    from calibprompt.models import load_backbone
+    from calibprompt.backbones import load_backbone
 
     return load_backbone("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_hf():
-    from calibprompt.models import load_backbone
+    from calibprompt.backbones import load_backbone
 
     return load_backbone("tiny-random-hf", device="cpu")
 
@@ -41,13 +49,20 @@ def app_url(tmp_path_factory):
     """The app (build_demo over the demo model) served on localhost for the API and browser tests."""
     previous = os.environ.get("CALIBPROMPT_HOME")
     os.environ["CALIBPROMPT_HOME"] = str(tmp_path_factory.mktemp("app-home"))
-    import app
-    from calibprompt.models import load_backbone
-    from calibprompt.workspace import Workspace
+    import calibprompt.demo
+    from calibprompt.app import build_demo
+    from calibprompt.app.launch import private_paths
+    from calibprompt.backbones import load_backbone
+    from calibprompt.paths import SAMPLE_IMAGES_DIR
+    from calibprompt.service.core import Core
 
-    demo = app.build_demo(Workspace(load_backbone("demo"), "Model: the bundled demo model (test server)."))
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    calibprompt.demo.register()
+    core = Core(load_backbone("demo"), "Model: the bundled demo model (test server).",
+                models=["demo", "tiny-random"])  # a second model that loads offline, for switching
+    demo = build_demo(core)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, allowed_paths=[str(SAMPLE_IMAGES_DIR)],
+                            blocked_paths=private_paths())
     yield url
     demo.close()
     if previous is None:

@@ -54,7 +54,7 @@ def _shot(page, name):
 @needs_browser
 def test_compare_tab_shows_all_three_methods(page):
     assert page.get_by_text("not for diagnosis").first.is_visible()
-    page.set_input_files("#compare-files input[type=file]", str(ROOT / "sample_images" / "demo-norm-0048.png"))
+    page.set_input_files("#compare-files input[type=file]", str(ROOT / "calibprompt" / "sample_images" / "demo-norm-0048.png"))
     page.wait_for_timeout(1000)
     page.click("#compare-button")
     for head in ("zero-shot", "coop", "calibprompt"):
@@ -92,6 +92,53 @@ def test_calibration_tab_draws_the_diagrams(page):
 @needs_browser
 def test_review_tab_lists_confidently_wrong_cases(page):
     page.get_by_role("tab", name="Review").click()
-    page.get_by_role("button", name="Find confidently wrong cases").click()
+    page.fill("#reader textarea, #reader input", "Dr. Test")
+    page.click("#review-find")
     page.wait_for_selector("#review-gallery img", timeout=120_000)
+    page.locator("#review-gallery img").first.click()
+    page.wait_for_selector("#review-case >> text=true class", timeout=30_000)
+    page.get_by_label("disagree").check()
+    page.fill("#review-note textarea, #review-note input", "crypts look normal")
+    page.click("#review-save")
+    _wait_for_text(page, "#review-saved", "by Dr. Test")
     _shot(page, "review")
+
+
+def _compare_sample(page):
+    page.locator("#sample-picker input").click()
+    page.get_by_role("option", name="demo-norm-0048.png").first.click()
+    page.click("#compare-button")
+    page.wait_for_selector("#compare-table >> text=coop", timeout=60_000)
+    return page.inner_text("#compare-table")
+
+
+def _dropdown(page, elem_id, option):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
+@needs_browser
+def test_two_browser_sessions_keep_their_own_task_model_and_results(app_url, page):
+    """Session A switches task and model; session B keeps its own task and gets its own answers."""
+    browser = page.context.browser
+    a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    for session in (a, b):
+        session.goto(app_url)
+        session.wait_for_selector("text=can I trust this confidence", timeout=60_000)
+    nine = "adipose tissue"  # a class of the 9-class demo task, absent from demo-binary
+    assert nine in _compare_sample(b)
+    _dropdown(a, "task", "demo-binary")
+    a.wait_for_selector("#task-info >> text=demo-binary", timeout=30_000)
+    assert nine not in _compare_sample(a)
+    assert nine in _compare_sample(b)  # B's classes, whatever A chose
+    assert b.input_value("#task input") == "demo"
+    _dropdown(a, "model", "tiny-random")
+    a.click("#load-model")
+    a.wait_for_selector("#model-banner >> text=tiny-random", timeout=60_000)
+    b.reload()
+    b.wait_for_selector("text=can I trust this confidence", timeout=60_000)
+    assert "tiny-random" not in b.inner_text("#model-banner")
+    assert nine in _compare_sample(b)
+    a.context.close()
+    b.context.close()

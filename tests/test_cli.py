@@ -40,8 +40,8 @@ def test_train_then_runs_in_a_new_process(dataset, tmp_path):
     assert run["status"] == "done" and run["params"]["method"] == "coop"
     assert 0 <= run["metrics"]["ece"] <= 1 and run["metrics"]["test_images"] == 12
 
-    from calibprompt.engine import Engine
-    from calibprompt.models import load_backbone
+    from calibprompt.prompting.engine import Engine
+    from calibprompt.backbones import load_backbone
 
     engine = Engine(load_backbone("tiny-random"))
     head = engine.add_prompt("coop", run["checkpoint"])
@@ -78,7 +78,7 @@ def test_killed_training_is_marked_interrupted_at_the_next_start(dataset, tmp_pa
     home = tmp_path / "home"
     env = dict(os.environ, CALIBPROMPT_HOME=str(home))
     proc = subprocess.Popen([sys.executable, "-m", "calibprompt", "train", "--model", "tiny-random", "--dataset",
-                             str(dataset), "--shots", "4", "--epochs", "100000", "--views", "1"],
+                             str(dataset), "--shots", "4", "--epochs", "1000", "--views", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -104,7 +104,7 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CALIBPROMPT_HOME", str(tmp_path / "home"))
     assert main(["train", "--model", "tiny-random", "--dataset", str(tmp_path / "nowhere"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert "neither a folder/CSV file nor a task name" in err
+    assert "neither a folder/CSV file nor a dataset or task name" in err
     assert main(["compare", "--model", "tiny-random", "--dataset", "x", "--methods", "zeroshot,svm"]) == 2
     assert "choose one of: coop" in capsys.readouterr().err
     assert main(["train", "--model", "tiny-random", "--dataset", "kather", "--epochs", "1"]) == 2

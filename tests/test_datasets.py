@@ -18,7 +18,7 @@ from calibprompt.data import (
     load_dataset,
     sample_few_shot,
 )
-from calibprompt.tasks import load_task
+from calibprompt.prompting.tasks import load_task
 
 _PNG_CACHE: dict[int, bytes] = {}
 
@@ -377,7 +377,7 @@ def test_too_few_shots_message(tmp_path):
     with pytest.raises(ValueError) as info:
         sample_few_shot(ds.train, 8, 1)
     assert str(info.value) == (
-        "Class 'DEB' has only 5 images, fewer than the 8 shots requested; lower --shots or add images."
+        "Class 'DEB' has only 5 images, fewer than the 8 shots requested; ask for fewer shots or add images."
     )
     with pytest.raises(ValueError, match="positive"):
         sample_few_shot(ds.train, 0, 1)

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibprompt.checkpoint import read_prompt_metadata
-from calibprompt.data.datasets import load_dataset
+from calibprompt.prompting.checkpoint import read_prompt_metadata
+from calibprompt.data.layouts import load_dataset
 from calibprompt.demo import world
 from calibprompt.demo.bundle import SAMPLE_IMAGES_DIR, bundled_prompt
 from calibprompt.demo.datasets import DEMO_TASKS, write_demo_dataset
-from calibprompt.engine import Engine
-from calibprompt.models import load_backbone
-from calibprompt.tasks import load_task
+from calibprompt.prompting.engine import Engine
+from calibprompt.backbones import load_backbone
+from calibprompt.prompting.tasks import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from calibprompt.checkpoint import load_prompt, read_prompt_metadata, save_prompt
-from calibprompt.engine import Engine, image_key
-from calibprompt.prompt_learner import PromptLearner
-from calibprompt.tasks import load_task
+from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
+from calibprompt.prompting.engine import Engine, image_key
+from calibprompt.prompting.learner import PromptLearner
+from calibprompt.prompting.tasks import load_task
 
 
 def _images(n, seed=0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from calibprompt import losses as L
-from calibprompt.tasks import load_task
+from calibprompt.training import losses as L
+from calibprompt.prompting.tasks import load_task
 
 
 def _batch(seed: int, b: int = 16, k: int = 4, scale: float = 3.0):

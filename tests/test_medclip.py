@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from calibprompt.medclip import (
+from calibprompt.backbones.medclip import (
     CHECKPOINT_NAME,
     IMAGE_MEAN,
     IMAGE_STD,
@@ -30,7 +30,7 @@ from calibprompt.medclip import (
     load_medclip_checkpoint,
     medclip_preprocess,
 )
-from calibprompt.prompt_learner import PromptLearner
+from calibprompt.prompting.learner import PromptLearner
 
 CLASSES = ["normal lung", "pneumonia", "covid opacity"]
 TEXTS = ["a chest x-ray with pneumonia.", "no acute cardiopulmonary process"]
@@ -39,7 +39,7 @@ TEXTS = ["a chest x-ray with pneumonia.", "no acute cardiopulmonary process"]
 @pytest.fixture(scope="module")
 def twin():
     model, preprocess, tokenizer = build_medclip(None, twin=True)
-    model.eval().requires_grad_(False)  # as calibprompt.models.Backbone does
+    model.eval().requires_grad_(False)  # as calibprompt.backbones.Backbone does
     return model, preprocess, tokenizer
 
 
@@ -353,7 +353,7 @@ def test_non_square_images_are_padded_with_black():
 
 
 def test_training_augmentation_can_be_derived():
-    from calibprompt.features import train_transform
+    from calibprompt.training.features import train_transform
 
     augment = train_transform(medclip_preprocess())
     names = [type(t).__name__ for t in augment.transforms]
@@ -422,7 +422,7 @@ def test_download_errors_are_clear(tmp_path):
 _REAL_PATH_SCRIPT = """
 import sys, torch
 from transformers import AutoConfig
-from calibprompt.medclip import BERT_REPO, SWIN_REPO, MedCLIPModel, build_medclip
+from calibprompt.backbones.medclip import BERT_REPO, SWIN_REPO, MedCLIPModel, build_medclip
 state = MedCLIPModel(AutoConfig.from_pretrained(SWIN_REPO), AutoConfig.from_pretrained(BERT_REPO)).state_dict()
 torch.save(state, sys.argv[1])
 model, preprocess, tokenizer = build_medclip(sys.argv[1], local_files_only=True)
@@ -438,7 +438,7 @@ def test_real_build_path_needs_only_the_hub_files(tmp_path):
     import sys
     from pathlib import Path
 
-    from calibprompt.medclip import (
+    from calibprompt.backbones.medclip import (
         BERT_REPO,
         HUB_FILES,
         SWIN_REPO,

@@ -1,4 +1,4 @@
-"""Tests for calibprompt.metrics.
+"""Tests for calibprompt.evaluation.metrics.
 
 Every metric is checked against an independent computation: torchmetrics, scikit-learn,
 plain-Python brute-force loops written here, or arithmetic worked by hand (in comments).
@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
-from calibprompt import metrics as M
+from calibprompt.evaluation import metrics as M
 
 # ---------------------------------------------------------------------------
 # Data helpers

@@ -9,8 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from calibprompt import models
-from calibprompt.models import BackboneUnavailableError, list_backbones, load_backbone, save_backbone
+from calibprompt.backbones import (
+    BACKBONES,
+    BackboneUnavailableError,
+    get_backbone_spec,
+    hub_reachable,
+    list_backbones,
+    load_backbone,
+    save_backbone,
+)
+from calibprompt.backbones import loading  # where load_backbone looks hub_reachable up (patch it there)
 
 
 def _image(seed=0, size=(40, 48)):
@@ -23,10 +31,10 @@ def test_registry_lists_the_paper_and_test_backbones():
     for required in ("biomedclip", "quiltnet-b16", "quiltnet-b32", "clip-vit-b16", "clip-vit-b32",
                      "tiny-random", "tiny-random-hf"):
         assert required in names
-    assert models.BACKBONES["biomedclip"].context_length == 256
-    assert models.BACKBONES["biomedclip"].model_id == "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    assert BACKBONES["biomedclip"].context_length == 256
+    assert BACKBONES["biomedclip"].model_id == "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     with pytest.raises(ValueError, match="choose one of"):
-        models.get_backbone_spec("gpt")
+        get_backbone_spec("gpt")
 
 
 def test_tiny_backbone_interface(tiny_backbone):
@@ -102,7 +110,7 @@ def empty_hf_cache(tmp_path, monkeypatch):
 
 
 def test_offline_hub_model_fails_fast_with_instructions(empty_hf_cache, monkeypatch):
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: (False, "Name or service not known"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: (False, "Name or service not known"))
     start = time.perf_counter()
     with pytest.raises(BackboneUnavailableError) as info:
         load_backbone("biomedclip")
@@ -121,14 +129,14 @@ def test_hf_hub_offline_is_respected_without_any_network_call(empty_hf_cache, mo
     def no_network(timeout=3.0):
         raise AssertionError("the Hub must not be probed when HF_HUB_OFFLINE is set")
 
-    monkeypatch.setattr(models, "hub_reachable", no_network)
+    monkeypatch.setattr(loading, "hub_reachable", no_network)
     with pytest.raises(BackboneUnavailableError, match="HF_HUB_OFFLINE"):
         load_backbone("quiltnet-b32")
 
 
 def test_really_unreachable_hub_fails_within_five_seconds(empty_hf_cache):
     """On this machine the Hub is unreachable for real; where it is reachable this test is moot."""
-    ok, _ = models.hub_reachable()
+    ok, _ = hub_reachable()
     if ok:
         pytest.skip("the Hub is reachable from here")
     start = time.perf_counter()
@@ -158,7 +166,7 @@ def test_cached_hub_model_loads_offline_through_open_clip(empty_hf_cache, monkey
     def no_network(timeout=3.0):
         raise AssertionError("a fully cached model must load without probing the Hub")
 
-    monkeypatch.setattr(models, "hub_reachable", no_network)
+    monkeypatch.setattr(loading, "hub_reachable", no_network)
     loaded = load_backbone("hf-hub:test-org/tiny-clip")
     assert loaded.name == "hf-hub:test-org/tiny-clip"
     img = _image(5)
@@ -172,7 +180,7 @@ def test_cached_hub_model_loads_offline_through_open_clip(empty_hf_cache, monkey
 def test_plip_conversion_is_exact_against_transformers_clip():
     from open_clip.tokenizer import SimpleTokenizer
 
-    from calibprompt.plip import hf_clip_to_openclip, tiny_hf_clip
+    from calibprompt.backbones.plip import hf_clip_to_openclip, tiny_hf_clip
 
     hf = tiny_hf_clip(seed=3)
     model, cfg = hf_clip_to_openclip(hf)
@@ -192,7 +200,7 @@ def test_plip_conversion_is_exact_against_transformers_clip():
 def test_plip_and_medclip_are_registered_and_fail_fast_offline(empty_hf_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("CALIBPROMPT_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MEDCLIP_CHECKPOINT", raising=False)
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: (False, "offline"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: (False, "offline"))
     assert {"plip", "medclip"} <= set(list_backbones())
     for name, expected in (("plip", "vinid/plip"), ("medclip", "medclip-vit-pretrained")):
         start = time.perf_counter()
@@ -203,7 +211,7 @@ def test_plip_and_medclip_are_registered_and_fail_fast_offline(empty_hf_cache, m
 
 
 def test_plip_twin_runs_the_prompt_learner_exactly(tmp_path):
-    from calibprompt.prompt_learner import PromptLearner
+    from calibprompt.prompting.learner import PromptLearner
 
     twin = load_backbone("plip", pretrained=False)
     assert twin.family == "plip" and twin.context_length == 77

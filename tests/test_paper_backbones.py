@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from calibprompt.jobs import TrainJob, run_train_job
-from calibprompt.models import load_backbone
-from calibprompt.prompt_learner import PromptLearner
-from calibprompt.store import RunStore
+from calibprompt.runs.jobs import TrainJob, run_train_job
+from calibprompt.backbones import load_backbone
+from calibprompt.prompting.learner import PromptLearner
+from calibprompt.runs.store import RunStore
 from test_training import make_dataset
 
 CLASSES = ["lung opacity", "normal"]

@@ -1,4 +1,4 @@
-"""Tests for calibprompt.plots: the data in the traces, layout conventions, validation."""
+"""Tests for calibprompt.evaluation.plots: the data in the traces, layout conventions, validation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from calibprompt import metrics as M
-from calibprompt import plots as P
+from calibprompt.evaluation import metrics as M
+from calibprompt.evaluation import plots as P
+from calibprompt.evaluation.report import CalibrationReport
 
 # ---------------------------------------------------------------------------
 # Data
@@ -271,7 +272,8 @@ def test_grid_single_row_and_validation(reports):
         P.reliability_grid(reports, n_cols=0)
     with pytest.raises(ValueError, match="dict"):
         P.reliability_grid([reports["coop"]])
-    with pytest.raises(ValueError, match="unknown key"):
+    # a partial report dict is rejected by CalibrationReport.from_dict, naming what is missing
+    with pytest.raises(ValueError, match=r"reports\['coop'\]` is missing key\(s\) \['n', 'num_classes', 'mce'"):
         P.reliability_grid({"coop": {"accuracy": 0.5, "ece": 0.1}})
 
 
@@ -298,6 +300,85 @@ def test_overlay_one_trace_per_method_plus_diagonal(reports):
     largest = max(max(t.marker.size) for t in fig.data[1:])
     assert largest == pytest.approx(22.0) and max_count > 0
     assert_serialises(fig)
+
+
+# ---------------------------------------------------------------------------
+# Typed reports (CalibrationReport) and dict reports draw the same figures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def typed(reports):
+    return {name: CalibrationReport.from_dict(rep) for name, rep in reports.items()}
+
+
+def test_typed_and_dict_reports_give_identical_figures(reports, typed):
+    assert P.reliability_grid(typed).to_json() == P.reliability_grid(reports).to_json()
+    assert P.reliability_grid(typed, n_cols=2).to_json() == P.reliability_grid(reports, n_cols=2).to_json()
+    assert P.reliability_overlay(typed).to_json() == P.reliability_overlay(reports).to_json()
+    for name in reports:
+        assert P.reliability_diagram(typed[name]).to_json() == P.reliability_diagram(reports[name]).to_json()
+    mixed = {"coop": typed["coop"], "calibprompt": reports["calibprompt"]}
+    assert P.reliability_overlay(mixed).to_json() == P.reliability_overlay(
+        {k: reports[k] for k in mixed}
+    ).to_json()
+    three = {k: typed[k] for k in ("coop", "ls")}
+    as_lists = {k: reports[k]["classwise_ece"] for k in three}
+    names = ["covid", "normal", "pneumonia"]
+    assert P.classwise_ece_bars(three, names).to_json() == P.classwise_ece_bars(as_lists, names).to_json()
+    assert P.classwise_ece_bars({k: reports[k] for k in three}, names).to_json() == P.classwise_ece_bars(
+        as_lists, names
+    ).to_json()
+
+
+def test_typed_report_fields_are_what_is_drawn(typed):
+    rep = typed["coop"]
+    fig = P.reliability_grid({"coop": rep})
+    (title,) = [a.text for a in fig.layout.annotations]
+    lo, hi = rep.interval("ece")
+    assert f"ECE {100 * rep.ece:.1f} %" in title and f"[{100 * lo:.1f}–{100 * hi:.1f}]" in title
+    bars = only(fig, "Accuracy")
+    m = rep.reliability.counts > 0
+    np.testing.assert_allclose(bars.y, rep.reliability.accuracy[m])
+
+
+def test_reports_with_a_temperature_plot_like_without(reports, typed):
+    scaled_dicts = {f"{k} + TS": {**v, "temperature": 1.3} for k, v in reports.items()}
+    scaled_typed = {k: CalibrationReport.from_dict(v) for k, v in scaled_dicts.items()}
+    assert all(r.temperature == 1.3 for r in scaled_typed.values())
+    renamed = {f"{k} + TS": v for k, v in typed.items()}
+    for figure in (P.reliability_grid, P.reliability_overlay):
+        expected = figure(renamed).to_json()
+        assert figure(scaled_dicts).to_json() == expected
+        assert figure(scaled_typed).to_json() == expected
+
+
+def test_dict_reports_are_converted_once_typed_ones_never(reports, typed, monkeypatch):
+    calls = []
+    original = CalibrationReport.from_dict.__func__
+
+    def counting(cls, d, name="report"):
+        calls.append(name)
+        return original(cls, d, name)
+
+    monkeypatch.setattr(CalibrationReport, "from_dict", classmethod(counting))
+    P.reliability_grid(typed)
+    P.reliability_overlay(typed)
+    assert calls == []
+    P.reliability_grid(reports)
+    assert calls == [f"reports[{n!r}]" for n in reports]
+
+
+def test_bad_report_dict_is_rejected_by_from_dict_with_the_method_named(reports):
+    bad = {**reports["coop"], "ece": 1.5}
+    for figure in (P.reliability_grid, P.reliability_overlay):
+        with pytest.raises(ValueError, match=r"`reports\['coop'\]\['ece'\]` must lie in \[0, 1\]"):
+            figure({"coop": bad})
+    broken = {**reports["coop"], "reliability": {**reports["coop"]["reliability"], "counts": [1, 2]}}
+    with pytest.raises(ValueError, match=r"`reports\['coop'\]\['reliability'\]\['edges'\]` must have n_bins \+ 1"):
+        P.reliability_overlay({"coop": broken})
+    with pytest.raises(ValueError, match=r"`classwise\['coop'\]` is missing key"):
+        P.classwise_ece_bars({"coop": {"ece": 0.1}}, ["a", "b"])
 
 
 # ---------------------------------------------------------------------------

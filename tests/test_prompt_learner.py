@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calibprompt.prompt_learner import PromptLearner
+from calibprompt.prompting.learner import PromptLearner
 
 CLASSES = ["adipose tissue", "debris", "colorectal adenocarcinoma epithelium"]
 

@@ -1,7 +1,6 @@
-"""The run store: life cycle, persistence, atomic finish, crash recovery, concurrency, reviews."""
+"""The run store: life cycle, persistence, atomic finish, crash recovery, concurrency (reviews: test_reviews.py)."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from calibprompt import store as store_mod
-from calibprompt.store import INTERRUPTED_ERROR, STATUSES, RunRecord, RunStore
+from calibprompt.runs import store as store_mod
+from calibprompt.runs.store import INTERRUPTED_ERROR, STATUSES, RunRecord, RunStore
 
 
 def make_checkpoint(folder: Path, stem: str = "prompt") -> Path:
@@ -179,8 +178,9 @@ def test_unknown_ids_and_bad_arguments(store):
                  lambda: store.update_progress("nope", {}), lambda: store.finish_run("nope", {}, None),
                  lambda: store.fail_run("nope", "x"), lambda: store.cancel_run("nope"),
                  lambda: store.mark_interrupted("nope"), lambda: store.delete_run("nope"),
-                 lambda: store.predictions("nope"), lambda: store.reviews("nope"),
-                 lambda: store.set_review("a.png", "agree", run_id="nope")):
+                 lambda: store.predictions("nope"),
+                 lambda: store.set_review(reader="dr a", dataset="d", image="a.png", method="coop", verdict="agree",
+                                          run_id="nope")):
         with pytest.raises(ValueError) as info:
             call()
         assert str(info.value) == message
@@ -348,7 +348,7 @@ def test_second_process_sees_and_writes(db):
     s = RunStore(db)
     run_id = s.create_run("evaluate", {"from": "app"})
     code = (
-        "import sys; from calibprompt.store import RunStore\n"
+        "import sys; from calibprompt.runs.store import RunStore\n"
         "s = RunStore(sys.argv[1])\n"
         "assert s.get_run(sys.argv[2]).status == 'queued'\n"
         "s.cancel_run(sys.argv[2])\n"
@@ -376,7 +376,7 @@ def test_list_runs_filters_and_order(store):
     assert set(STATUSES) >= {r.status for r in store.list_runs()}
 
 
-def test_delete_run_cascades_but_keeps_checkpoint(store, db, tmp_path):
+def test_delete_run_cascades_but_keeps_checkpoint_and_reviews(store, db, tmp_path):
     meta = make_checkpoint(tmp_path / "keep")
     run_id = store.create_run("train", {})
     other = store.create_run("evaluate", {})
@@ -384,50 +384,19 @@ def test_delete_run_cascades_but_keeps_checkpoint(store, db, tmp_path):
     with pytest.raises(ValueError, match="cancel it before deleting"):
         store.delete_run(run_id)
     store.finish_run(run_id, {}, meta, predictions_for(3))
-    store.set_review("img/0.png", "agree", run_id=run_id)
-    store.set_review("img/0.png", "unsure", run_id=other)
+    store.set_review(reader="dr a", dataset="d", image="img/0.png", method="coop", verdict="agree", run_id=run_id)
+    store.set_review(reader="dr a", dataset="d", image="img/0.png", method="zero-shot", verdict="unsure",
+                     run_id=other)
     store.delete_run(run_id)
     with pytest.raises(ValueError, match="No run"):
         store.get_run(run_id)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
-    assert [r["run_id"] for r in store.reviews()] == [other]
+    # a reader's verdict outlives the run that made the prediction; only the link is dropped
+    assert {r["method"]: r["run_id"] for r in store.reviews()} == {"coop": None, "zero-shot": other}
     assert meta.is_file() and meta.with_suffix(".safetensors").is_file()
     store.delete_run(other, force=True)  # a queued run with force
     assert store.list_runs() == []
-
-
-def test_reviews_upsert_and_csv(store, tmp_path):
-    run_id = store.create_run("evaluate", {})
-    first = store.set_review("img/1.png", "agree", note="looks right", run_id=run_id, reviewer="dr a")
-    second = store.set_review("img/1.png", "Disagree", note='missed the "lesion", left lobe', run_id=run_id,
-                              reviewer="dr a")
-    assert second["id"] == first["id"] and second["verdict"] == "disagree"
-    store.set_review("img/2.png", "unsure", run_id=run_id)
-    store.set_review("hash:abc", "agree")  # not tied to a run
-    store.set_review("hash:abc", "disagree", note="second look")  # replaces, even with run_id NULL
-    all_reviews = store.reviews()
-    assert len(all_reviews) == 3
-    assert len(store.reviews(run_id)) == 2
-    assert {r["image"]: r["verdict"] for r in all_reviews} == {"img/1.png": "disagree", "img/2.png": "unsure",
-                                                               "hash:abc": "disagree"}
-
-    out = store.export_reviews_csv(tmp_path / "out" / "reviews.csv")
-    with open(out, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["run_id", "image", "verdict", "note", "reviewer", "updated_at"]
-    by_image = {r["image"]: r for r in rows}
-    assert by_image["img/1.png"]["note"] == 'missed the "lesion", left lobe'
-    assert by_image["img/1.png"]["run_id"] == run_id and by_image["img/1.png"]["reviewer"] == "dr a"
-    assert by_image["hash:abc"]["run_id"] == "" and by_image["hash:abc"]["verdict"] == "disagree"
-    assert len(rows) == 3 and all(r["updated_at"] for r in rows)
-    only_run = store.export_reviews_csv(tmp_path / "run.csv", run_id=run_id)
-    assert len(only_run.read_text(encoding="utf-8").strip().splitlines()) == 3
-
-    with pytest.raises(ValueError, match="agree, disagree, unsure"):
-        store.set_review("img/1.png", "maybe", run_id=run_id)
-    with pytest.raises(ValueError, match="image must not be empty"):
-        store.set_review("", "agree")
 
 
 def test_ids_are_unique_within_a_second(store, monkeypatch):

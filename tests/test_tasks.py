@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from calibprompt.tasks import Task, list_tasks, load_task
+from calibprompt.prompting.tasks import Task, list_tasks, load_task
 
 
 def test_paper_tasks_are_shipped():

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from calibprompt.checkpoint import checkpoint_paths
-from calibprompt.engine import Engine
-from calibprompt.features import FeatureCache
-from calibprompt.jobs import JobRunner, TrainJob, run_train_job
-from calibprompt.store import RunStore
-from calibprompt.trainer import TrainConfig, learning_rate, train_prompts
+from calibprompt.prompting.checkpoint import checkpoint_paths
+from calibprompt.prompting.engine import Engine
+from calibprompt.training.features import FeatureCache
+from calibprompt.runs.jobs import JobRunner, TrainJob, run_train_job
+from calibprompt.runs.store import RunStore
+from calibprompt.training.trainer import TrainConfig, learning_rate, train_prompts
 
 COLOURS = {"adipose": (240, 230, 235), "lymphocytes": (60, 40, 120), "stroma": (200, 80, 150)}
 
@@ -104,6 +104,39 @@ def test_feature_cache_computes_once_and_views_are_reproducible(tiny_native, dat
     assert torch.allclose(plain, tiny_native.encode_image([Image.open(p) for p in paths]), atol=1e-6)
 
 
+def test_augmented_views_leave_the_global_rng_alone(tiny_native, dataset, tmp_path):
+    from calibprompt.data import load_image
+    from calibprompt.training.features import _view_seed, file_hash, train_transform
+
+    paths = sorted((dataset / "train" / "adipose").glob("*.png"))[:3]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        before = torch.get_rng_state()
+        aug = FeatureCache(tiny_native, root=tmp_path / "f").augmented(paths, n_views=2)
+        assert torch.equal(torch.get_rng_state(), before)
+        # the same views as the recipe run on the global RNG seeded per view: the features did not change
+        recipe, views = train_transform(tiny_native.preprocess), []
+        for path in paths:
+            image = load_image(path)
+            for v in range(2):
+                torch.manual_seed(_view_seed(file_hash(path), v))
+                views.append(recipe(image))
+    expected = tiny_native.encode_pixels(torch.stack(views), normalize=True).reshape(3, 2, -1)
+    assert torch.allclose(aug, expected, atol=1e-6)
+
+    results = {}
+
+    def compute(name):  # threads computing views at once do not disturb each other
+        results[name] = FeatureCache(tiny_native, root=tmp_path / name).augmented(paths, n_views=2)
+
+    threads = [threading.Thread(target=compute, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3 and all(torch.allclose(r, aug, atol=1e-6) for r in results.values())
+
+
 def test_damaged_feature_file_is_recomputed(tiny_native, dataset, tmp_path):
     paths = sorted((dataset / "test" / "adipose").glob("*.png"))[:2]
     cache = FeatureCache(tiny_native, root=tmp_path / "f")
@@ -152,7 +185,7 @@ def test_same_seed_same_split_and_result(tiny_native, dataset, calibprompt_home)
     job = TrainJob(model="tiny-random", dataset=str(dataset), shots=3, seed=2, epochs=2, n_views=2)
     a, b = (run_train_job(job, store, backbone=tiny_native, n_boot=10) for _ in range(2))
     assert a.metrics["accuracy"] == b.metrics["accuracy"] and a.metrics["nll"] == pytest.approx(b.metrics["nll"])
-    from calibprompt.checkpoint import read_prompt_metadata
+    from calibprompt.prompting.checkpoint import read_prompt_metadata
 
     assert read_prompt_metadata(a.checkpoint)["split"] == read_prompt_metadata(b.checkpoint)["split"]
 

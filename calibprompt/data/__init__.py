@@ -1,6 +1,6 @@
 """Data: images (:mod:`.images`), labelled datasets and few-shot splits (:mod:`.datasets`), and
 uploaded zip archives (:mod:`.zipfiles`)."""
-from .datasets import (
+from calibprompt.data.layouts import (
     LAYOUTS,
     Dataset,
     LabeledImages,
@@ -10,8 +10,8 @@ from .datasets import (
     load_dataset,
     sample_few_shot,
 )
-from .images import DEFAULT_MAX_PIXELS, SUPPORTED_IMAGE_SUFFIXES, ImageLoadError, is_image_file, load_image
-from .zipfiles import extract_zip
+from calibprompt.data.images import DEFAULT_MAX_PIXELS, SUPPORTED_IMAGE_SUFFIXES, ImageLoadError, is_image_file, load_image
+from calibprompt.data.archives import extract_zip
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "SUPPORTED_IMAGE_SUFFIXES", "ImageLoadError", "is_image_file", "load_image",

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import checkpoint_paths, read_prompt_metadata
-from ..fileio import atomic_write_json, atomic_write_text
-from ..store import RunStore
-from ..tasks import PROMPTS_DIR
-from .datasets import STANDARD_SPLITS
+from calibprompt.prompting.checkpoint import checkpoint_paths, read_prompt_metadata
+from calibprompt.fileio import atomic_write_json, atomic_write_text
+from calibprompt.paths import SAMPLE_IMAGES_DIR
+from calibprompt.runs.store import RunStore
+from calibprompt.prompting.tasks import PROMPTS_DIR
+from calibprompt.demo.datasets import STANDARD_SPLITS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BUNDLED_PROMPTS_DIR", "SAMPLE_IMAGES_DIR", "bundled_prompt", "build_demo_prompts", "write_sample_images"]
 
 BUNDLED_PROMPTS_DIR = PROMPTS_DIR / "demo"
-SAMPLE_IMAGES_DIR = PROMPTS_DIR.parent / "sample_images"
 DEMO_METHODS = ("coop", "calibprompt")
 
 
@@ -39,8 +39,8 @@ def bundled_prompt(task: str, method: str) -> Path:
 def build_demo_prompts(tasks=("demo", "demo-binary"), methods=DEMO_METHODS, *, seed: int = 1, shots: int = 8,
                        out_dir: Path = BUNDLED_PROMPTS_DIR, store: RunStore | None = None) -> list[Path]:
     """Train and write the bundled prompts; returns the checkpoint JSON paths."""
-    from ..jobs import TrainJob, run_train_job
-    from ..models import load_backbone
+    from calibprompt.runs.jobs import TrainJob, run_train_job
+    from calibprompt.backbones import load_backbone
 
     store = store or RunStore()
     backbone = load_backbone("demo", device="cpu")
@@ -72,10 +72,10 @@ def write_sample_images(task: str = "demo", n_per_class: int = 1, n_wrong: int =
     """Copy test patches of ``task``'s standard split into ``out_dir``: ``n_per_class`` correctly
     classified by ``method``'s bundled prompt per class, plus ``n_wrong`` it gets most confidently
     wrong; writes ``labels.csv`` (file, task, true class, the method's prediction and confidence)."""
-    from ..data.datasets import few_shot_split
-    from ..engine import Engine
-    from ..jobs import open_dataset
-    from ..models import load_backbone
+    from calibprompt.data.layouts import few_shot_split
+    from calibprompt.prompting.engine import Engine
+    from calibprompt.runs.jobs import open_dataset
+    from calibprompt.backbones import load_backbone
 
     task_obj, dataset = open_dataset(task)
     _, test = few_shot_split(dataset, 8, 1)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..fileio import atomic_write, atomic_write_json, atomic_write_text
-from . import world
-from .captions import make_caption, vocabulary
+from calibprompt.fileio import atomic_write, atomic_write_json, atomic_write_text
+from calibprompt.demo import world
+from calibprompt.demo.captions import make_caption, vocabulary
 
 logger = logging.getLogger(__name__)
 

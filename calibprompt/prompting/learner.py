@@ -7,7 +7,7 @@ words such as ``"a photo of a"``. The class name can also sit in the middle of t
 of it (``class_token_position``).
 
 The padded tail of the token sequence is cut once, at construction, to the longest prompt: this is
-exact (see :mod:`calibprompt.text_tower`) and makes every training step cheaper, by about 8x for
+exact (see :mod:`calibprompt.backbones.text_tower`) and makes every training step cheaper, by about 8x for
 BiomedCLIP's 256-token PubMedBERT on a CPU.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text_tower import TextTower
+from calibprompt.backbones.text_tower import TextTower
 
 __all__ = ["PromptLearner", "CLASS_TOKEN_POSITIONS"]
 
@@ -37,7 +37,7 @@ class PromptLearner(nn.Module):
     """Learnable context for the class prompts of one task.
 
     Args:
-        backbone: a :class:`calibprompt.models.Backbone` (or anything with a ``text_tower``).
+        backbone: a :class:`calibprompt.backbones.loading.Backbone` (or anything with a ``text_tower``).
         classnames: the K class names as they should appear in the prompt.
         n_ctx: number of context vectors M (ignored when ``ctx_init`` is given: M is then its token count).
         ctx_init: words to initialise the context from, e.g. ``"a photo of a"``; ``None`` for N(0, 0.02).
@@ -140,7 +140,7 @@ class PromptLearner(nn.Module):
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def config(self) -> dict:
-        """What is needed, with the context tensor, to rebuild this learner (see calibprompt.checkpoint)."""
+        """What is needed, with the context tensor, to rebuild this learner (see calibprompt.prompting.checkpoint)."""
         return {
             "classnames": list(self.classnames),
             "n_ctx": self.n_ctx,

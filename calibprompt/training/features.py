@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -25,10 +26,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
-from .data import load_image
-from .fileio import atomic_write
-from .paths import features_dir
+from calibprompt.data import load_image
+from calibprompt.fileio import atomic_write
+from calibprompt.paths import features_dir
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,59 @@ def _view_seed(key: str, view: int) -> int:
     return int(hashlib.blake2b(f"{key}:{view}".encode(), digest_size=8).hexdigest(), 16) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def _crop_params(step: T.RandomResizedCrop, image, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """:meth:`torchvision.transforms.RandomResizedCrop.get_params`, drawing from ``generator``: the same
+    draws in the same order, so a generator seeded with ``s`` gives the crop ``torch.manual_seed(s)`` gave."""
+    _, height, width = TF.get_dimensions(image)
+    area = height * width
+    scale, ratio = step.scale, step.ratio
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+            j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+            return i, j, h, w
+    in_ratio = float(width) / float(height)  # fallback: central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class _SeededAugment:
+    """The steps of a :func:`train_transform`, run with a private ``torch.Generator`` per view: the global
+    torch RNG is neither read nor reseeded (so calls from several threads cannot disturb each other or
+    their callers), and view ``v`` is the same picture the global-RNG recipe gave for the same seed."""
+
+    def __init__(self, compose: T.Compose):
+        self.steps = list(compose.transforms)
+
+    def __call__(self, image, seed: int):
+        generator = torch.Generator().manual_seed(int(seed))
+        for step in self.steps:
+            if isinstance(step, T.RandomResizedCrop):
+                i, j, h, w = _crop_params(step, image, generator)
+                image = TF.resized_crop(image, i, j, h, w, step.size, step.interpolation, antialias=step.antialias)
+            elif isinstance(step, T.RandomHorizontalFlip):
+                if torch.rand(1, generator=generator) < step.p:
+                    image = TF.hflip(image)
+            else:
+                image = step(image)
+        return image
+
+
 class FeatureCache:
     """Image features of one backbone, cached on disk (see the module docstring).
 
     Args:
-        backbone: a :class:`calibprompt.models.Backbone`.
+        backbone: a :class:`calibprompt.backbones.loading.Backbone`.
         root: cache folder (default ``$CALIBPROMPT_HOME/features``).
         batch_size: images per image-encoder call.
 
@@ -85,7 +135,7 @@ class FeatureCache:
         self.batch_size = int(batch_size)
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone.name).strip("_")[:60] or "backbone"
         self.folder = Path(root or features_dir()) / f"{safe_name}-{backbone.fingerprint[:12]}-aug{AUGMENTATION['version']}"
-        self._augment = train_transform(backbone.preprocess)
+        self._augment = _SeededAugment(train_transform(backbone.preprocess))
         self.encoded = 0
         self.hits = 0
 
@@ -141,9 +191,7 @@ class FeatureCache:
             for key, path in chunk:
                 image = load_image(path)
                 for v in range(have[key], n_views):
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(_view_seed(key, v))
-                        views.append(self._augment(image))
+                    views.append(self._augment(image, _view_seed(key, v)))
                     owners.append(key)
             feats = self.backbone.encode_pixels(torch.stack(views), normalize=True, batch_size=self.batch_size)
             self.encoded += len(views)

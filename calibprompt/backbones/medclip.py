@@ -43,8 +43,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from .fileio import atomic_write
-from .text_tower import TextTower
+from calibprompt.fileio import atomic_write
+from calibprompt.backbones.text_tower import TextTower
 
 __all__ = [
     "BERT_REPO",
@@ -91,7 +91,7 @@ PROJECTION_DIM = 512
 LOGIT_SCALE_INIT = 0.07  # temperature: logit_scale = log(1 / 0.07) before training
 LOGIT_SCALE_MAX = 4.6052  # MedCLIP clamps the log-scale to [0, 4.6052] (exp = 100)
 
-ASSETS_DIR = Path(__file__).parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 TWIN_VOCAB_DIR = ASSETS_DIR / "twins" / "bert-tiny"
 TWIN_SEED = 0
 # The tiny twin: the same classes and projection width as MedCLIP, small widths and depths. Swin keeps
@@ -199,7 +199,7 @@ class MedCLIPModel(nn.Module):
         return self
 
     def build_text_tower(self, tokenizer: MedCLIPTokenizer) -> MedCLIPTextTower:
-        """The :class:`~calibprompt.text_tower.TextTower` adapter for prompt learning."""
+        """The :class:`~calibprompt.backbones.text_tower.TextTower` adapter for prompt learning."""
         return MedCLIPTextTower(self, tokenizer)
 
 
@@ -243,7 +243,7 @@ class MedCLIPTextTower(TextTower):
     prompt is encoded at the full ``context_length``, as MedCLIP encodes it.
 
     :meth:`content_length` returns the number of non-padding tokens of the longest row ([CLS] ...
-    [SEP]). That is what :class:`~calibprompt.prompt_learner.PromptLearner` counts with it (context
+    [SEP]). That is what :class:`~calibprompt.prompting.learner.PromptLearner` counts with it (context
     and class-name token counts, whether prompts fit the context); the number of positions that
     influence the pooled features is always the full length here, which :meth:`trim` honours.
     """

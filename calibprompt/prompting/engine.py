@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import load_prompt
-from .prompt_learner import PromptLearner
-from .tasks import Task
+from calibprompt.prompting.checkpoint import load_prompt
+from calibprompt.prompting.learner import PromptLearner
+from calibprompt.prompting.tasks import Task
 
 __all__ = ["Head", "Prediction", "Engine", "image_key"]
 
@@ -82,7 +82,7 @@ class Engine:
     """Predictions of several heads over one frozen backbone.
 
     Args:
-        backbone: a :class:`calibprompt.models.Backbone`.
+        backbone: a :class:`calibprompt.backbones.loading.Backbone`.
         cache_size: how many image feature vectors to keep (least recently used are dropped).
     """
 
@@ -133,7 +133,7 @@ class Engine:
 
     def image_features(self, images: Iterable[Any]) -> torch.Tensor:
         """L2-normalised image features (N, D) on the CPU; only images not seen before are encoded."""
-        from .data import load_image
+        from calibprompt.data import load_image
 
         pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
         if not pil:
@@ -165,11 +165,15 @@ class Engine:
         missing = [n for n in names if n not in self.heads]
         if missing:
             raise ValueError(f"Unknown head(s) {', '.join(missing)}; available: {', '.join(self.heads) or 'none'}.")
+        return self.predict_with(image_features, {name: self.heads[name] for name in names})
+
+    def predict_with(self, image_features: torch.Tensor, heads: Mapping[str, Head]) -> dict[str, Prediction]:
+        """Predictions of the given heads (not necessarily added to this engine) for image features (N, D):
+        ``logits = logit_scale * normalize(image) @ text.T + logit_bias``, ``probs = softmax(logits)``."""
         scale, bias = self._scale_and_bias()
         feats = F.normalize(image_features.float(), dim=-1)
         out = {}
-        for name in names:
-            head = self.heads[name]
+        for name, head in heads.items():
             logits = scale * feats @ head.text_features.T + bias
             out[name] = Prediction(name, head.classnames, logits.numpy().astype(np.float64),
                                    torch.softmax(logits.double(), dim=1).numpy())

@@ -55,7 +55,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .images import is_image_file
+from calibprompt.data.images import is_image_file
 
 __all__ = [
     "Sample",
@@ -258,7 +258,7 @@ def load_dataset(source: str | os.PathLike, task=None, *, confine_to_root: bool 
     source:
         A dataset folder, or a ``.csv`` manifest.
     task:
-        Optional :class:`calibprompt.tasks.Task` (or task name) the folders must match; the
+        Optional :class:`calibprompt.prompting.tasks.Task` (or task name) the folders must match; the
         labels then follow the task's class order.
     confine_to_root:
         Skip (and record) CSV rows and symlinked files that resolve outside the dataset root.
@@ -272,7 +272,7 @@ def load_dataset(source: str | os.PathLike, task=None, *, confine_to_root: bool 
         class of ``task``, or a task class has no image.
     """
     if task is not None and not hasattr(task, "class_ids"):
-        from calibprompt.tasks import load_task
+        from calibprompt.prompting.tasks import load_task
 
         task = load_task(task)
     root = Path(source).expanduser().absolute()
@@ -778,7 +778,7 @@ def sample_few_shot(images: LabeledImages, shots: int, seed: int) -> LabeledImag
         if len(samples) < shots:
             raise ValueError(
                 f"Class {images.class_ids[label]!r} has only {_plural(len(samples), 'image')}, fewer "
-                f"than the {shots} shots requested; lower --shots or add images."
+                f"than the {shots} shots requested; ask for fewer shots or add images."
             )
         ordered = sorted(samples, key=lambda s: images.relative_path(s.path))
         picks = np.random.default_rng([seed, label]).permutation(len(ordered))[:shots]

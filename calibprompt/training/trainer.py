@@ -1,6 +1,6 @@
 """Few-shot prompt tuning, top to bottom.
 
-The encoders are frozen and the image features are precomputed (:mod:`calibprompt.features`), so a
+The encoders are frozen and the image features are precomputed (:mod:`calibprompt.training.features`), so a
 training step is: pick one cached augmented view per image of the batch, encode the class prompts
 with the current context, ``logits = logit_scale * image @ text.T``, the method's loss, an SGD step.
 
@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .losses import Objective, build_objective
-from .prompt_learner import PromptLearner
+from calibprompt import defaults
+from calibprompt.training.losses import Objective, build_objective
+from calibprompt.prompting.learner import PromptLearner
 
 __all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate"]
 
@@ -35,18 +36,18 @@ class TrainConfig:
     """Hyperparameters of one prompt-tuning run (the paper's protocol by default)."""
 
     method: str = "coop"
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 0.002
+    epochs: int = defaults.EPOCHS
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.LR
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    n_ctx: int = 16
+    n_ctx: int = defaults.N_CTX
     ctx_init: str | None = None
     class_specific: bool = False
     class_token_position: str = "end"
-    seed: int = 1
+    seed: int = defaults.SEED
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {"alpha": 0.1, "beta": 1.0}
 
     def __post_init__(self):
@@ -113,7 +114,7 @@ def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, l
     """Learn a prompt context for ``classnames`` from precomputed image features.
 
     Args:
-        backbone: the frozen :class:`~calibprompt.models.Backbone` (its device is used).
+        backbone: the frozen :class:`~calibprompt.backbones.loading.Backbone` (its device is used).
         classnames: K class names, in label order.
         features: L2-normalised image features, (N, D) or (N, V, D) with V augmented views per image.
         labels: (N,) integer labels.

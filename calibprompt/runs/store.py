@@ -15,8 +15,15 @@ Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version`` so later
     one row per evaluated image of a finished run: ``run_id``, ``idx``, ``path``, ``label``,
     ``predicted``, ``confidence``, ``probs`` (JSON list); deleted with their run.
 ``reviews``
-    a reviewer's verdict (``agree`` | ``disagree`` | ``unsure``) on an image, optionally of one run;
-    one verdict per (run, image): a new verdict replaces the previous one. Deleted with their run.
+    a reader's verdict (``agree`` | ``disagree`` | ``unsure``) on one method's prediction for one image
+    of a dataset; one verdict per (reader, dataset, image, method), so several readers and methods per
+    case are kept. A verdict outlives its run (``run_id`` becomes NULL). The table, its CSV export and
+    reader agreement live in :mod:`calibprompt.runs.reviews`; the store exposes them as
+    :meth:`RunStore.set_review`, :meth:`RunStore.reviews`, :meth:`RunStore.export_reviews_csv` and
+    :meth:`RunStore.reader_agreement`.
+
+Versions: 1 = runs, predictions and one review per (run, image); 2 = the reviews above (a version-1
+database is upgraded when opened, its reviews kept: see :data:`calibprompt.runs.reviews.MIGRATION_V2`).
 
 Guarantees:
 
@@ -36,9 +43,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -54,8 +59,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text
-from .paths import data_dir
+from calibprompt.paths import data_dir
+from calibprompt.runs.reviews import MIGRATION_V2, REVIEW_CSV_COLUMNS, VERDICTS, Reviews
 
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "ACTIVE_STATUSES", "FINAL_STATUSES", "TRANSITIONS", "KINDS", "VERDICTS",
@@ -64,7 +69,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
@@ -77,9 +82,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     "interrupted": (),
 }
 KINDS = ("train", "evaluate")
-VERDICTS = ("agree", "disagree", "unsure")
 INTERRUPTED_ERROR = "The process running this job stopped (restart or crash) before it finished."
-REVIEW_CSV_COLUMNS = ("run_id", "image", "verdict", "note", "reviewer", "updated_at")
 PREDICTION_KEYS = ("path", "label", "predicted", "confidence", "probs")
 
 _SLUG_MAX = 40
@@ -129,8 +132,8 @@ CREATE TABLE IF NOT EXISTS reviews (
 CREATE UNIQUE INDEX IF NOT EXISTS reviews_one_per_image ON reviews (IFNULL(run_id, ''), image);
 """
 
-# version -> script that upgrades a database at version - 1 to it.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+# version -> script that upgrades a database at version - 1 to it (all run in the one opening transaction).
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: MIGRATION_V2}
 
 _RUN_COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "params", "metrics",
                 "progress", "checkpoint", "error", "device", "pid", "host")
@@ -257,7 +260,7 @@ def _owner_alive(pid: int, started: str | None) -> bool:
 
 
 def _checkpoint_files(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
-    from .checkpoint import checkpoint_paths  # lazy: keeps the store free of torch at import time
+    from calibprompt.prompting.checkpoint import checkpoint_paths  # lazy: keeps the store free of torch at import time
 
     return checkpoint_paths(checkpoint)
 
@@ -331,6 +334,7 @@ class RunStore:
         if self.path.is_dir():
             raise ValueError(f"The run store path {self.path} is a folder; give a file such as {self.path / 'runs.db'}.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._reviews = Reviews(self._transaction, self._row)
         try:
             self._init_schema()
         except sqlite3.DatabaseError as exc:
@@ -370,6 +374,7 @@ class RunStore:
             conn.close()
 
     def _init_schema(self) -> None:
+        """Create or upgrade the schema to :data:`SCHEMA_VERSION`: every migration in one transaction."""
         with self._transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -594,7 +599,7 @@ class RunStore:
             return [RunRecord._from_row(row) for row in conn.execute(sql, args)]
 
     def delete_run(self, run_id: str, *, force: bool = False) -> None:
-        """Delete a run with its predictions and reviews.
+        """Delete a run with its predictions; reviews of it are kept, no longer linked to a run.
 
         Checkpoint files are NOT deleted (another run or the user may still use them). A queued or
         running run is refused unless ``force``: cancel it first.
@@ -619,54 +624,33 @@ class RunStore:
         return [{"idx": r["idx"], "path": r["path"], "label": r["label"], "predicted": r["predicted"],
                  "confidence": r["confidence"], "probs": json.loads(r["probs"])} for r in rows]
 
-    # -- reviews ----------------------------------------------------------------------------------
+    # -- reviews (see calibprompt.runs.reviews) -------------------------------------------------
 
-    def set_review(self, image: str, verdict: str, note: str = "", run_id: str | None = None,
-                   reviewer: str = "") -> dict[str, Any]:
-        """Record a verdict on ``image`` (path or content hash), replacing an earlier one for the same run."""
-        image = _require_str(image, "image", empty=False)
-        if not isinstance(verdict, str) or verdict.strip().lower() not in VERDICTS:
-            raise ValueError(f"Unknown verdict {verdict!r}; expected one of: {', '.join(VERDICTS)}.")
-        verdict = verdict.strip().lower()
-        note = _require_str(note, "note")
-        reviewer = _require_str(reviewer, "reviewer")
-        if run_id is not None:
-            run_id = self._check_id(run_id)
-        with self._transaction() as conn:
-            if run_id is not None:
-                self._row(conn, run_id)
-            updated_at = _iso(_now())
-            cursor = conn.execute(
-                "UPDATE reviews SET verdict = ?, note = ?, reviewer = ?, updated_at = ? "
-                "WHERE run_id IS ? AND image = ?", (verdict, note, reviewer, updated_at, run_id, image),
-            )
-            if cursor.rowcount == 0:
-                conn.execute(
-                    "INSERT INTO reviews (run_id, image, verdict, note, reviewer, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, image, verdict, note, reviewer, updated_at),
-                )
-            row = conn.execute("SELECT * FROM reviews WHERE run_id IS ? AND image = ?", (run_id, image)).fetchone()
-        return dict(row)
+    def set_review(self, *, reader: str, dataset: str, image: str, method: str, verdict: str, note: str = "",
+                   true_class: str = "", prediction: str = "", confidence: float | None = None, model: str = "",
+                   task: str = "", run_id: str | None = None) -> dict[str, Any]:
+        """Record ``reader``'s verdict on ``method``'s prediction for ``image`` (its path inside ``dataset``).
 
-    def reviews(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        """Reviews (all, or those of one run), newest first: id, run_id, image, verdict, note, reviewer, updated_at."""
-        with self._transaction(write=False) as conn:
-            if run_id is None:
-                rows = conn.execute("SELECT * FROM reviews ORDER BY updated_at DESC, id DESC").fetchall()
-            else:
-                self._row(conn, self._check_id(run_id))
-                rows = conn.execute("SELECT * FROM reviews WHERE run_id = ? ORDER BY updated_at DESC, id DESC",
-                                    (run_id,)).fetchall()
-        return [dict(row) for row in rows]
+        One verdict per (reader, dataset, image, method): saving again updates it. Returns the stored
+        verdict; see :meth:`calibprompt.runs.reviews.Reviews.save`.
+        """
+        return self._reviews.save(reader=reader, dataset=dataset, image=image, method=method, verdict=verdict,
+                                  note=note, true_class=true_class, prediction=prediction, confidence=confidence,
+                                  model=model, task=task, run_id=run_id)
 
-    def export_reviews_csv(self, path: str | os.PathLike, run_id: str | None = None) -> Path:
-        """Write the reviews (all, or one run's) as CSV (``REVIEW_CSV_COLUMNS``), atomically; returns the path."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(REVIEW_CSV_COLUMNS)
-        for review in self.reviews(run_id):
-            writer.writerow(["" if review[c] is None else review[c] for c in REVIEW_CSV_COLUMNS])
-        return atomic_write_text(path, buffer.getvalue())
+    def reviews(self, *, reader: str | None = None, dataset: str | None = None, image: str | None = None,
+                method: str | None = None) -> list[dict[str, Any]]:
+        """Verdicts matching the given filters, newest first (see :meth:`calibprompt.runs.reviews.Reviews.find`)."""
+        return self._reviews.find(reader=reader, dataset=dataset, image=image, method=method)
+
+    def export_reviews_csv(self, path: str | os.PathLike, *, reader: str | None = None,
+                           dataset: str | None = None) -> Path:
+        """Write the verdicts as a spreadsheet-safe CSV (``REVIEW_CSV_COLUMNS``), atomically; returns the path."""
+        return self._reviews.export_csv(path, reader=reader, dataset=dataset)
+
+    def reader_agreement(self, *, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        """Cohen's kappa per pair of readers over their common cases (see :meth:`Reviews.agreement`)."""
+        return self._reviews.agreement(dataset=dataset, method=method)
 
 
 def _prediction_rows(run_id: str, predictions: Iterable[Mapping[str, Any]]) -> Iterator[tuple]:

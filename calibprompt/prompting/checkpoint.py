@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .fileio import atomic_write, atomic_write_json
-from .prompt_learner import PromptLearner
+from calibprompt.fileio import atomic_write, atomic_write_json
+from calibprompt.prompting.learner import PromptLearner
 
 __all__ = ["FORMAT", "save_prompt", "read_prompt_metadata", "load_prompt", "checkpoint_paths"]
 

@@ -2,13 +2,15 @@
 queues jobs in the background, one at a time per device.
 
 :func:`run_train_job` is the whole pipeline, readable top to bottom: open the dataset, draw the seeded
-k-shot split, get image features from the cache, train (:func:`calibprompt.trainer.train_prompts`),
+k-shot split, get image features from the cache, train (:func:`calibprompt.training.trainer.train_prompts`),
 evaluate on the test split, write the prompt checkpoint, and record everything in the run store in
 one transaction. The CLI calls it directly; :class:`JobRunner` calls it from a worker thread.
 """
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import queue
 import threading
@@ -17,25 +19,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .checkpoint import save_prompt
-from .data.datasets import Dataset, LabeledImages, few_shot_split, load_dataset
-from .demo.datasets import is_demo_task, standard_split
-from .devices import resolve_device
-from .engine import Engine
-from .evaluation import Evaluation, evaluate_head
-from .features import FeatureCache
-from .losses import build_objective, get_method
-from .models import load_backbone
-from .paths import datasets_dir, inside, runs_dir, uploads_dir
-from .store import RunRecord, RunStore
-from .tasks import Task, TaskClass, list_tasks, load_task
-from .trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+from calibprompt import defaults
+from calibprompt.prompting.checkpoint import save_prompt
+from calibprompt.data.layouts import LabeledImages, few_shot_split
+from calibprompt.data.resolve import open_dataset
+from calibprompt.devices import resolve_device
+from calibprompt.prompting.engine import Engine
+from calibprompt.evaluation.report import Evaluation, evaluate_head
+from calibprompt.training.features import FeatureCache
+from calibprompt.training.losses import build_objective
+from calibprompt.backbones import load_backbone
+from calibprompt.paths import runs_dir
+from calibprompt.runs.requests import check_train_request
+from calibprompt.runs.store import RunRecord, RunStore
+from calibprompt.prompting.tasks import Task
+from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS"]
 
-DEFAULT_VIEWS = 10  # cached augmented views per training image
+DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
 
 
 @dataclass
@@ -45,25 +49,35 @@ class TrainJob:
     model: str
     dataset: str
     task: str | None = None
-    shots: int = 8
-    seed: int = 1
+    shots: int = defaults.SHOTS
+    seed: int = defaults.SEED
     method: str = "coop"
-    epochs: int = 50
+    epochs: int = defaults.EPOCHS
     loss_params: dict[str, float] = field(default_factory=dict)
     n_views: int = DEFAULT_VIEWS
     device: str = "auto"
-    n_bins: int = 10
-    batch_size: int = 16
-    lr: float = 0.002
-    n_ctx: int = 16
+    n_bins: int = defaults.N_BINS
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.LR
+    n_ctx: int = defaults.N_CTX
 
     def __post_init__(self):
-        get_method(self.method)  # ValueError naming the methods
-        if self.shots < 1:
-            raise ValueError(f"shots must be at least 1, got {self.shots}.")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}.")
-        self.loss_params = {k: float(v) for k, v in self.loss_params.items() if v is not None}
+        params = {k: v for k, v in dict(self.loss_params).items() if v is not None}
+        # plain-words ValueError for out-of-range shots/epochs/seed/alpha/beta or an unknown method
+        check_train_request(shots=self.shots, epochs=self.epochs, seed=self.seed, alpha=params.get("alpha"),
+                            beta=params.get("beta"), method=self.method, n_bins=self.n_bins)
+        self.shots, self.epochs, self.seed = int(self.shots), int(self.epochs), int(self.seed)
+        self.n_bins = int(self.n_bins)
+        views = self.n_views
+        if (isinstance(views, bool) or not isinstance(views, numbers.Real) or not math.isfinite(views)
+                or views < 1 or views != int(views)):
+            raise ValueError(f"The number of augmented views per image must be a whole number of at least 1; "
+                             f"got {views!r}. The default is {defaults.N_VIEWS}.")
+        self.n_views = int(views)
+        for key, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"The loss parameter {key} must be a finite number; got {value!r}.")
+        self.loss_params = {k: float(v) for k, v in params.items()}
         build_objective(self.method, **self.loss_params)  # ValueError for a parameter the method lacks
 
     def config(self) -> TrainConfig:
@@ -72,39 +86,6 @@ class TrainJob:
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _task_from_dataset(dataset: Dataset) -> Task:
-    classes = tuple(TaskClass(i, n, n) for i, n in zip(dataset.class_ids, dataset.classnames))
-    return Task(name=dataset.name, classes=classes)
-
-
-def open_dataset(dataset: str | os.PathLike, task: str | Task | None = None) -> tuple[Task, Dataset]:
-    """The task and dataset a job names.
-
-    ``dataset`` is a folder or CSV file in any layout :func:`calibprompt.data.datasets.load_dataset`
-    reads, or a task name whose data lives in ``$CALIBPROMPT_HOME/datasets/<name>`` (for the demo
-    tasks, their standard split, generated on first use). ``task`` (a name
-    or file) supplies class names and templates; without it, a folder named like a task uses that
-    task, and any other folder gets its class names from its folders.
-    """
-    task_obj = load_task(task) if task is not None else None
-    path = Path(dataset).expanduser()
-    if not path.exists() and str(dataset) in list_tasks():
-        task_obj = task_obj or load_task(str(dataset))
-        path = standard_split(str(dataset)) if is_demo_task(str(dataset)) else datasets_dir() / str(dataset)
-        if not path.exists():
-            raise ValueError(
-                f"No data for the task {dataset!r} in {path}. Put the dataset there (any supported layout, e.g. the "
-                f"paper's images/train|test/<class>/ + classnames.txt), or pass --dataset FOLDER."
-            )
-    if not path.exists():
-        raise ValueError(f"The dataset {str(dataset)!r} is neither a folder/CSV file nor a task name ({', '.join(list_tasks())}).")
-    if task_obj is None and path.name in list_tasks():
-        task_obj = load_task(path.name)
-    # an uploaded archive may carry a manifest pointing anywhere: keep it to its own folder
-    ds = load_dataset(path, task=task_obj, confine_to_root=inside(path, uploads_dir()))
-    return (task_obj or _task_from_dataset(ds)), ds
 
 
 def _zero_shot_engine(backbone, task: Task) -> Engine:
@@ -118,7 +99,7 @@ def _split_record(images: LabeledImages) -> dict[str, Any]:
 
 
 def evaluate_zero_shot(backbone, task: Task, test: LabeledImages, cache: FeatureCache | None = None,
-                       n_bins: int = 10, n_boot: int = 1000) -> Evaluation:
+                       n_bins: int = defaults.N_BINS, n_boot: int = defaults.N_BOOT) -> Evaluation:
     """Zero-shot evaluation of ``task``'s templates on a test split."""
     cache = cache or FeatureCache(backbone)
     engine = _zero_shot_engine(backbone, task)
@@ -146,7 +127,7 @@ def _recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInf
 
 def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, backbone=None,
                   on_step: Callable[[StepInfo], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, n_boot: int = 1000) -> RunRecord:
+                  should_stop: Callable[[], bool] | None = None, n_boot: int = defaults.N_BOOT) -> RunRecord:
     """Run one prompt-tuning job and record it in ``store``; returns the finished run.
 
     The run ends ``done`` (checkpoint and metrics written), ``cancelled`` (``should_stop`` turned true;
@@ -210,6 +191,8 @@ class _Entry:
     progress: dict[str, Any] | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
+    owner: str = ""
+    started: bool = False
 
 
 class JobRunner:
@@ -231,11 +214,13 @@ class JobRunner:
         self._entries: dict[str, _Entry] = {}
         self._backbones: dict[str, Any] = {}
 
-    def submit(self, job: TrainJob) -> str:
-        """Queue a job; returns its run id (status ``queued`` in the store)."""
+    def submit(self, job: TrainJob, owner: str = "") -> str:
+        """Queue a job; returns its run id (status ``queued`` in the store). ``owner`` (recorded with the
+        run) is who may cancel it."""
         device = str(resolve_device(job.device))
-        run_id = self.store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}")
-        entry = _Entry(run_id, job, device)
+        params = {**job.to_params(), "owner": str(owner)}
+        run_id = self.store.create_run("train", params, slug=f"{job.method}-s{job.seed}")
+        entry = _Entry(run_id, job, device, owner=str(owner))
         with self._lock:
             self._entries[run_id] = entry
             self._waiting.setdefault(device, []).append(run_id)
@@ -263,12 +248,24 @@ class JobRunner:
         return {"status": record.status, "position": self.position(run_id), "step": entry.progress,
                 "losses": list(entry.losses), "error": entry.error or record.error}
 
-    def cancel(self, run_id: str) -> bool:
-        """Ask a queued or running job to stop; returns False if it is unknown or already over."""
+    def cancel(self, run_id: str, owner: str | None = None) -> bool:
+        """Ask a queued or running job to stop; returns False if it is unknown or already over.
+
+        With ``owner`` given, only the job's owner may cancel it (PermissionError otherwise). A queued
+        job is marked cancelled at once; a running one stops at its next step."""
         entry = self._entries.get(run_id)
         if entry is None or entry.done.is_set():
             return False
-        entry.cancel.set()
+        if owner is not None and entry.owner != owner:
+            raise PermissionError("Only the user who started this job can cancel it.")
+        with self._lock:
+            entry.cancel.set()
+            started = entry.started
+        if not started:
+            try:
+                self.store.cancel_run(run_id)
+            except ValueError:  # it started meanwhile: it stops at its next step
+                pass
         return True
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
@@ -297,8 +294,11 @@ class JobRunner:
                 entry.done.set()
 
     def _run(self, entry: _Entry) -> None:
-        if entry.cancel.is_set():
-            self.store.cancel_run(entry.run_id)
+        with self._lock:
+            entry.started = not entry.cancel.is_set()
+        if not entry.started:
+            if self.store.get_run(entry.run_id).status == "queued":
+                self.store.cancel_run(entry.run_id)
             return
 
         def on_step(info: StepInfo) -> None:

@@ -1,8 +1,8 @@
 """Plotly figures for judging whether a model's confidence can be trusted.
 
-Every public function here is pure: it takes numbers (usually the dicts produced by
-:func:`calibprompt.metrics.calibration_report`) and returns a
-:class:`plotly.graph_objects.Figure`. Nothing is read or written, nothing random is
+Every public function here is pure: it takes numbers (usually
+:class:`~calibprompt.evaluation.report.CalibrationReport` objects, one per method) and
+returns a :class:`plotly.graph_objects.Figure`. Nothing is read or written, nothing random is
 drawn, and the same input always gives the same figure (``fig.to_json()`` is equal).
 This module never imports a UI toolkit; the web app embeds the figures it returns.
 
@@ -28,6 +28,13 @@ Conventions
   for the three main methods, otherwise a colour of :data:`FALLBACK_PALETTE` chosen from
   a checksum of the name (stable across runs and processes). Within one figure
   :func:`method_colours` moves a fallback colour along the palette if it is taken.
+* Reports are typed: the figures read :class:`~calibprompt.evaluation.report.CalibrationReport`
+  fields. For compatibility a plain ``calibration_report(...)`` dict (or a
+  :class:`~calibprompt.evaluation.report.Evaluation`) is accepted wherever a report is,
+  and converted once, at the entry, by :func:`~calibprompt.evaluation.report.as_calibration_report`;
+  bare reliability bins (a :class:`ReliabilityBins` or its ``to_dict()``) by
+  :func:`~calibprompt.evaluation.report.parse_reliability`. All checks of report and
+  reliability dicts live there, not here.
 * Invalid input (wrong shapes, unknown or missing keys, values outside ``[0, 1]``) raises
   ``ValueError`` with a message naming what is wrong.
 """
@@ -38,13 +45,26 @@ import math
 import numbers
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .metrics import ReliabilityBins
+from calibprompt.evaluation.metrics import ReliabilityBins
+from calibprompt.evaluation.report import (
+    VALUE_ATOL as _VALUE_ATOL,
+    CalibrationReport,
+    Evaluation,
+    _number,
+    _vector,
+    as_calibration_report,
+    parse_reliability,
+)
+
+#: What the figures accept per method: a typed report, or (converted once at the entry)
+#: a ``calibration_report(...)`` dict or an :class:`Evaluation`.
+ReportLike = Union[CalibrationReport, Mapping[str, Any], Evaluation]
 
 __all__ = [
     "FALLBACK_PALETTE",
@@ -106,9 +126,7 @@ FIGURE_HEIGHT = 400
 _GRID_ROW_HEIGHT = 340
 _GRID_EXTRA_HEIGHT = 80  # title and legend
 
-_RELIABILITY_REQUIRED = ("edges", "counts", "accuracy", "confidence")
-_RELIABILITY_OPTIONAL = ("strategy", "n_bins", "gap")
-_VALUE_ATOL = 1e-9
+_BINS_KEYS = ("edges", "counts")  # a mapping with one of these (and no "reliability") is bare bins
 
 
 # ---------------------------------------------------------------------------
@@ -186,12 +204,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _check_fraction(value: Any, name: str) -> float:
-    if not _is_real(value) or not math.isfinite(float(value)):
-        raise ValueError(f"`{name}` must be a finite number in [0, 1], but got {value!r}.")
-    v = float(value)
-    if not -_VALUE_ATOL <= v <= 1.0 + _VALUE_ATOL:
-        raise ValueError(f"`{name}` must lie in [0, 1] (a fraction, not a percentage), but got {v!r}.")
-    return min(max(v, 0.0), 1.0)
+    return _number(value, name, 0.0, 1.0)
 
 
 def _check_mapping(obj: Any, name: str, what: str) -> Mapping:
@@ -205,169 +218,66 @@ def _check_mapping(obj: Any, name: str, what: str) -> Mapping:
     return obj
 
 
-def _float_vector(values: Any, name: str, allow_none: bool = False) -> np.ndarray:
-    """A 1-D float64 array; ``None`` entries become NaN when ``allow_none``."""
-    if isinstance(values, (str, bytes)) or values is None:
-        raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.")
-    if isinstance(values, np.ndarray):
-        arr = values
-    else:
-        try:
-            items = list(values)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.") from None
-        if allow_none:
-            items = [np.nan if v is None else v for v in items]
-        try:
-            arr = np.asarray(items)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"`{name}` could not be read as a 1-D array of numbers ({exc}).") from None
-    if arr.ndim != 1:
-        raise ValueError(f"`{name}` must be 1-D, but got an array of shape {arr.shape}.")
-    if arr.size and arr.dtype.kind not in "iuf":
-        raise ValueError(f"`{name}` must hold numbers, but got dtype {arr.dtype}.")
-    return arr.astype(np.float64)
-
-
 # ---------------------------------------------------------------------------
-# Reliability data
+# Reports and bins (converted once, at the entry of each public figure)
 # ---------------------------------------------------------------------------
-class _Bins:
-    """Validated reliability bins as float arrays (NaN marks an empty bin)."""
+class _Panel(NamedTuple):
+    """What one reliability diagram draws: the bins, the ECE to show and its interval."""
 
-    def __init__(self, edges, counts, accuracy, confidence, strategy: str):
-        self.edges = edges
-        self.counts = counts
-        self.accuracy = accuracy
-        self.confidence = confidence
-        self.strategy = strategy
-
-    @property
-    def n_bins(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def nonempty(self) -> np.ndarray:
-        return self.counts > 0
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
-
-    def calibration_error(self) -> float | None:
-        """``sum_b n_b / N * |acc_b - conf_b|`` (ECE for uniform bins, ACE for quantile)."""
-        if self.total == 0:
-            return None
-        m = self.nonempty
-        return float(np.sum(self.counts[m] / self.total * np.abs(self.accuracy[m] - self.confidence[m])))
+    bins: ReliabilityBins
+    ece: float | None
+    interval: tuple[float, float] | None
 
 
-def _as_bins(reliability: Any, name: str = "reliability") -> _Bins:
-    """Validate a :class:`ReliabilityBins` or its ``to_dict()`` form."""
-    if isinstance(reliability, ReliabilityBins):
-        data = {
-            "edges": reliability.edges,
-            "counts": reliability.counts,
-            "accuracy": reliability.accuracy,
-            "confidence": reliability.confidence,
-            "strategy": reliability.strategy,
-        }
-    elif isinstance(reliability, Mapping):
-        data = dict(reliability)
-        unknown = sorted(str(k) for k in data if k not in _RELIABILITY_REQUIRED + _RELIABILITY_OPTIONAL)
-        if unknown:
-            raise ValueError(
-                f"`{name}` has unknown key(s) {unknown}; a reliability dict (ReliabilityBins.to_dict()) "
-                f"has keys {list(_RELIABILITY_REQUIRED + _RELIABILITY_OPTIONAL)}. To plot a whole "
-                "calibration_report, pass the report itself (it has a 'reliability' key)."
-            )
-        missing = [k for k in _RELIABILITY_REQUIRED if k not in data]
-        if missing:
-            raise ValueError(f"`{name}` is missing key(s) {missing}; required keys are {list(_RELIABILITY_REQUIRED)}.")
-    else:
+def _is_bins(obj: Any) -> bool:
+    """A :class:`ReliabilityBins` or its ``to_dict()`` (not a whole report)."""
+    if isinstance(obj, ReliabilityBins):
+        return True
+    return isinstance(obj, Mapping) and "reliability" not in obj and any(k in obj for k in _BINS_KEYS)
+
+
+def _report(obj: Any, name: str) -> CalibrationReport:
+    if not isinstance(obj, (CalibrationReport, Evaluation, Mapping)):
         raise ValueError(
-            f"`{name}` must be a ReliabilityBins or its to_dict() dict, but got {type(reliability).__name__}."
+            f"`{name}` must be a CalibrationReport, a calibration_report(...) dict, a ReliabilityBins "
+            f"or its to_dict() dict, but got {type(obj).__name__}."
         )
-
-    edges = _float_vector(data["edges"], f"{name}['edges']")
-    counts_raw = _float_vector(data["counts"], f"{name}['counts']")
-    acc = _float_vector(data["accuracy"], f"{name}['accuracy']", allow_none=True)
-    conf = _float_vector(data["confidence"], f"{name}['confidence']", allow_none=True)
-    n = counts_raw.shape[0]
-    if n < 1:
-        raise ValueError(f"`{name}['counts']` is empty; at least one bin is required.")
-    if edges.shape[0] != n + 1:
-        raise ValueError(
-            f"`{name}['edges']` must have n_bins + 1 = {n + 1} entries for {n} bins, but has {edges.shape[0]}."
-        )
-    for key, arr in (("accuracy", acc), ("confidence", conf)):
-        if arr.shape[0] != n:
-            raise ValueError(f"`{name}['{key}']` must have one entry per bin ({n}), but has {arr.shape[0]}.")
-    if "n_bins" in data and data["n_bins"] != n:
-        raise ValueError(f"`{name}['n_bins']` is {data['n_bins']!r} but there are {n} bins.")
-    if "gap" in data and data["gap"] is not None and len(list(data["gap"])) != n:
-        raise ValueError(f"`{name}['gap']` must have one entry per bin ({n}).")
-    strategy = data.get("strategy", "uniform")
-    if strategy not in ("uniform", "quantile"):
-        raise ValueError(f"`{name}['strategy']` must be 'uniform' or 'quantile', but got {strategy!r}.")
-
-    if not np.isfinite(edges).all() or edges.min() < -_VALUE_ATOL or edges.max() > 1 + _VALUE_ATOL:
-        raise ValueError(f"`{name}['edges']` must be finite and lie in [0, 1].")
-    if np.any(np.diff(edges) < 0):
-        raise ValueError(f"`{name}['edges']` must be non-decreasing.")
-    if not np.isfinite(counts_raw).all() or np.any(counts_raw < 0) or np.any(counts_raw != np.round(counts_raw)):
-        raise ValueError(f"`{name}['counts']` must be non-negative integers.")
-    counts = counts_raw.astype(np.int64)
-    filled = counts > 0
-    for key, arr in (("accuracy", acc), ("confidence", conf)):
-        finite = np.isfinite(arr)
-        if np.any(filled & ~finite):
-            i = int(np.argmax(filled & ~finite))
-            raise ValueError(f"`{name}['{key}']` is missing (None/NaN) for bin {i}, which has {counts[i]} samples.")
-        if np.any(~filled & ~np.isnan(arr)):
-            i = int(np.argmax(~filled & ~np.isnan(arr)))
-            raise ValueError(
-                f"`{name}['{key}']` has a value for bin {i}, which is empty (count 0); empty bins must be None/NaN."
-            )
-        vals = arr[filled]
-        if vals.size and (vals.min() < -_VALUE_ATOL or vals.max() > 1 + _VALUE_ATOL):
-            raise ValueError(f"`{name}['{key}']` must lie in [0, 1] (fractions, not percentages).")
-    acc = np.where(filled, np.clip(acc, 0.0, 1.0), np.nan)
-    conf = np.where(filled, np.clip(conf, 0.0, 1.0), np.nan)
-    return _Bins(np.clip(edges, 0.0, 1.0), counts, acc, conf, strategy)
+    return as_calibration_report(obj, name)
 
 
-def _split_report(report: Any, name: str) -> tuple[_Bins, float | None, list | None]:
-    """``(bins, ece, ece_interval)`` of a calibration_report, a reliability dict or bins.
-
-    A calibration report's own ``"ece"`` is used; without one the ECE is computed from
-    the bins (for quantile bins that number is the ACE).
-    """
-    interval = None
-    ece = None
-    if isinstance(report, Mapping) and "reliability" in report:
-        bins = _as_bins(report["reliability"], f"{name}['reliability']")
-        if report.get("ece") is not None:
-            ece = _check_fraction(report["ece"], f"{name}['ece']")
-        intervals = report.get("intervals")
-        if isinstance(intervals, Mapping) and intervals.get("ece") is not None:
-            iv = list(intervals["ece"])
-            if len(iv) != 2:
-                raise ValueError(f"`{name}['intervals']['ece']` must be [lo, hi], but got {intervals['ece']!r}.")
-            interval = [_check_fraction(v, f"{name}['intervals']['ece']") for v in iv]
-    else:
-        bins = _as_bins(report, name)
-    if ece is None:
-        ece = bins.calibration_error()
-    return bins, ece, interval
+def _nonempty(bins: ReliabilityBins) -> np.ndarray:
+    return bins.counts > 0
 
 
-def _ce_label(bins: _Bins) -> str:
+def _total(bins: ReliabilityBins) -> int:
+    return int(bins.counts.sum())
+
+
+def _bins_error(bins: ReliabilityBins) -> float | None:
+    """``sum_b n_b / N * |acc_b - conf_b|`` (ECE for uniform bins, ACE for quantile)."""
+    total = _total(bins)
+    if total == 0:
+        return None
+    m = _nonempty(bins)
+    return float(np.sum(bins.counts[m] / total * np.abs(bins.accuracy[m] - bins.confidence[m])))
+
+
+def _panel(obj: Any, name: str) -> _Panel:
+    """The panel of a report (its own ECE and ECE interval) or of bare bins (the ECE,
+    or ACE for quantile bins, computed from the bins; no interval)."""
+    if _is_bins(obj):
+        bins = parse_reliability(obj, name)
+        return _Panel(bins, _bins_error(bins), None)
+    report = _report(obj, name)
+    return _Panel(report.reliability, report.ece, report.interval("ece"))
+
+
+def _ce_label(bins: ReliabilityBins) -> str:
     return "ACE" if bins.strategy == "quantile" else "ECE"
 
 
 def _reliability_traces(
-    bins: _Bins,
+    bins: ReliabilityBins,
     colour: str,
     *,
     shown: set[str] | None = None,
@@ -387,12 +297,12 @@ def _reliability_traces(
         return dict(name=label, legendgroup=label, showlegend=first)
 
     prefix = f"<b>{method}</b><br>" if method else ""
-    m = bins.nonempty
+    m = _nonempty(bins)
     lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
     centres = (lo + hi) / 2.0
     widths = hi - lo
     acc, conf, counts = bins.accuracy[m], bins.confidence[m], bins.counts[m]
-    total = max(bins.total, 1)
+    total = max(_total(bins), 1)
     gaps = conf - acc  # > 0: overconfident
 
     hover = []
@@ -474,7 +384,7 @@ def _base_layout(fig: go.Figure, title: str, height: int = FIGURE_HEIGHT) -> go.
     return fig
 
 
-def _ece_text(label: str, ece: float, interval: list | None = None, long: bool = False) -> str:
+def _ece_text(label: str, ece: float, interval: Sequence[float] | None = None, long: bool = False) -> str:
     text = f"{label} {_pct(ece)}"
     if interval is not None:
         lo, hi = 100 * interval[0], 100 * interval[1]
@@ -486,7 +396,7 @@ def _ece_text(label: str, ece: float, interval: list | None = None, long: bool =
 # Public figures
 # ---------------------------------------------------------------------------
 def reliability_diagram(
-    reliability: Mapping | ReliabilityBins,
+    reliability: ReportLike | ReliabilityBins,
     title: str = "",
     colour: str | None = None,
     ece: float | None = None,
@@ -494,10 +404,11 @@ def reliability_diagram(
     """Reliability diagram of one method.
 
     Args:
-        reliability: a :class:`~calibprompt.metrics.ReliabilityBins`, its ``to_dict()``
-            (as in ``calibration_report(...)["reliability"]``), or a whole calibration
-            report (its ``"reliability"`` is drawn and, when ``ece`` is not given, its
-            ``"ece"`` annotated).
+        reliability: a :class:`~calibprompt.evaluation.metrics.ReliabilityBins`, its ``to_dict()``
+            (as in ``calibration_report(...)["reliability"]``), or a whole report: a
+            :class:`~calibprompt.evaluation.report.CalibrationReport` or its dict (its
+            ``reliability`` is drawn and, when ``ece`` is not given, its ``ece`` and ECE
+            interval annotated).
         title: figure title.
         colour: colour of the accuracy bars (default: a neutral slate).
         ece: an ECE in ``[0, 1]`` to annotate in the top-left corner; none if ``None``.
@@ -515,14 +426,14 @@ def reliability_diagram(
         raise ValueError(f"`title` must be a str, but got {title!r}.")
     if colour is not None and (not isinstance(colour, str) or not colour.strip()):
         raise ValueError(f"`colour` must be a CSS colour string or None, but got {colour!r}.")
-    if isinstance(reliability, Mapping) and "reliability" in reliability:
-        bins, report_ece, interval = _split_report(reliability, "reliability")
-        if ece is None and "ece" in reliability:
-            ece = report_ece
-        else:
-            interval = None
+    interval = None
+    if _is_bins(reliability):
+        bins = parse_reliability(reliability)
     else:
-        bins, interval = _as_bins(reliability), None
+        report = _report(reliability, "reliability")
+        bins = report.reliability
+        if ece is None:
+            ece, interval = report.ece, report.interval("ece")
     if ece is not None:
         ece = _check_fraction(ece, "ece")
 
@@ -540,12 +451,13 @@ def reliability_diagram(
     return fig
 
 
-def reliability_grid(reports: Mapping[str, Mapping], n_cols: int = 3) -> go.Figure:
+def reliability_grid(reports: Mapping[str, ReportLike | ReliabilityBins], n_cols: int = 3) -> go.Figure:
     """One reliability diagram per method, side by side.
 
     Args:
-        reports: ``{method: calibration_report(...)}`` (a reliability dict or
-            :class:`~calibprompt.metrics.ReliabilityBins` per method also works; the ECE is
+        reports: ``{method: CalibrationReport}`` (or ``calibration_report(...)`` dicts,
+            converted once; a reliability dict or
+            :class:`~calibprompt.evaluation.metrics.ReliabilityBins` per method also works; the ECE is
             then computed from the bins).
         n_cols: subplots per row (int >= 1); fewer when there are fewer methods.
 
@@ -558,7 +470,7 @@ def reliability_grid(reports: Mapping[str, Mapping], n_cols: int = 3) -> go.Figu
     reports = _check_mapping(reports, "reports", "method names to calibration reports")
     n_cols = _check_int(n_cols, "n_cols", 1)
     names = list(reports)
-    parsed = [_split_report(reports[n], f"reports[{n!r}]") for n in names]
+    parsed = [_panel(reports[n], f"reports[{n!r}]") for n in names]
     colours = method_colours(names)
     cols = min(n_cols, len(names))
     rows = math.ceil(len(names) / cols)
@@ -589,11 +501,12 @@ def reliability_grid(reports: Mapping[str, Mapping], n_cols: int = 3) -> go.Figu
     return fig
 
 
-def reliability_overlay(reports: Mapping[str, Mapping]) -> go.Figure:
+def reliability_overlay(reports: Mapping[str, ReportLike | ReliabilityBins]) -> go.Figure:
     """All methods' reliability curves on one axis.
 
     Args:
-        reports: ``{method: calibration_report(...)}`` (or reliability dicts / bins).
+        reports: ``{method: CalibrationReport}`` (or ``calibration_report(...)`` dicts,
+            reliability dicts or bins; see :func:`reliability_grid`).
 
     Returns:
         a figure with the dashed ``"Perfect calibration"`` diagonal first, then one
@@ -603,7 +516,7 @@ def reliability_overlay(reports: Mapping[str, Mapping]) -> go.Figure:
     """
     reports = _check_mapping(reports, "reports", "method names to calibration reports")
     names = list(reports)
-    parsed = [_split_report(reports[n], f"reports[{n!r}]") for n in names]
+    parsed = [_panel(reports[n], f"reports[{n!r}]") for n in names]
     colours = method_colours(names)
     max_count = max([int(b.counts.max()) for b, _, _ in parsed] + [1])
     fig = go.Figure(
@@ -613,10 +526,10 @@ def reliability_overlay(reports: Mapping[str, Mapping]) -> go.Figure:
         )
     )
     for name, (bins, ece, _) in zip(names, parsed):
-        m = bins.nonempty
+        m = _nonempty(bins)
         conf, acc, counts = bins.confidence[m], bins.accuracy[m], bins.counts[m]
         lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
-        total = max(bins.total, 1)
+        total = max(_total(bins), 1)
         sizes = 6.0 + 16.0 * np.sqrt(counts / max_count)
         hover = [
             f"<b>{name}</b><br>Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
@@ -863,12 +776,23 @@ def loss_curve(
     return fig
 
 
-def classwise_ece_bars(classwise: Mapping[str, Sequence[float]], classnames: Sequence[str]) -> go.Figure:
+def _classwise_values(value: Any, name: str) -> np.ndarray:
+    """The classwise ECE of a report (already validated), or a plain list of fractions."""
+    if isinstance(value, (CalibrationReport, Evaluation, Mapping)):
+        return np.array(as_calibration_report(value, name).classwise_ece, dtype=np.float64)
+    return np.array([_check_fraction(v, name) for v in _vector(value, name).tolist()], dtype=np.float64)
+
+
+def classwise_ece_bars(
+    classwise: Mapping[str, ReportLike | Sequence[float]], classnames: Sequence[str]
+) -> go.Figure:
     """Grouped bars of the classwise ECE of each method.
 
     Args:
-        classwise: ``{method: report["classwise_ece"]}``, each a list of one value in
-            ``[0, 1]`` per class.
+        classwise: ``{method: CalibrationReport}`` (its ``classwise_ece`` is drawn; a
+            ``calibration_report(...)`` dict is converted once), or, as before,
+            ``{method: report["classwise_ece"]}``, each a list of one value in ``[0, 1]``
+            per class.
         classnames: the class names, in the order of the values (unique, non-empty).
 
     Returns:
@@ -889,13 +813,12 @@ def classwise_ece_bars(classwise: Mapping[str, Sequence[float]], classnames: Seq
     colours = method_colours(names)
     fig = go.Figure()
     for name in names:
-        vals = _float_vector(classwise[name], f"classwise[{name!r}]")
+        vals = _classwise_values(classwise[name], f"classwise[{name!r}]")
         if vals.shape[0] != k:
             raise ValueError(
                 f"`classwise[{name!r}]` has {vals.shape[0]} values but there are {k} classnames; "
                 "pass one classwise ECE per class, in the order of `classnames`."
             )
-        vals = np.array([_check_fraction(v, f"classwise[{name!r}]") for v in vals.tolist()])
         fig.add_trace(
             go.Bar(
                 x=classnames, y=vals.tolist(), name=f"{name} (mean {_pct(float(vals.mean()))})",

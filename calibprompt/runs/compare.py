@@ -10,12 +10,13 @@ import logging
 import statistics
 from typing import Any, Callable, Sequence
 
-from .data.datasets import few_shot_split
-from .features import FeatureCache
-from .jobs import TrainJob, evaluate_zero_shot, open_dataset, run_train_job
-from .losses import get_method
-from .models import load_backbone
-from .store import RunStore
+from calibprompt import defaults
+from calibprompt.data.layouts import few_shot_split
+from calibprompt.training.features import FeatureCache
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, open_dataset, run_train_job
+from calibprompt.training.losses import get_method
+from calibprompt.backbones import load_backbone
+from calibprompt.runs.store import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def _row(method: str, seed: int, metrics: dict[str, Any], train_seconds: float) 
 
 
 def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequence[int], *, task: str | None = None,
-                   shots: int = 8, epochs: int = 50, n_bins: int = 10, device: str = "auto",
+                   shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
+                   device: str = "auto",
                    loss_params: dict[str, float] | None = None, store: RunStore | None = None,
                    on_result: Callable[[dict[str, Any]], None] | None = None, n_boot: int = 200) -> list[dict[str, Any]]:
     """Train and evaluate every method on every seed; returns one row per (method, seed) with the

@@ -1,0 +1,76 @@
+"""``python app.py``: start the app for one user or a team.
+
+    python app.py [--model auto|NAME] [--host 127.0.0.1] [--port 7860] [--share] [--data-dir DIR]
+                  [--auth USER:PASSWORD ...]
+
+What a hosted app serves: the bundled sample images, and the files it makes for the requesting user
+(uploads it echoes back, exports, figures) from Gradio's upload folder inside the data directory,
+under unguessable names. The run store, datasets, uploaded archives, checkpoints and feature caches
+are never served.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger("calibprompt.app")
+
+MAX_UPLOAD = "25mb"
+PRIVATE_ENTRIES = ("runs.db", "runs.db-wal", "runs.db-shm", "runs", "datasets", "uploads", "features", "exports",
+                   "models", "logs")
+
+
+def private_paths() -> list[str]:
+    """Everything in the data directory except Gradio's upload folder: refused on every file route."""
+    from calibprompt.paths import data_dir
+
+    root = data_dir()
+    names = set(PRIVATE_ENTRIES) | ({p.name for p in root.iterdir()} if root.is_dir() else set())
+    return sorted(str(root / n) for n in names if n != "tmp")
+
+
+def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
+    """``USER:PASSWORD`` strings as Gradio's ``auth`` list (None without any)."""
+    if not values:
+        return None
+    pairs = []
+    for value in values:
+        user, sep, password = value.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SystemExit(f"--auth expects USER:PASSWORD, got {value!r}.")
+        pairs.append((user.strip(), password))
+    return pairs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="CalibPrompt web app")
+    parser.add_argument("--model", default="auto", help="auto (BiomedCLIP if available, else the demo model) or a backbone")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--data-dir", default=os.environ.get("CALIBPROMPT_HOME"),
+                        help="where runs, caches and datasets live (default $CALIBPROMPT_HOME or ~/.calibprompt)")
+    parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                        help="require a login (repeat for each user); the user is the reader of verdicts and the owner of jobs")
+    args = parser.parse_args(argv)
+    auth = parse_auth(args.auth)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.data_dir:
+        os.environ["CALIBPROMPT_HOME"] = str(Path(args.data_dir).expanduser().resolve())
+
+    import calibprompt.demo
+    from calibprompt.app import build_demo
+    from calibprompt.paths import SAMPLE_IMAGES_DIR
+    from calibprompt.service.core import Core
+    from calibprompt.service.startup import choose_backbone
+
+    calibprompt.demo.register()
+    backbone, banner = choose_backbone(args.model)
+    demo = build_demo(Core(backbone, banner))
+    if auth is None and args.host not in ("127.0.0.1", "localhost") or args.share and auth is None:
+        logger.warning("Serving beyond this machine without --auth: anyone who can reach it can use it.")
+    demo.queue(default_concurrency_limit=4, max_size=64).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, auth=auth,
+        allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths())

@@ -1,0 +1,122 @@
+"""The Train tab: queue a few-shot prompt-tuning job, follow its progress, cancel it, see the history."""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import pandas as pd
+
+from calibprompt import defaults
+from calibprompt.app.common import file_paths, handler, session_for, update_choices
+from calibprompt.evaluation import plots
+
+DEVICES = ["auto", "cuda", "mps", "cpu"]
+
+
+def progress_html(status: dict) -> str:
+    step = status.get("step") or {}
+    fraction = step.get("global_step", 0) / max(step.get("total_steps", 1), 1)
+    state = status.get("status", "")
+    if state == "queued":
+        position = status.get("position")
+        text = f"Queued: {position} job(s) ahead on this device." if position else "Queued."
+    elif step and state == "running":
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in step.get("parts", {}).items())
+        text = (f"{state}: epoch {step['epoch']}/{step['epochs']}, step {step['global_step']}/{step['total_steps']}, "
+                f"loss {step['loss']:.3f} ({parts}), lr {step['lr']:.1e}, ETA {step['eta']:.0f} s")
+    else:
+        text = f"{state}…" if state == "running" else state
+    if status.get("error"):
+        text += f" — {status['error']}"
+    return (f"<div class='cp-progress'><div style='background:#e5e7eb;border-radius:6px;height:14px'>"
+            f"<div style='width:{100 * fraction:.1f}%;background:#2563eb;height:14px;border-radius:6px'></div></div>"
+            f"<p>{text}</p></div>")
+
+
+def build(core, shared):
+    datasets = core.dataset_choices()
+    start_state = core.new_session()
+    params = core.method_defaults(start_state, "calibprompt", core.loaded(start_state).backbone.family)
+    with gr.Tab("Train"):
+        with gr.Row():
+            with gr.Column():
+                dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset",
+                                      elem_id="train-dataset")
+                upload = gr.File(label="…or upload a zip (a folder per class, or train/ and test/)", file_types=[".zip"])
+                upload_button = gr.Button("Use uploaded zip")
+                method = gr.Dropdown(core.methods(), value="calibprompt", label="Method")
+                with gr.Row():
+                    shots = gr.Number(defaults.SHOTS, label="Shots per class", precision=0, minimum=1)
+                    seed = gr.Number(defaults.SEED, label="Seed", precision=0, minimum=0)
+                    epochs = gr.Number(defaults.EPOCHS, label="Epochs (1–1000)", precision=0, minimum=1,
+                                       maximum=defaults.LIMITS["epochs"][1], elem_id="train-epochs")
+                with gr.Row():
+                    alpha = gr.Number(params.get("alpha"), label="alpha (LS = SMAC), 0 ≤ α < 1")
+                    beta = gr.Number(params.get("beta"), label="beta (AS weight), 0–100")
+                    device = gr.Dropdown(DEVICES, value="auto", label="Device")
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+            with gr.Column():
+                run_id = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
+                progress = gr.HTML(elem_id="train-progress")
+                loss_plot = gr.Plot(label="Loss")
+        history = gr.Dataframe(label="Run history (all users; 'you' marks this session's jobs)", elem_id="run-history")
+        timer = gr.Timer(1.0, active=False)
+
+    @handler
+    def use_upload(zip_file):
+        choice = core.upload_dataset(file_paths(zip_file)[0] if zip_file else None)
+        return gr.update(choices=core.dataset_choices(), value=choice)
+
+    @handler
+    def method_defaults(state, method, request: gr.Request):
+        state = session_for(core, state, request)
+        values = core.method_defaults(state, method, core.loaded(state).backbone.family)
+        return (gr.update(value=values.get("alpha"), interactive="alpha" in values),
+                gr.update(value=values.get("beta"), interactive="beta" in values))
+
+    @handler
+    def start_job(state, dataset, method, shots, seed, epochs, alpha, beta, device, request: gr.Request):
+        state = session_for(core, state, request)
+        state, new_id = core.start_training(state, dataset, method=method, shots=_number(shots, "shots"),
+                                            seed=_number(seed, "seed"), epochs=_number(epochs, "epochs"),
+                                            alpha=alpha, beta=beta, device=device)
+        return (state, new_id, progress_html(core.job_status(new_id)), gr.update(active=True),
+                pd.DataFrame(core.run_history(state)))
+
+    @handler
+    def poll_job(state, current, request: gr.Request):
+        state = session_for(core, state, request)
+        if not current:
+            return gr.update(), gr.update(), gr.update(active=False), gr.update(), gr.update()
+        status = core.job_status(current)
+        over = status["status"] not in ("queued", "running")
+        history_update = pd.DataFrame(core.run_history(state)) if over else gr.update()
+        prompts_update = update_choices(core.prompt_choices(state), list(state.prompts), multiselect=True) if over else gr.update()
+        return (progress_html(status), plots.loss_curve(status.get("losses") or []), gr.update(active=not over),
+                history_update, prompts_update)
+
+    @handler
+    def cancel_job(state, current, request: gr.Request):
+        state = session_for(core, state, request)
+        if not current or not core.cancel(state, current):
+            raise gr.Error("There is no queued or running job of yours to cancel.")
+        return progress_html(core.job_status(current))
+
+    upload_button.click(use_upload, [upload], [dataset], api_visibility="private")
+    method.change(method_defaults, [shared.state, method], [alpha, beta], api_visibility="private")
+    start.click(start_job, [shared.state, dataset, method, shots, seed, epochs, alpha, beta, device],
+                [shared.state, run_id, progress, timer, history], api_visibility="private")
+    timer.tick(poll_job, [shared.state, run_id], [progress, loss_plot, timer, history, shared.prompts],
+               api_visibility="private")
+    cancel.click(cancel_job, [shared.state, run_id], [progress], api_visibility="private")
+    return {"datasets": [dataset], "history": history}
+
+
+def _number(value, name: str) -> int:
+    if value is None or not math.isfinite(float(value)):
+        raise ValueError(f"Enter a whole number for {name}.")
+    if float(value) != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value}.")
+    return int(value)

@@ -1,0 +1,33 @@
+"""The one place for the protocol's defaults and the bounds a request must respect.
+
+Every layer (the trainer, jobs, the CLI, the app) reads its default shots, seed, epochs, bins and
+bootstrap size from here, and checks user-supplied values against :data:`LIMITS`.
+"""
+from __future__ import annotations
+
+__all__ = ["SHOTS", "SEED", "EPOCHS", "N_BINS", "N_BOOT", "N_BOOT_INTERACTIVE", "N_VIEWS", "BATCH_SIZE", "LR",
+           "N_CTX", "HIGH_CONFIDENCE", "DEFAULT_HEADS", "LIMITS"]
+
+SHOTS = 8  #: labelled training images per class (the paper's k)
+SEED = 1  #: the split and training seed
+EPOCHS = 50  #: training epochs (the paper's schedule)
+N_BINS = 10  #: calibration bins (ECE, MCE, reliability diagrams)
+N_BOOT = 1000  #: bootstrap resamples for the intervals of a stored evaluation
+N_BOOT_INTERACTIVE = 300  #: bootstrap resamples for the app's interactive reports
+N_VIEWS = 10  #: cached augmented views per training image
+BATCH_SIZE = 16
+LR = 0.002
+N_CTX = 16  #: learned context tokens
+HIGH_CONFIDENCE = 0.8  #: a confidence at or above this is "highly confident"
+DEFAULT_HEADS = ("zero-shot", "coop", "calibprompt")  #: the methods compared side by side
+
+#: Inclusive bounds of user-supplied training parameters (``None``: unbounded on that side). Shots are
+#: also bounded by the smallest class of the dataset; alpha's upper bound is exclusive.
+LIMITS = {
+    "shots": (1, None),
+    "epochs": (1, 1000),
+    "seed": (0, 2**31 - 1),
+    "alpha": (0.0, 1.0),
+    "beta": (0.0, 100.0),
+    "n_bins": (2, 100),
+}

@@ -1,0 +1,146 @@
+"""Checks on a training request, before anything is trained or written.
+
+:func:`check_train_request` refuses values no run could use (0 shots, 5000 epochs, a NaN weight,
+more shots than the smallest class has images) with one plain sentence that says the allowed range
+and what to do. The bounds come from :data:`calibprompt.defaults.LIMITS`. The CLI, the jobs and the
+app call it; :func:`class_counts_for_split` gives it the pool the k-shot sampler draws from.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping
+
+from calibprompt.defaults import EPOCHS, LIMITS, N_BINS, SHOTS
+
+__all__ = ["check_train_request", "class_counts_for_split"]
+
+
+def class_counts_for_split(dataset) -> dict[str, int]:
+    """Images per class (class id -> count, in label order) of the pool the k-shot sampler draws from.
+
+    :func:`calibprompt.data.layouts.few_shot_split` always picks its shots from ``dataset.train``: the
+    train split of a dataset with train/test splits, and all the images of a single-folder dataset
+    (whose test set is then what is left over). A bare :class:`LabeledImages` is that pool itself. A
+    dataset without training images gives ``{}``.
+    """
+    pool = dataset if hasattr(dataset, "counts") else getattr(dataset, "train", None)
+    if pool is None:
+        return {}
+    return {str(k): int(v) for k, v in pool.counts().items()}
+
+
+def _bounds(name: str) -> tuple[Any, Any]:
+    return LIMITS[name]
+
+
+def _num(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _range_text(low, high) -> str:
+    if high is None:
+        return f"of at least {_num(low)}"
+    return f"from {_num(low)} to {_num(high)}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_integer(label: str, value, low: int, high: int | None, hint: str) -> int:
+    """``value`` as an int, or ValueError naming the range; integral floats (8.0) are accepted."""
+    allowed = f"{label} must be a whole number {_range_text(low, high)}"
+    if not _is_number(value):
+        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    elif float(value).is_integer():
+        number = int(float(value))
+    else:
+        raise ValueError(f"{allowed}; got {value!r}, which is not a whole number. {hint}")
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"{allowed}; got {number}. {hint}")
+    return number
+
+
+def _check_real(label: str, value, low: float, high: float, *, high_exclusive: bool, hint: str) -> float:
+    if high_exclusive:
+        allowed = f"{label} must be a number from {_num(low)} up to, but not including, {_num(high)}"
+    else:
+        allowed = f"{label} must be a number from {_num(low)} to {_num(high)}"
+    if not _is_number(value):
+        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+    number = float(value)
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"{allowed}; got {value!r}, which is not a finite number. {hint}")
+    if number < low or number > high or (high_exclusive and number >= high):
+        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+    return number
+
+
+def _check_shots_against_classes(shots: int, class_counts: Mapping[str, int]) -> None:
+    if not class_counts:
+        raise ValueError("The dataset has no training images to pick shots from; add a train split "
+                         "(or class folders) with images.")
+    smallest_class, smallest = min(class_counts.items(), key=lambda item: (int(item[1]), str(item[0])))
+    smallest = int(smallest)
+    if smallest < 1:
+        raise ValueError(f"The class {smallest_class!r} has no training images, so no shots can be drawn "
+                         "from it; add images of that class to the training split.")
+    if shots > smallest:
+        images = "image" if smallest == 1 else "images"
+        raise ValueError(
+            f"Shots (training images per class) must be a whole number from 1 to {smallest}, because the "
+            f"smallest class, {smallest_class!r}, has only {smallest} training {images}; got {shots}. "
+            f"Choose {smallest} shots or fewer, or add images to that class.")
+
+
+def check_train_request(*, shots, epochs, seed, alpha=None, beta=None, method=None,
+                        class_counts: Mapping[str, int] | None = None, n_bins=None) -> None:
+    """Refuse a training request no run could honour, with a plain message (ValueError).
+
+    Args:
+        shots: training images per class: a whole number from 1 to the size of the smallest class of
+            ``class_counts`` (when given).
+        epochs: a whole number within ``LIMITS["epochs"]`` (1..1000).
+        seed: a whole number within ``LIMITS["seed"]`` (0..2**31-1).
+        alpha: smoothing weight, ``LIMITS["alpha"]`` ([0, 1), upper bound exclusive); None: not given.
+        beta: regulariser weight, ``LIMITS["beta"]`` ([0, 100]); None: not given.
+        method: a trainable method name (:func:`calibprompt.training.losses.get_method`); None: not checked.
+        class_counts: images per class of the pool the shots are drawn from (the training pool, see
+            :func:`class_counts_for_split`); None: not checked.
+        n_bins: calibration bins, a whole number within ``LIMITS["n_bins"]`` (2..100); None: not checked.
+
+    Booleans, NaN, infinities and non-integral numbers for whole-number fields (8.5 shots) are refused;
+    integral floats (8.0, as a number box sends) are accepted.
+    """
+    shots_low, shots_high = _bounds("shots")
+    shots = _check_integer("Shots (training images per class)", shots, shots_low, shots_high,
+                           f"The paper uses {SHOTS} per class.")
+    epochs_low, epochs_high = _bounds("epochs")
+    _check_integer("Epochs", epochs, epochs_low, epochs_high,
+                   f"The paper trains for {EPOCHS} epochs; choose a value in that range.")
+    seed_low, seed_high = _bounds("seed")
+    _check_integer("The seed", seed, seed_low, seed_high,
+                   "Use a small non-negative whole number such as 1, 2 or 3.")
+    if alpha is not None:
+        low, high = _bounds("alpha")
+        _check_real("Alpha (the smoothing weight)", alpha, low, high, high_exclusive=True,
+                    hint="Leave it empty for the paper's value, or use e.g. 0.1.")
+    if beta is not None:
+        low, high = _bounds("beta")
+        _check_real("Beta (the regulariser weight)", beta, low, high, high_exclusive=False,
+                    hint="Leave it empty for the paper's value, or use e.g. 1.")
+    if n_bins is not None:
+        low, high = _bounds("n_bins")
+        _check_integer("The number of calibration bins", n_bins, low, high,
+                       f"The paper uses {N_BINS} bins.")
+    if method is not None:
+        from calibprompt.training.losses import get_method
+
+        get_method(method)  # ValueError naming the methods
+    if class_counts is not None:
+        _check_shots_against_classes(shots, class_counts)

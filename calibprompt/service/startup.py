@@ -1,0 +1,66 @@
+"""Which model the app starts on: BiomedCLIP when it can be had, else the bundled demo model, with a
+banner that says which and why."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from calibprompt.backbones import BACKBONES, hub_is_offline, hub_reachable, load_backbone, missing_hub_files
+
+__all__ = ["choose_backbone", "DEFAULT_TASK", "DISCLAIMER", "default_task_for"]
+
+DISCLAIMER = ("For research and review only, not for diagnosis. The probabilities come from a vision-language "
+              "model and can be confidently wrong.")
+#: the task a backbone family starts on
+DEFAULT_TASK = {"demo": "demo", "biomedclip": "covid", "medclip": "covid", "quiltnet": "kather", "plip": "kather",
+                "clip": "kather"}
+
+
+def default_task_for(family: str) -> str:
+    return DEFAULT_TASK.get(family, "kather")
+
+
+def choose_backbone(requested: str = "auto", *, download_timeout: float = 45.0):
+    """Load the model the app starts on; returns ``(backbone, banner)``.
+
+    ``auto`` uses BiomedCLIP when it is in the local Hugging Face cache, or when it downloads within
+    ``download_timeout`` seconds (the download goes on in the background otherwise); else the bundled
+    demo model, with a banner that says why and how to switch. ``HF_HUB_OFFLINE=1`` skips the attempt.
+    """
+    if requested != "auto":
+        backbone = load_backbone(requested)
+        return backbone, f"Model: {backbone.name}. {backbone.description}"
+    spec = BACKBONES["biomedclip"]
+    why = ""
+    if not missing_hub_files(spec):
+        try:
+            return load_backbone("biomedclip"), "Model: BiomedCLIP (from the local Hugging Face cache)."
+        except Exception as exc:  # a damaged cache must not stop the app
+            why = f"BiomedCLIP is in the cache but failed to load ({exc})"
+    elif hub_is_offline():
+        why = "HF_HUB_OFFLINE is set, and BiomedCLIP is not in the local Hugging Face cache"
+    else:
+        ok, reason = hub_reachable()
+        if not ok:
+            why = f"the Hugging Face Hub is unreachable ({reason}) and BiomedCLIP is not in the local cache"
+        else:
+            result: dict[str, Any] = {}
+
+            def download():
+                try:
+                    result["backbone"] = load_backbone("biomedclip")
+                except Exception as exc:  # noqa: BLE001 - reported in the banner
+                    result["error"] = exc
+
+            thread = threading.Thread(target=download, name="biomedclip-download", daemon=True)
+            thread.start()
+            thread.join(download_timeout)
+            if "backbone" in result:
+                return result["backbone"], "Model: BiomedCLIP (downloaded from the Hugging Face Hub)."
+            why = (f"BiomedCLIP could not be downloaded ({result['error']})" if "error" in result else
+                   f"BiomedCLIP did not download within {download_timeout:.0f} s (it goes on in the background)")
+    backbone = load_backbone("demo")
+    banner = (f"Model: the bundled demo model, because {why}. It knows only a synthetic histology world "
+              "(tasks 'demo' and 'demo-binary'). To use a real Med-VLM, connect to the internet and pick "
+              "BiomedCLIP or QuiltNet as the model.")
+    return backbone, banner

@@ -1,0 +1,48 @@
+"""The architecture as a contract: the core imports neither Gradio nor the demo, and ships its data."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import calibprompt
+
+PACKAGE = Path(calibprompt.__file__).resolve().parent
+CORE_FILES = [p for p in PACKAGE.rglob("*.py") if not {"app", "demo"} & set(p.relative_to(PACKAGE).parts[:1])
+              and p.name != "cli.py"]
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_core_never_imports_gradio_or_the_demo():
+    offenders = {str(p.relative_to(PACKAGE)): sorted(n for n in _imports(p) if n.split(".")[0] == "gradio"
+                                                     or n.startswith("calibprompt.demo"))
+                 for p in CORE_FILES}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_importing_the_library_loads_neither_gradio_nor_the_demo():
+    code = "import sys, calibprompt as cp; [getattr(cp, n) for n in cp.__all__]; " \
+           "print(any(m == 'gradio' or m.startswith('calibprompt.demo') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_task_files_and_sample_images_are_package_data():
+    from calibprompt.paths import SAMPLE_IMAGES_DIR
+    from calibprompt.prompting.tasks import PROMPTS_DIR, list_tasks
+
+    assert PROMPTS_DIR.resolve().parent == PACKAGE and SAMPLE_IMAGES_DIR.resolve().parent == PACKAGE
+    assert {"covid", "kather", "demo"} <= set(list_tasks())
+    assert (SAMPLE_IMAGES_DIR / "labels.csv").is_file()
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert '"prompts/**/*"' in pyproject and '"sample_images/**/*"' in pyproject
