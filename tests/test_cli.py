@@ -85,8 +85,11 @@ def test_killed_training_is_marked_interrupted_at_the_next_start(dataset, tmp_pa
         while time.time() < deadline:
             db = home / "runs.db"
             if db.exists():
-                with sqlite3.connect(db) as conn:
-                    row = conn.execute("SELECT status, progress FROM runs").fetchone()
+                try:
+                    with sqlite3.connect(db) as conn:
+                        row = conn.execute("SELECT status, progress FROM runs").fetchone()
+                except sqlite3.OperationalError:  # the file exists, its schema is not written yet
+                    row = None
                 if row and row[0] == "running" and row[1]:
                     break
             time.sleep(0.5)

@@ -1,0 +1,1 @@
+"""Evaluation: calibration metrics, the typed calibration report, reader agreement and figures."""

@@ -1,0 +1,1 @@
+"""Training: losses and objectives, the prompt-tuning loop and the image-feature cache."""
