@@ -67,6 +67,15 @@ from calibprompt.evaluation.agreement import cohen_kappa
 from calibprompt.evaluation.report import CalibrationReport
 from calibprompt.prompting.library import register_bundled_prompt
 from calibprompt.runs.requests import check_train_request
+from calibprompt.evaluation.ood import KNNDistance, modality_mismatch, unknown_words
+from calibprompt.data.metadata import image_metadata
+from calibprompt.evaluation.conformal import ConformalClassifier, mean_set_size, set_coverage
+from calibprompt.evaluation.selective import (
+    accuracy_at_confidence,
+    risk_coverage,
+    selective_accuracy,
+    threshold_for_accuracy,
+)
 
 __version__ = "0.1.0"
 
@@ -84,4 +93,7 @@ __all__ = [
     "run_train_job", "open_dataset", "run_comparison", "summarize", "__version__",
     "DatasetSource", "register_dataset", "list_registered_datasets", "dataset_choices", "cohen_kappa",
     "CalibrationReport", "register_bundled_prompt", "check_train_request",
+    "ConformalClassifier", "set_coverage", "mean_set_size", "risk_coverage", "selective_accuracy",
+    "threshold_for_accuracy", "accuracy_at_confidence",
+    "KNNDistance", "modality_mismatch", "unknown_words", "image_metadata",
 ]

@@ -153,6 +153,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if record.status == "done" else 1
 
 
+#: the coverages at which ``evaluate`` reports selective accuracy
+_SELECTIVE_COVERAGES = (0.8, 0.9)
+
+
+def _uncertainty_summary(probs, labels, alpha: float) -> dict:
+    """``evaluate``'s selective-prediction numbers and cross-fitted conformal sets (LAC, APS, RAPS)."""
+    from calibprompt.evaluation.conformal import ALLOWED_SCORES, cross_fitted_sets
+    from calibprompt.evaluation.selective import risk_coverage, selective_accuracy
+
+    selective = {"n": int(len(labels)), "aurc": risk_coverage(probs, labels)["aurc"],
+                 "selective_accuracy": {f"{c:g}": selective_accuracy(probs, labels, c) for c in _SELECTIVE_COVERAGES}}
+    conformal: dict = {"alpha": alpha, "cross_fit": "fit on the even-indexed test images, measure on the odd ones, "
+                                                    "and the reverse; the two results averaged",
+                       "scores": {}, "unavailable": None}
+    try:
+        for score in ALLOWED_SCORES:
+            out = cross_fitted_sets(probs, labels, alpha=alpha, score=score)
+            conformal["scores"][score] = {k: out[k] for k in ("coverage", "mean_set_size", "folds")}
+    except ValueError as exc:  # too few test images for this alpha: report it, keep the rest
+        conformal["scores"], conformal["unavailable"] = {}, str(exc)
+    return {"selective": selective, "conformal": conformal}
+
+
+def _print_uncertainty_summary(head: str, summary: dict) -> None:
+    sel, conf = summary["selective"], summary["conformal"]
+    at = ", ".join(f"{float(c):.0%} coverage {v:.4f}" for c, v in sel["selective_accuracy"].items())
+    print(f"selective prediction ({head}, {sel['n']} test images): AURC {sel['aurc']:.4f}; accuracy of the most "
+          f"confident answers at {at}")
+    print(f"conformal sets at alpha={conf['alpha']:g} ({head}; cross-fitted: {conf['cross_fit']}):")
+    if conf["unavailable"]:
+        print(f"  not available: {conf['unavailable']}")
+        return
+    rows = [{"score": name, "coverage": f"{v['coverage']:.4f}", "mean set size": f"{v['mean_set_size']:.3f}"}
+            for name, v in conf["scores"].items()]
+    _print_table(rows, ["score", "coverage", "mean set size"])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from calibprompt.data.layouts import few_shot_split
     from calibprompt.prompting.engine import Engine
@@ -162,6 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from calibprompt.backbones import load_backbone
     from calibprompt.runs.store import RunStore
 
+    if not 0.0 < args.alpha < 1.0:  # a bad --alpha fails before any work (NaN fails too)
+        raise ValueError(f"--alpha must lie in (0, 1), e.g. 0.1 for 90% prediction sets; got {args.alpha:g}.")
     store = RunStore()
     checkpoint, defaults = args.checkpoint, {}
     if args.run:
@@ -200,12 +239,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         _write_csv(args.csv, [{k: v for k, v in r.items() if k != "probs"} | {
             f"p_{c}": p for c, p in zip(task.class_ids, r["probs"])} for r in result.rows])
+    summary = _uncertainty_summary(result.probs, result.labels, args.alpha)
     if args.json:
-        _write_json(args.json, {"run_id": run_id, "report": result.report, "rows": result.rows})
+        _write_json(args.json, {"run_id": run_id, "report": result.report, "rows": result.rows, **summary})
     r = result.report
     print(f"{run_id}: {len(test)} images, accuracy {r['accuracy']:.4f}, ECE {r['ece']:.4f} "
           f"(95% {r['intervals']['ece'][0]:.4f}-{r['intervals']['ece'][1]:.4f}), MCE {r['mce']:.4f}, "
           f"ACE {r['ace']:.4f}, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}")
+    _print_uncertainty_summary(defaults.get("method") or head, summary)
     return 0
 
 
@@ -423,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of that split (default 1)")
     p.add_argument("--json", help="write the report and per-image rows to this JSON file")
     p.add_argument("--csv", help="write the per-image rows to this CSV file")
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="error level of the conformal prediction sets, in (0, 1) (default 0.1: 90%% coverage)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("runs", help="list the run store")

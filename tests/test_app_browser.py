@@ -61,6 +61,11 @@ def test_compare_tab_shows_all_three_methods(page):
         page.wait_for_selector(f"#label-{head} >> text=/\\d+%/", timeout=60_000)
     table = page.inner_text("#compare-table")
     assert "zero-shot" in table and "coop" in table and "calibprompt" in table
+    page.wait_for_selector("#compare-preview img", timeout=30_000)  # the image as the model saw it
+    page.wait_for_selector("#compare-advice .cp-badge", timeout=30_000)
+    assert page.inner_text("#compare-advice .cp-badge").strip() in ("Refer", "Answer")
+    for head in ("zero-shot", "coop", "calibprompt"):
+        assert "prediction set" in page.inner_text(f"#method-{head}")
     _shot(page, "compare")
 
 

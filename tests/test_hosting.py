@@ -69,9 +69,9 @@ def test_uploads_land_inside_the_data_directory(client, home):
     assert cached, "the upload was not kept in the data directory's upload folder"
 
 
-def test_the_public_api_is_only_compare(client):
+def test_the_public_api_is_only_compare_and_assess(client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert list(info["named_endpoints"]) == ["/compare"]
+    assert sorted(info["named_endpoints"]) == ["/assess", "/compare"]
     assert not info["unnamed_endpoints"]
 
 

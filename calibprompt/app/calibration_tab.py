@@ -43,9 +43,15 @@ def build(core, shared):
             histogram = gr.Plot(label="Confidence")
             classwise = gr.Plot(label="Per-class ECE")
         metrics = gr.Dataframe(label="Metrics (%; 95 % bootstrap intervals)", elem_id="calibration-metrics")
+        with gr.Row():
+            threshold = gr.Slider(0, 1, value=defaults.HIGH_CONFIDENCE, step=0.01, elem_id="threshold",
+                                  label="Refer below this confidence (answer at or above it)")
+        risk = gr.Plot(label="Risk-coverage", elem_id="risk-coverage-plot")
+        selective = gr.Dataframe(label="What this threshold gives on these images", elem_id="threshold-table")
+        evaluation = gr.State(None)
 
     @handler
-    def run(state, dataset, heads, bins, scaling, layout_choice, request: gr.Request):
+    def run(state, dataset, heads, bins, scaling, layout_choice, cut, request: gr.Request):
         state = session_for(core, state, request)
         reports, ev = core.calibration(state, dataset, heads or state.prompts, n_bins=int(bins),
                                        temperature_scaling=bool(scaling))
@@ -56,8 +62,21 @@ def build(core, shared):
         text = f"Evaluated on {ev.describe()}"
         if bool(scaling):
             text += " Temperature scaling: T fitted on one half of these images and applied to the other, both ways."
-        return text, diagram, plots.confidence_histogram(confidences), metrics_table(reports), bars
+        text += " Advice on new images in Compare is now calibrated on this dataset."
+        curves, rows = core.selective(ev, float(cut))
+        state = state.with_(calibration_dataset=dataset)
+        return (state, ev, text, diagram, plots.confidence_histogram(confidences), metrics_table(reports), bars,
+                plots.risk_coverage_curves(curves, float(cut)), pd.DataFrame(rows))
 
-    button.click(run, [shared.state, dataset, shared.prompts, n_bins, ts, layout],
-                 [note, reliability, histogram, metrics, classwise], api_visibility="private")
+    @handler
+    def move_threshold(ev, cut):
+        if ev is None:
+            return gr.update(), gr.update()
+        curves, rows = core.selective(ev, float(cut))
+        return plots.risk_coverage_curves(curves, float(cut)), pd.DataFrame(rows)
+
+    button.click(run, [shared.state, dataset, shared.prompts, n_bins, ts, layout, threshold],
+                 [shared.state, evaluation, note, reliability, histogram, metrics, classwise, risk, selective],
+                 api_visibility="private")
+    threshold.release(move_threshold, [evaluation, threshold], [risk, selective], api_visibility="private")
     return {"datasets": [dataset]}

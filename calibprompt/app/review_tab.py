@@ -33,6 +33,7 @@ def build(core, shared, export_dir: Path):
             wrong_method = gr.Dropdown([""] + list(DEFAULT_HEADS), value="", label="Wrong method",
                                        allow_custom_value=True)
             min_conf = gr.Slider(0, 1, value=0.5, step=0.05, label="Minimum confidence")
+            referred = gr.Checkbox(False, label="Only cases the advice would refer", elem_id="review-referred")
             find = gr.Button("Find confidently wrong cases", variant="primary", elem_id="review-find")
         summary = gr.Markdown(elem_id="review-summary")
         cases = gr.State([])
@@ -57,10 +58,11 @@ def build(core, shared, export_dir: Path):
         return state.with_(reader=(name or "").strip()[:80]), gr.update()
 
     @handler
-    def find_cases(state, name, dataset_choice, heads, cls, wrong, minimum, request: gr.Request):
+    def find_cases(state, name, dataset_choice, heads, cls, wrong, minimum, only_referred, request: gr.Request):
         state, _ = set_reader(state, name, request)
         found, ev = core.review_cases(state, dataset_choice, heads or state.prompts, true_class=cls or None,
-                                      method=wrong or None, min_confidence=float(minimum))
+                                      method=wrong or None, min_confidence=float(minimum),
+                                      referred_only=bool(only_referred))
         items = [(thumbnail(c["path"]), f"true {c['true']} · " + " · ".join(
             f"{h}: {p} {percent(q)}" for h, (p, q) in c["predictions"].items())) for c in found]
         text = (f"{len(found)} confidently wrong case(s) among {ev.describe()} Most confident first. "
@@ -72,8 +74,10 @@ def build(core, shared, export_dir: Path):
 
     def select_case(state, found, evt: gr.SelectData):
         case = found[evt.index]
-        lines = [f"**{case['image']}** — true class: **{case['true']}**"] + [
-            f"- {h}: {p} ({percent(q)})" for h, (p, q) in case["predictions"].items()]
+        lines = [f"**{case['image']}** — true class: **{case['true']}** — "
+                 + ("the advice would **refer** this case" if case["referred"] else "the advice would answer")] + [
+            f"- {h}: {p} ({percent(q)})" + (f"; 90 % set: {', '.join(case['sets'][h]) or 'empty'}" if h in case["sets"] else "")
+            for h, (p, q) in case["predictions"].items()]
         mine = case["verdicts"].get(case["method"], {})
         return (case, "\n".join(lines), gr.update(choices=list(case["predictions"]), value=case["method"]),
                 gr.update(value=mine.get("verdict") or None), mine.get("note", ""))
@@ -100,7 +104,7 @@ def build(core, shared, export_dir: Path):
         return str(core.export_reviews(export_dir, dataset=dataset_choice or None))
 
     reader.change(set_reader, [shared.state, reader], [shared.state, reader], api_visibility="private")
-    find.click(find_cases, [shared.state, reader, dataset, shared.prompts, true_class, wrong_method, min_conf],
+    find.click(find_cases, [shared.state, reader, dataset, shared.prompts, true_class, wrong_method, min_conf, referred],
                [shared.state, gallery, cases, summary, true_class, wrong_method, selected], api_visibility="private")
     gallery.select(select_case, [shared.state, cases], [selected, info, method, verdict, note], api_visibility="private")
     method.input(select_method, [selected, method], [verdict, note], api_visibility="private")

@@ -67,6 +67,7 @@ from calibprompt.evaluation.report import (
 ReportLike = Union[CalibrationReport, Mapping[str, Any], Evaluation]
 
 __all__ = [
+    "risk_coverage_curves",
     "FALLBACK_PALETTE",
     "FIGURE_HEIGHT",
     "METHOD_COLOURS",
@@ -832,4 +833,39 @@ def classwise_ece_bars(
                       legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
     fig.update_xaxes(title_text="Class", type="category", showline=True, linecolor="#bbbbbb")
     fig.update_yaxes(title_text="Classwise ECE", tickformat=".1%", rangemode="tozero", showline=True, linecolor="#bbbbbb")
+    return fig
+
+
+def risk_coverage_curves(curves: Mapping[str, Mapping[str, Any]], threshold: float | None = None) -> go.Figure:
+    """Selective risk against coverage, one line per method (most confident answers kept first).
+
+    Args:
+        curves: ``{method: risk_coverage(probs, labels)}`` (keys ``coverage``, ``risk``, ``thresholds``,
+            ``aurc``); the legend shows each method's AURC (lower is better).
+        threshold: a confidence threshold to mark on each curve (the answers at or above it are kept).
+    """
+    fig = go.Figure()
+    colours = method_colours(curves)
+    for name, curve in curves.items():
+        coverage = np.asarray(curve["coverage"], dtype=float)
+        risk = np.asarray(curve["risk"], dtype=float)
+        fig.add_trace(go.Scatter(
+            x=100 * coverage, y=100 * risk, mode="lines", name=f"{name} (AURC {100 * float(curve['aurc']):.1f} %)",
+            line=dict(color=colours[name], width=2.2),
+            hovertemplate=f"<b>{name}</b><br>coverage %{{x:.1f}} %<br>error %{{y:.1f}} %<extra></extra>"))
+        if threshold is not None:
+            kept = np.asarray(curve["thresholds"], dtype=float) >= threshold
+            if kept.any():
+                k = int(np.flatnonzero(kept)[-1])
+                fig.add_trace(go.Scatter(
+                    x=[100 * coverage[k]], y=[100 * risk[k]], mode="markers", showlegend=False,
+                    marker=dict(size=10, color=colours[name], symbol="diamond", line=dict(color="#111111", width=1)),
+                    hovertemplate=f"<b>{name}</b> at confidence >= {threshold:.2f}<br>coverage %{{x:.1f}} %"
+                                  "<br>error %{y:.1f} %<extra></extra>"))
+    _base_layout(fig, "Risk-coverage: error among the answers kept")
+    fig.update_xaxes(title_text="Coverage (% of cases answered, most confident first)", range=[0, 100],
+                     showline=True, linecolor="#bbbbbb")
+    fig.update_yaxes(title_text="Error among answered cases (%)", rangemode="tozero", showline=True,
+                     linecolor="#bbbbbb")
+    fig.update_layout(legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom"))
     return fig

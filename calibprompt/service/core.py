@@ -30,6 +30,7 @@ from calibprompt.prompting.library import bundled_prompt_for
 from calibprompt.prompting.tasks import Task, list_tasks, load_task
 from calibprompt.runs.jobs import JobRunner, TrainJob
 from calibprompt.runs.store import RunStore
+from calibprompt.service.assess import CalibrationData, assess_predictions, fit_calibration
 from calibprompt.service.pool import BackbonePool, ContentCache, LoadedBackbone, file_digest, task_key
 from calibprompt.service.session import SessionState, new_session
 from calibprompt.service.startup import default_task_for
@@ -69,6 +70,7 @@ class EvaluationSet:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     run_ids: dict[str, str] = field(default_factory=dict)
+    features: Any = None  # (N, D) image features
 
     def describe(self) -> str:
         text = f"{len(self.paths)} test images of {self.dataset}"
@@ -272,6 +274,103 @@ class Core:
         available = [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)]
         return self.compare(state, [image], available)[0].probs
 
+    # -- refer or answer ------------------------------------------------------------------------
+    def calibration_source(self, state: SessionState) -> str | None:
+        """The labelled dataset that calibrates this session's advice: the one chosen in the Calibration
+        tab, else the dataset named like the task, else None."""
+        if state.calibration_dataset:
+            return state.calibration_dataset
+        if not state.classes and state.task in self.dataset_choices():
+            return state.task
+        return None
+
+    def calibration_data(self, state: SessionState, heads: Sequence[str] = (),
+                         alpha: float = defaults.ALPHA) -> CalibrationData | None:
+        """Prediction sets, accuracy per confidence and the likeness reference for the chosen heads,
+        from the calibration dataset's images none of them trained on; None without labelled data."""
+        if not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"The coverage must be between 0 and 100 % (alpha in (0, 1)), got alpha {alpha}.")
+        dataset = self.calibration_source(state)
+        if dataset is None:
+            return None
+        try:
+            ev = self.evaluate(state, dataset, heads)
+        except ValueError as exc:
+            logger.info("No calibration data for %s: %s", state.task_label, exc)
+            return None
+        key = ("calibration", self.loaded(state).backbone.fingerprint, dataset, float(alpha),
+               tuple((h, hashlib.blake2b(ev.probs[h].tobytes(), digest_size=16).hexdigest()) for h in ev.probs))
+        return self.evaluations.get_or_compute(key, lambda: fit_calibration(
+            ev.describe(), ev.features, ev.labels, ev.probs, ev.task.classnames, float(alpha)))
+
+    def assess(self, state: SessionState, images: Sequence[Any], heads: Sequence[str] = (),
+               alpha: float = defaults.ALPHA) -> dict[str, Any]:
+        """Refer-or-answer advice for each image (see :mod:`calibprompt.service.assess`), with each image
+        as the model saw it and what was read from its file.
+
+        Returns ``{"images": [{"name", "preview" (PIL), "metadata", "methods", "ood", "refer", "reasons"}],
+        "calibration": str (where the advice comes from, or why there is none), "vocabulary": str}``."""
+        from calibprompt.data import load_image
+        from calibprompt.data.metadata import image_metadata
+        from calibprompt.evaluation.ood import modality_mismatch, unknown_words
+
+        if not images:
+            raise ValueError("Upload an image first (PNG, JPEG, TIFF or DICOM), or pick a sample image.")
+        chosen = self.resolve_heads(state, heads)
+        task = state.task_object()
+        loaded = self.loaded(state)
+        pictures = [load_image(im) for im in images]
+        feats = loaded.engine.image_features(pictures)
+        predictions = loaded.engine.predict_with(feats, chosen)
+        calibration = self.calibration_data(state, list(chosen), alpha)
+        if calibration is None:
+            where = (f"No labelled test images for the task {state.task_label!r} on {state.model}: no prediction "
+                     "sets, accuracies or likeness check are shown. Choose a labelled dataset for this task in "
+                     "the calibration view, or add one to the data directory's datasets folder.")
+        else:
+            where = (f"Calibrated on {calibration.dataset} {100 * (1 - calibration.alpha):.0f} % prediction sets: "
+                     + ", ".join(f"{n} covered {100 * c.coverage:.0f} % of held-out cases with {c.mean_set_size:.1f} "
+                                 f"classes on average" for n, c in calibration.methods.items())
+                     + (f". {calibration.note}" if calibration.note else "."))
+        vocabulary = ""
+        if state.classes:
+            unknown = {c: w for c, w in unknown_words(list(state.classes), loaded.backbone.tokenizer).items() if w}
+            if unknown:
+                vocabulary = ("The model's vocabulary does not know " + "; ".join(
+                    f"{', '.join(w)} (in '{c}')" for c, w in unknown.items())
+                    + ": it splits such words into pieces, so its answers for those classes are less reliable.")
+        results = []
+        for i, source in enumerate(images):
+            try:
+                meta = image_metadata(source)
+            except Exception:  # noqa: BLE001 - the image itself loaded; metadata is a bonus
+                meta = {}
+            modality = modality_mismatch(meta, task.modality or "")
+            (advice,) = assess_predictions({h: p.probs[i:i + 1] for h, p in predictions.items()}, feats[i:i + 1].numpy(),
+                                           calibration, task.classnames, modality_reason=modality)
+            if vocabulary:
+                advice["reasons"].append(vocabulary)
+                advice["refer"] = True
+            name = Path(source).name if isinstance(source, (str, Path)) else f"image {i + 1}"
+            results.append({"name": name, "preview": pictures[i], "metadata": meta, **advice})
+        return {"images": results, "calibration": where, "vocabulary": vocabulary}
+
+    def assess_api(self, image: Any, task: str | None = None) -> dict[str, Any]:
+        """Stateless ``/assess``: advice for one image on the default model and ``task``."""
+        if image is None:
+            raise ValueError("Send an image (PNG, JPEG, TIFF or DICOM).")
+        state = self.new_session()
+        if task:
+            state = self.set_task(state, task)
+        available = [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)]
+        result = self.assess(state, [image], available)
+        first = result["images"][0]
+        return {"task": state.task_label,
+                "methods": {name: {"probs": m["probs"], "prediction": m["prediction"], "confidence": m["confidence"],
+                                   "set": m["set"], "refer": m["refer"]} for name, m in first["methods"].items()},
+                "ood": {"flag": first["ood"]["flag"], "score": first["ood"]["score"], "reason": first["ood"]["reason"]},
+                "refer": first["refer"], "reasons": first["reasons"], "calibration": result["calibration"]}
+
     @staticmethod
     def sample_images() -> list[tuple[str, str]]:
         """``(path, caption)`` of the bundled sample images."""
@@ -396,6 +495,7 @@ class Core:
         stamp = file_digest(*paths) if len(paths) <= 20000 else str(len(paths))
         feats = self.evaluations.get_or_compute(("features", loaded.backbone.fingerprint, stamp),
                                                 lambda: loaded.features.plain(paths))
+        ev.features = feats
         for name, head in chosen.items():
             key = ("probs", loaded.backbone.fingerprint, stamp,
                    hashlib.blake2b(head.text_features.numpy().tobytes(), digest_size=16).hexdigest())
@@ -427,6 +527,28 @@ class Core:
         return reports, ev
 
     @staticmethod
+    def selective(ev: EvaluationSet, threshold: float) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """Risk-coverage curves per head, and what refusing to answer below ``threshold`` gives: per head
+        the share of cases answered (coverage) and the accuracy among them."""
+        from calibprompt.evaluation.selective import risk_coverage, selective_accuracy
+
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"The confidence threshold must be from 0 to 1, got {threshold}.")
+        curves, rows = {}, []
+        for head, probs in ev.probs.items():
+            curves[head] = risk_coverage(probs, ev.labels)
+            confidence = probs.max(axis=1)
+            kept = confidence >= float(threshold)
+            accuracy = float((probs.argmax(axis=1) == ev.labels)[kept].mean()) if kept.any() else None
+            rows.append({"method": head, "refer below": f"{100 * float(threshold):.0f} %",
+                         "answered": f"{100 * kept.mean():.1f} % ({int(kept.sum())} of {len(kept)})",
+                         "accuracy when answering": f"{100 * accuracy:.1f} %" if accuracy is not None else "—",
+                         "AURC": f"{100 * curves[head]['aurc']:.2f} %",
+                         "accuracy at 80 % / 90 % coverage": f"{100 * selective_accuracy(probs, ev.labels, 0.8):.1f} % / "
+                                                             f"{100 * selective_accuracy(probs, ev.labels, 0.9):.1f} %"})
+        return curves, rows
+
+    @staticmethod
     def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
         idx = np.arange(len(labels))
         halves = (idx % 2 == 0, idx % 2 == 1)
@@ -438,9 +560,30 @@ class Core:
             temps.append(t)
         return out, temps
 
+    @staticmethod
+    def cross_fitted_sets(ev: EvaluationSet, alpha: float = defaults.ALPHA) -> dict[str, np.ndarray] | None:
+        """Each head's prediction sets (N, K) on the evaluation images, cross-fitted: sets of the odd-indexed
+        images from a conformal classifier fitted on the even-indexed ones, and the other way round.
+        None when there are too few images for ``alpha``."""
+        from calibprompt.evaluation.conformal import ConformalClassifier
+
+        idx = np.arange(len(ev.labels))
+        halves = (idx % 2 == 0, idx % 2 == 1)
+        out = {}
+        for head, probs in ev.probs.items():
+            sets = np.zeros(probs.shape, dtype=bool)
+            try:
+                for fit, apply in (halves, halves[::-1]):
+                    sets[apply] = ConformalClassifier(alpha=alpha).fit(probs[fit], ev.labels[fit]).predict_sets(probs[apply])
+            except ValueError:
+                return None
+            out[head] = sets
+        return out
+
     # -- review -------------------------------------------------------------------------------
     def review_cases(self, state: SessionState, dataset: str, heads: Sequence[str] = (), *,
                      true_class: str | None = None, method: str | None = None, min_confidence: float = 0.0,
+                     referred_only: bool = False, alpha: float = defaults.ALPHA,
                      limit: int = 48) -> tuple[list[dict[str, Any]], EvaluationSet]:
         """Cases ranked by how confidently wrong they are (the largest confidence among the chosen methods
         that got the case wrong, or of ``method`` alone), with every method's prediction, the method the
@@ -452,6 +595,7 @@ class Core:
         if method and method not in names:
             raise ValueError(f"Method {method!r} is not among the chosen prompts ({', '.join(names)}).")
         classes = ev.task.class_ids
+        sets = self.cross_fitted_sets(ev, alpha)
         mine = {}
         if state.reader:
             for r in self.store.reviews(reader=state.reader, dataset=dataset):
@@ -469,10 +613,15 @@ class Core:
             score = max(considered.values())
             if score < min_confidence:
                 continue
+            case_sets = {h: [classes[j] for j in np.flatnonzero(sets[h][i])] for h in names} if sets else {}
+            referred = len({p for p, _ in per.values()}) > 1 or any(len(v) != 1 for v in case_sets.values())
+            if referred_only and not referred:
+                continue
             cases.append({
                 "path": path, "image": ev.images[i], "true": classes[label], "score": score,
                 "predictions": {h: (classes[p], c) for h, (p, c) in per.items()},
                 "method": max(considered, key=considered.get), "run_ids": dict(ev.run_ids),
+                "sets": case_sets, "referred": referred,
                 "verdicts": {m: {"verdict": r["verdict"], "note": r["note"]} for m, r in mine.get(ev.images[i], {}).items()},
             })
         cases.sort(key=lambda c: -c["score"])

@@ -28,6 +28,8 @@ class SessionState:
         owner: who owns this session's jobs: the logged-in user, or a random token per session.
         reader: the name recorded with this session's review verdicts.
         jobs: run ids of the jobs this session started (newest last).
+        calibration_dataset: the labelled dataset whose test images calibrate the advice (prediction sets,
+            accuracy at a confidence, the out-of-distribution reference); empty: the task's own dataset.
     """
 
     model: str
@@ -37,6 +39,7 @@ class SessionState:
     owner: str = field(default_factory=lambda: f"session-{secrets.token_hex(8)}")
     reader: str = ""
     jobs: tuple[str, ...] = ()
+    calibration_dataset: str = ""
 
     def task_object(self) -> Task:
         """The session's task: typed class names, or the named task file."""
