@@ -14,6 +14,7 @@ The flat public API::
 """
 from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
 from calibprompt.runs.compare import run_comparison, summarize
+from calibprompt.runs.reproduce import PAPER_PAIRS, plan_cells, reproduce
 from calibprompt.data import (
     SUPPORTED_IMAGE_SUFFIXES,
     Dataset,
@@ -61,11 +62,13 @@ from calibprompt.prompting.learner import PromptLearner
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.prompting.tasks import Task, list_tasks, load_task
 from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+from calibprompt.training.protocols import PROTOCOLS, Protocol, get_protocol, list_protocols
 from calibprompt.data.sources import DatasetSource, list_registered_datasets, register_dataset
 from calibprompt.data.resolve import dataset_choices
 from calibprompt.evaluation.agreement import cohen_kappa
 from calibprompt.evaluation.report import CalibrationReport
 from calibprompt.prompting.library import register_bundled_prompt
+from calibprompt.prompting.interpret import interpret_prompt
 from calibprompt.runs.requests import check_train_request
 from calibprompt.evaluation.ood import KNNDistance, modality_mismatch, unknown_words
 from calibprompt.data.metadata import image_metadata
@@ -75,6 +78,14 @@ from calibprompt.evaluation.selective import (
     risk_coverage,
     selective_accuracy,
     threshold_for_accuracy,
+)
+from calibprompt.evaluation.card import (
+    debiased_ece,
+    kde_ece,
+    paired_bootstrap,
+    per_class_ece,
+    seed_difference,
+    smooth_ece,
 )
 
 __version__ = "0.1.0"
@@ -92,8 +103,11 @@ __all__ = [
     "Evaluation", "evaluate_probs", "evaluate_head", "RunStore", "RunRecord", "TrainJob", "JobRunner",
     "run_train_job", "open_dataset", "run_comparison", "summarize", "__version__",
     "DatasetSource", "register_dataset", "list_registered_datasets", "dataset_choices", "cohen_kappa",
-    "CalibrationReport", "register_bundled_prompt", "check_train_request",
+    "CalibrationReport", "register_bundled_prompt", "check_train_request", "interpret_prompt",
     "ConformalClassifier", "set_coverage", "mean_set_size", "risk_coverage", "selective_accuracy",
     "threshold_for_accuracy", "accuracy_at_confidence",
     "KNNDistance", "modality_mismatch", "unknown_words", "image_metadata",
+    "Protocol", "PROTOCOLS", "list_protocols", "get_protocol",
+    "reproduce", "plan_cells", "PAPER_PAIRS",
+    "per_class_ece", "kde_ece", "smooth_ece", "debiased_ece", "paired_bootstrap", "seed_difference",
 ]

@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args, [args.seed])
     job = TrainJob(model=args.model, dataset=args.dataset, task=args.task, shots=args.shots, seed=args.seed,
                    method=args.method, epochs=args.epochs, loss_params=_loss_params(args), device=args.device,
-                   n_views=args.views, n_bins=args.bins)
+                   n_views=args.views, n_bins=args.bins, protocol=args.protocol, precision=args.precision)
     store = RunStore()
     bar = None
 
@@ -257,6 +257,8 @@ def _fmt(value) -> str:
 def cmd_runs(args: argparse.Namespace) -> int:
     from calibprompt.runs.store import RunStore
 
+    if args.show:
+        return _show_run(RunStore(), args.show, as_json=args.json, top_k=args.top_k)
     records = RunStore().list_runs(status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -268,6 +270,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
                      "model": r.params.get("model", ""), "seed": r.params.get("seed", ""),
                      "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece"))})
     _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece"])
+    return 0
+
+
+def _show_run(store, run_id: str, *, as_json: bool, top_k: int) -> int:
+    """One run: its parameters, metrics and, for a finished training run, what its prompt says."""
+    from calibprompt.backbones import load_backbone
+    from calibprompt.prompting.interpret import interpret_prompt
+
+    record = store.get_run(run_id)
+    interpretation = []
+    if record.status == "done" and record.checkpoint:
+        backbone = load_backbone(record.params["model"], device="cpu")
+        interpretation = interpret_prompt(record.checkpoint, top_k=top_k, backbone=backbone)
+    if as_json:
+        print(json.dumps({**record.to_dict(), "interpretation": interpretation}, indent=2))
+        return 0
+    m = record.metrics or {}
+    print(f"run {record.id}: {record.status}, {record.params.get('method', '')} on {record.params.get('model', '')}, "
+          f"task {m.get('task', record.params.get('task', ''))}, seed {record.params.get('seed', '')}, "
+          f"{record.params.get('shots', '')} shots, protocol {record.params.get('protocol', 'paper')}")
+    if m:
+        print("accuracy " + _fmt(m.get("accuracy")) + ", ECE " + _fmt(m.get("ece")))
+    if interpretation:
+        print(f"\nnearest vocabulary tokens of each context vector (Euclidean, top {top_k}):")
+        _print_table([{"class": e["class"] or "(shared)", "position": e["position"],
+                       "tokens": ", ".join(f"{t['token']} ({t['distance']:.3f})" for t in e["tokens"])}
+                      for e in interpretation], ["class", "position", "tokens"])
     return 0
 
 
@@ -344,8 +373,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     try:
         rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task, shots=args.shots,
-                              epochs=args.epochs, n_bins=args.bins, device=args.device,
-                              loss_params=_loss_params(args), on_result=on_result)
+                              epochs=args.epochs, n_bins=args.bins, device=args.device, loss_params=_loss_params(args),
+                              on_result=on_result, protocol=args.protocol, precision=args.precision)
     finally:
         bar.close()
     table = summarize(rows)
@@ -353,8 +382,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _write_json(args.json, [{k: r[k] for k in ROW_FIELDS} for r in rows])
     if args.csv:
         _write_csv(args.csv, [{k: r[k] for k in ROW_FIELDS} for r in rows])
+    precision = f", precision {args.precision}" if args.precision else ""
     print(f"{args.model} on {args.dataset}: {args.shots} shots, seeds {','.join(map(str, seeds))}, "
-          f"{args.epochs} epochs (mean +- std over seeds; accuracy, ECE, MCE, ACE in %)")
+          f"{args.epochs} epochs, protocol {args.protocol}{precision} "
+          f"(mean +- std over seeds; accuracy, ECE, MCE, ACE in %)")
     pretty = []
     for t in table:
         entry = {"method": t["method"]}
@@ -365,6 +396,64 @@ def cmd_compare(args: argparse.Namespace) -> int:
         entry["conf"] = f"{100 * t['mean_confidence_mean']:.1f}"
         pretty.append(entry)
     _print_table(pretty, ["method", "acc", "ECE", "MCE", "ACE", "NLL", "Brier", "conf"])
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from calibprompt.fileio import atomic_write_text
+    from calibprompt.paths import datasets_dir
+    from calibprompt.runs.reproduce import reproduce
+
+    bar = None
+
+    def progress(event):
+        nonlocal bar
+        cell = event["cell"]
+        if event["event"] == "unavailable":
+            logger.warning("%s is unavailable: %s", cell.backbone, event["error"])
+        elif event["event"] == "start":
+            if bar is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=event["todo"], desc="reproduce", unit="cell", file=sys.stderr, leave=False)
+            bar.set_postfix(cell=f"{cell.backbone}/{cell.dataset}/{cell.method}/s{cell.seed}")
+        elif event["event"] == "done" and bar is not None:
+            bar.update(1)
+
+    try:
+        result = reproduce(args.suite, args.methods, args.seeds, args.protocol, shots=args.shots, epochs=args.epochs,
+                           n_bins=args.bins, model=args.model, tolerance=args.tolerance, device=args.device,
+                           dry_run=args.dry_run, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        _write_json(args.json, result.to_dict())
+    if args.markdown:
+        atomic_write_text(args.markdown, result.markdown())
+    if args.dry_run:
+        cells = [{"backbone": c.backbone, "dataset": c.dataset, "method": c.method, "seed": c.seed,
+                  "paper_ece": c.paper_ece, "paper_accuracy": c.paper_accuracy, "status": c.status} for c in result.cells]
+        if args.csv:
+            _write_csv(args.csv, cells)
+        print(f"{args.suite} suite, {args.protocol} protocol: {len(result.cells)} cells, nothing run "
+              f"(the paper's ECE and accuracy in %)")
+        _print_table([{**c, "paper_ece": "-" if c["paper_ece"] is None else f"{c['paper_ece']:.2f}",
+                       "paper_accuracy": "-" if c["paper_accuracy"] is None else f"{c['paper_accuracy']:.2f}"}
+                      for c in cells], ["backbone", "dataset", "method", "seed", "paper_ece", "paper_accuracy", "status"])
+    else:
+        if args.csv:
+            atomic_write_text(args.csv, result.csv())
+        print(f"{args.suite} suite, {args.protocol} protocol: {args.shots} shots, seeds "
+              f"{','.join(map(str, result.seeds))}, {args.epochs} epochs; mean ± std over seeds, in %; "
+              f"{len(result.ran)} cells run now, {sum(c.status == 'done' for c in result.cells) - len(result.ran)} reused")
+        print(result.markdown(), end="")
+        compared = [r for r in result.table if r["within"] is not None]
+        if compared:
+            print(f"{sum(r['within'] for r in compared)} of {len(compared)} rows within ±{args.tolerance:g} ECE points "
+                  "of the paper")
+    for name in result.missing_data:
+        print(f"missing data: {name} (put it in {datasets_dir() / name}: images/train|test/<class>/ + classnames.txt)")
     return 0
 
 
@@ -418,6 +507,19 @@ def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
 
 
+def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    from calibprompt.training.protocols import PRECISIONS, list_protocols
+
+    p.add_argument("--protocol", default=defaults.PROTOCOL, choices=list_protocols(),
+                   help="training protocol: 'paper' (the paper's description, the default) or 'authors-code' "
+                        "(the authors' published code: PLIP/QuiltNet in fp16, MedCLIP warm-up lr 1e-3, their MMCE "
+                        "scale, BiomedCLIP prompts embedded twice, fresh augmentation every step); recorded with "
+                        "every run")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="compute precision of the text encoder and logits (autocast), overriding the protocol's "
+                        "choice for the backbone; fp16 on a CPU may be slow; recorded with every run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calibprompt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
@@ -453,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="LS/SMAC smoothing (default: the paper's value for the task)")
     p.add_argument("--beta", type=float, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
     p.add_argument("--views", type=int, default=defaults.N_VIEWS, help="cached augmented views per training image")
+    _add_protocol_arguments(p)
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -472,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--status", help="only runs with this status")
     p.add_argument("--limit", type=int)
+    p.add_argument("--show", metavar="RUN_ID", help="one run in full, with the nearest words of its learned prompt")
+    p.add_argument("--top-k", type=int, default=3, help="nearest vocabulary tokens per context vector (with --show)")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("reviews", help="the readers' case verdicts and their agreement, or a CSV export of them")
@@ -489,9 +594,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)
+    _add_protocol_arguments(p)
     p.add_argument("--json", help="write one row per method and seed to this JSON file")
     p.add_argument("--csv", help="write the same rows as CSV")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("reproduce", help="the paper's table: run the missing cells, compare with the published numbers")
+    p.add_argument("--suite", choices=["paper", "demo"], default="paper",
+                   help="paper: the 10 backbone/dataset pairs of the paper; demo: the demo backbone on demo, demo-binary")
+    p.add_argument("--model", help="only this backbone of the suite (e.g. biomedclip)")
+    p.add_argument("--methods", default="zeroshot,coop,calibprompt",
+                   help="comma-separated: zeroshot, " + ", ".join(list_methods()))
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--protocol", choices=["paper", "authors-code"], default="paper",
+                   help="the training protocol the paper describes, or the one of the authors' published code")
+    p.add_argument("--tolerance", type=float, default=1.5, help="ECE points within which a row matches (default 1.5)")
+    p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, the paper's values and missing data; run nothing")
+    p.add_argument("--json", help="write the settings, every cell and the table to this JSON file")
+    p.add_argument("--csv", help="write the table (with --dry-run: the cells) as CSV")
+    p.add_argument("--markdown", help="write the table as markdown")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo dataset (train/ and test/ class folders)")
     p.add_argument("--task", required=True, choices=["demo", "demo-binary"])

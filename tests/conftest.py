@@ -52,6 +52,7 @@ def app_url(tmp_path_factory):
     import calibprompt.demo
     from calibprompt.app import build_demo
     from calibprompt.app.launch import private_paths
+    from calibprompt.app.theme import launch_kwargs
     from calibprompt.backbones import load_backbone
     from calibprompt.paths import SAMPLE_IMAGES_DIR
     from calibprompt.service.core import Core
@@ -62,7 +63,7 @@ def app_url(tmp_path_factory):
     demo = build_demo(core)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, allowed_paths=[str(SAMPLE_IMAGES_DIR)],
-                            blocked_paths=private_paths())
+                            blocked_paths=private_paths(), **launch_kwargs())
     yield url
     demo.close()
     if previous is None:

@@ -82,6 +82,8 @@ def test_train_tab_runs_a_job_and_lists_it(page):
     assert run_id
     _wait_for_text(page, "#run-history", run_id)
     assert "done" in page.inner_text("#run-history")
+    page.click("#train-words-button")
+    _wait_for_text(page, "#train-interpretation", "nearest tokens")
     _shot(page, "train")
 
 
@@ -91,6 +93,10 @@ def test_calibration_tab_draws_the_diagrams(page):
     page.click("#calibration-button")
     page.wait_for_selector("#reliability-plot .js-plotly-plot", timeout=180_000)
     _wait_for_text(page, "#calibration-metrics", "calibprompt")
+    _wait_for_text(page, "#calibration-significance", "CalibPrompt minus CoOp")
+    page.wait_for_selector("#risk-coverage-plot .js-plotly-plot", timeout=60_000)
+    page.click("#calibration-report")
+    _wait_for_text(page, "#calibration-files", "calibration-report")
     _shot(page, "calibration")
 
 

@@ -200,8 +200,8 @@ def test_zero_shot_losses_on_the_zero_shot_logits_themselves():
 
 # ------------------------------------------------------------------ registry, methods, validation
 def test_registry_names_and_lookup():
-    assert set(L.LOSSES) == {"CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MBLS", "LOGITNORM",
-                             "ZS_NORM", "ZS_PENALTY"}
+    assert set(L.LOSSES) == {"CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MMCE_AUTHORS", "MBLS",
+                             "LOGITNORM", "ZS_NORM", "ZS_PENALTY"}
     assert L.get_loss("smac") is L.SMAC and L.get_loss("zs-norm") is L.ZS_NORM
     with pytest.raises(ValueError, match="choose one of: CE, LS"):
         L.get_loss("hinge")

@@ -261,6 +261,49 @@ def test_hand_mce_is_not_weighted():
     assert M.expected_calibration_error(p, y, n_bins=10) == pytest.approx(0.13, abs=1e-12)
 
 
+def test_hand_mce_min_count_leaves_out_small_bins():
+    # The data above (bin 7: 8 samples, gap 0; bin 3: 2 samples, gap .65) plus 5 samples
+    # at conf .55, 2 of them right: bin 5, acc .4, gap .15.
+    #   min_count 0, 1 or 2: all three bins    -> MCE .65 (today's behaviour)
+    #   min_count 3 .. 5:    bins 7 and 5      -> MCE .15
+    #   min_count 6 .. 8:    only bin 7        -> MCE 0
+    #   min_count 9:         no bin qualifies  -> 0.0 (an empty max is taken as 0)
+    hi = [0.75, 0.15, 0.10]
+    lo = [0.35, 0.33, 0.32]
+    mid = [0.55, 0.25, 0.20]
+    p = np.array([hi] * 8 + [lo] * 2 + [mid] * 5)
+    y = np.array([0] * 6 + [1] * 2 + [0] * 2 + [0] * 2 + [1] * 3)
+    assert M.maximum_calibration_error(p, y) == pytest.approx(0.65, abs=1e-12)
+    for m in (0, 1, 2):
+        assert M.maximum_calibration_error(p, y, min_count=m) == pytest.approx(0.65, abs=1e-12)
+    for m in (3, 5):
+        assert M.maximum_calibration_error(p, y, min_count=m) == pytest.approx(0.15, abs=1e-12)
+    assert M.maximum_calibration_error(p, y, min_count=6) == 0.0  # only bin 7 (gap 0) is left
+    assert M.maximum_calibration_error(p, y, min_count=9) == 0.0  # nothing is left
+    # ECE is unaffected; the report passes min_count through to "mce" only
+    rep = M.calibration_report(p, y, n_boot=0, min_count=3)
+    assert rep["mce"] == pytest.approx(0.15, abs=1e-12)
+    assert rep["ece"] == M.calibration_report(p, y, n_boot=0)["ece"]
+    assert M.calibration_report(p, y, n_boot=0)["mce"] == pytest.approx(0.65, abs=1e-12)
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="min_count"):
+            M.maximum_calibration_error(p, y, min_count=bad)
+        with pytest.raises(ValueError, match="min_count"):
+            M.calibration_report(p, y, n_boot=0, min_count=bad)
+
+
+def test_report_mce_interval_with_min_count_equals_generic_bootstrap():
+    p, y = overconfident_sample(4, 300, k=4)
+    rep = M.calibration_report(p, y, n_bins=10, n_boot=80, seed=3, min_count=10)
+    ref = M.bootstrap_interval(M.maximum_calibration_error, p, y, n_boot=80, seed=3, n_bins=10, min_count=10)
+    assert rep["intervals"]["mce"] == pytest.approx(list(ref), abs=1e-12)
+    assert rep["mce"] == M.maximum_calibration_error(p, y, n_bins=10, min_count=10)
+    default = M.calibration_report(p, y, n_bins=10, n_boot=80, seed=3)
+    assert default["intervals"]["mce"] == pytest.approx(
+        list(M.bootstrap_interval(M.maximum_calibration_error, p, y, n_boot=80, seed=3, n_bins=10)), abs=1e-12
+    )
+
+
 def test_hand_ace_n_not_divisible():
     # K = 2, n_bins = 3, N = 7 -> np.array_split sizes 3, 2, 2 (larger groups first).
     # sorted confidences / outcomes:

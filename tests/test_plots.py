@@ -121,7 +121,9 @@ def test_reliability_diagram_bars_match_the_bins(reports):
 
     assert fig.layout.title.text == "CoOp"
     assert fig.layout.xaxis.title.text == "Confidence" and fig.layout.yaxis.title.text == "Accuracy"
-    assert tuple(fig.layout.xaxis.range) == (0, 1) and tuple(fig.layout.yaxis.range) == (0, 1)
+    # the y axis leaves a band above 100 % for the counts of full bars
+    assert tuple(fig.layout.xaxis.range) == (0, 1) and tuple(fig.layout.yaxis.range) == (0, P.RELIABILITY_Y_TOP)
+    assert P.RELIABILITY_Y_TOP > 1.0
     assert fig.layout.yaxis.scaleanchor == "x"
     assert [a.text for a in fig.layout.annotations] == [f"ECE {100 * rep['ece']:.1f} %"]
     assert_serialises(fig)
@@ -157,7 +159,8 @@ def test_underconfident_gap_is_blue():
     assert list(gap.base) == [0.75] and list(gap.y) == [0.25]
     assert traces_named(fig, "Gap: overconfident") == []
     counts = only(fig, "Samples per bin (n)")
-    assert list(counts.text) == ["4"] and list(counts.textposition) == ["bottom center"]  # kept inside the axes
+    # above the bar even at 100 %: the axis runs to RELIABILITY_Y_TOP
+    assert list(counts.text) == ["4"] and counts.textposition == "top center" and counts.y == (1.0,)
     assert "Confidence bin 50 % - 100 %" in only(fig, "Accuracy").hovertext[0]
 
 
@@ -278,7 +281,7 @@ def test_grid_single_row_and_validation(reports):
 
 
 def test_overlay_one_trace_per_method_plus_diagonal(reports):
-    fig = P.reliability_overlay(reports)
+    fig = P.reliability_overlay(reports, min_count=0)  # nothing marked: diagonal + one trace per method
     assert len(fig.data) == len(reports) + 1
     diag = fig.data[0]
     assert diag.name == "Perfect calibration" and diag.line.dash == "dash"
@@ -594,3 +597,241 @@ def test_png_render_if_kaleido_installed(reports):
     except Exception as exc:  # kaleido present but no browser to drive
         pytest.skip(f"kaleido cannot render here: {exc}")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# Bin counts, sparse bins
+# ---------------------------------------------------------------------------
+
+
+def test_counts_are_legible_and_sit_above_the_bars(reports):
+    rel = reports["coop"]["reliability"]
+    fig = P.reliability_diagram(rel)
+    counts = only(fig, "Samples per bin (n)")
+    idx, centres, _ = nonempty_bins(rel)
+    tops = [max(rel["accuracy"][i], rel["confidence"][i]) for i in idx]
+    assert counts.textfont.size >= 11
+    assert counts.textposition == "top center"  # above the point, never inside the bar
+    np.testing.assert_allclose(counts.y, tops)  # the top of the accuracy and gap bars
+    # the axis leaves room above 100 % for the text of a full bar (>= 1.5 text heights)
+    plot_height = P.FIGURE_HEIGHT - fig.layout.margin.t - fig.layout.margin.b
+    assert (P.RELIABILITY_Y_TOP - 1.0) / P.RELIABILITY_Y_TOP * plot_height >= 1.5 * counts.textfont.size
+    assert P._count_text(9999) == "9999" and P._count_text(12345) == "12k"
+
+
+def test_bins_with_few_samples_are_veiled_and_named_in_the_hover():
+    rel = {
+        "edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "counts": [0, 3, 40, 12],
+        "accuracy": [None, 1.0, 0.5, 0.75],
+        "confidence": [None, 0.4, 0.6, 0.9],
+    }
+    fig = P.reliability_diagram(rel)  # default min_count = 10
+    veil = only(fig, "n < 10: too few samples")
+    assert veil.type == "bar" and list(veil.x) == [0.375] and list(veil.y) == [1.0] and list(veil.base) == [0.0]
+    assert "rgba(255, 255, 255" in veil.marker.color and veil.marker.pattern.shape == "x"
+    assert "Only 3 samples (fewer than 10)" in veil.hovertext[0]
+    hover = only(fig, "Accuracy").hovertext
+    assert "fewer than 10" in hover[0] and not any("fewer than" in h for h in hover[1:])
+    names = [t.name for t in fig.data]
+    assert names.index("n < 10: too few samples") < names.index("Samples per bin (n)")  # counts drawn on top
+
+    fig = P.reliability_diagram(rel, min_count=20)
+    assert list(only(fig, "n < 20: too few samples").x) == [0.375, 0.875]
+    fig = P.reliability_diagram(rel, min_count=0)
+    assert not any("too few" in t.name for t in fig.data)
+    assert not any("fewer than" in h for h in only(fig, "Accuracy").hovertext)
+    for bad in (-1, 2.5, "10"):
+        with pytest.raises(ValueError, match="min_count"):
+            P.reliability_diagram(rel, min_count=bad)
+    assert_serialises(fig)
+
+
+def test_few_sample_marking_in_grid_and_overlay(reports):
+    fig = P.reliability_grid(reports, min_count=50)
+    veils = [t for t in fig.data if t.name == "n < 50: too few samples"]
+    assert veils and sum(t.showlegend is not False for t in veils) == 1  # one legend entry
+    for t in veils:
+        axis = t.xaxis
+        name = list(reports)[0 if axis == "x" else int(axis[1:]) - 1]
+        rel = reports[name]["reliability"]
+        idx, centres, _ = nonempty_bins(rel)
+        expected = [c for i, c in zip(idx, centres) if rel["counts"][i] < 50]
+        np.testing.assert_allclose(t.x, expected)
+    fig = P.reliability_overlay(reports, min_count=50)
+    mark = fig.data[-1]
+    assert mark.name == "n < 50: too few samples" and mark.mode == "markers"
+    n_few = sum(1 for r in reports.values() for c in r["reliability"]["counts"] if 0 < c < 50)
+    assert len(mark.x) == n_few and all("fewer than 50" in h for h in mark.hovertext)
+    assert len(fig.data) == len(reports) + 2
+    assert_serialises(fig)
+
+
+# ---------------------------------------------------------------------------
+# Grid rows: raw and temperature-scaled never mixed
+# ---------------------------------------------------------------------------
+
+
+def panel_of(fig: go.Figure, name: str) -> tuple[int, int]:
+    """(row, col) of the panel whose title names ``name``."""
+    grid = fig._get_subplot_rows_columns()
+    titles = {a.text.split("</b>")[0][3:]: (a.x, a.y) for a in fig.layout.annotations}
+    x, y = titles[name]
+    for r in grid[0]:
+        for c in grid[1]:
+            sp = fig.get_subplot(r, c)
+            if sp is not None and sp.xaxis.domain[0] <= x <= sp.xaxis.domain[1] and abs(y - sp.yaxis.domain[1]) < 1e-9:
+                return r, c
+    raise AssertionError(name)
+
+
+def test_grid_puts_ts_methods_in_their_own_row_under_their_raw_ones(reports):
+    five = {
+        "zero-shot": reports["zero-shot"], "coop": reports["coop"], "calibprompt": reports["calibprompt"],
+        "coop + TS": reports["coop"], "calibprompt + TS": reports["calibprompt"],
+    }
+    fig = P.reliability_grid(five)
+    assert panel_of(fig, "zero-shot") == (1, 1)
+    assert panel_of(fig, "coop") == (1, 2) and panel_of(fig, "coop + TS") == (2, 2)
+    assert panel_of(fig, "calibprompt") == (1, 3) and panel_of(fig, "calibprompt + TS") == (2, 3)
+    assert fig.get_subplot(2, 1) is None  # blank: zero-shot has no TS counterpart
+    assert fig.layout.height == P._GRID_EXTRA_HEIGHT + 2 * P._GRID_ROW_HEIGHT
+    # every panel draws its own method's bars on its own axes, square-anchored to them
+    for name in five:
+        r, c = panel_of(fig, name)
+        sp = fig.get_subplot(r, c)
+        axis = "x" + sp.xaxis.plotly_name[len("xaxis"):]
+        (bars,) = [t for t in fig.data if t.xaxis == axis and t.name == "Accuracy"]
+        assert bars.marker.color == P.method_colours(five)[name]
+        assert sp.yaxis.scaleanchor == axis
+    assert_serialises(fig)
+
+    # an unmatched TS method gets its own column; the order of the input does not matter
+    mixed = {"coop + TS": reports["coop"], "ls": reports["ls"], "mdca + TS": reports["coop"], "coop": reports["coop"]}
+    fig = P.reliability_grid(mixed, n_cols=4)
+    assert panel_of(fig, "ls") == (1, 1) and panel_of(fig, "coop") == (1, 2)
+    assert panel_of(fig, "coop + TS") == (2, 2) and panel_of(fig, "mdca + TS") == (2, 3)
+    assert fig.get_subplot(1, 3) is None and fig.get_subplot(2, 1) is None
+
+
+def test_grid_wraps_pairs_of_rows_and_never_mixes_kinds(reports):
+    raw = {f"m{i}": reports["coop"] for i in range(4)}
+    both = {**raw, **{f"m{i} + TS": reports["coop"] for i in range(4)}}
+    fig = P.reliability_grid(both, n_cols=3)
+    rows: dict[int, set[bool]] = {}
+    for name in both:
+        r, c = panel_of(fig, name)
+        rows.setdefault(r, set()).add(name.endswith(" + TS"))
+        if not name.endswith(" + TS"):
+            assert panel_of(fig, name + " + TS") == (r + 1, c)
+    assert all(len(kinds) == 1 for kinds in rows.values())  # each row one kind
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert fig.layout.height == P._GRID_EXTRA_HEIGHT + 4 * P._GRID_ROW_HEIGHT
+
+
+def test_grid_explicit_rows(reports):
+    fig = P.reliability_grid(reports, rows=[["coop", None, "ls"], ["zero-shot"], ["calibprompt"]])
+    assert panel_of(fig, "coop") == (1, 1) and panel_of(fig, "ls") == (1, 3)
+    assert panel_of(fig, "zero-shot") == (2, 1) and panel_of(fig, "calibprompt") == (3, 1)
+    assert fig.get_subplot(1, 2) is None and fig.get_subplot(2, 2) is None
+    for rows, message in (
+        ([["coop", "nope"]], "not a method"),
+        ([["coop", "coop"], ["ls", "zero-shot", "calibprompt"]], "more than once"),
+        ([["coop", "ls"]], "leaves out"),
+        ("coop", "list of rows"),
+        ([[]], "non-empty list"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            P.reliability_grid(reports, rows=rows)
+
+
+# ---------------------------------------------------------------------------
+# Figures out: files and HTML
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Skip the export tests only when kaleido cannot start a browser here at all."""
+    kaleido = pytest.importorskip("kaleido", reason="kaleido is not installed (it is a dependency: pip install kaleido)")
+    path = P._browser_path(None)
+    try:
+        kaleido.calc_fig_sync(go.Figure(), opts=dict(format="svg", width=50, height=50), kopts={"path": path} if path else {})
+    except Exception as exc:
+        pytest.skip(f"kaleido cannot start a Chrome-family browser here (tried {path or 'its default search'}): {exc}")
+    return path
+
+
+def test_browser_path_prefers_argument_then_env_then_debian_chromium(monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", "/opt/chrome/chrome")
+    assert P._browser_path("/x/chromium") == "/x/chromium"
+    assert P._browser_path(None) == "/opt/chrome/chrome"
+    monkeypatch.delenv("BROWSER_PATH")
+    expected = P.DEBIAN_CHROMIUM if Path(P.DEBIAN_CHROMIUM).is_file() else None
+    assert P._browser_path(None) == expected
+
+
+def test_export_png_of_a_reliability_diagram(reports, browser, tmp_path):
+    fig = P.reliability_diagram(reports["coop"], title="CoOp")
+    out = P.export_figure(fig, tmp_path / "sub" / "coop.PNG")
+    assert out == tmp_path / "sub" / "coop.PNG" and isinstance(out, Path)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 1024
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (2 * 700, 2 * P.FIGURE_HEIGHT)  # scale 2 by default
+
+
+def test_export_svg_and_pdf(reports, browser, tmp_path):
+    fig = P.reliability_grid(reports)
+    svg = P.export_figure(fig, tmp_path / "grid.svg").read_text()
+    assert svg.lstrip().startswith("<svg") and "</svg>" in svg and "coop" in svg
+    pdf = P.export_figure(fig, str(tmp_path / "grid.pdf"), width=900).read_bytes()
+    assert pdf[:5] == b"%PDF-" and len(pdf) > 1024
+
+
+def test_export_validation(reports, tmp_path):
+    fig = P.reliability_diagram(reports["coop"])
+    with pytest.raises(ValueError, match=r"\['.pdf', '.png', '.svg'\]"):
+        P.export_figure(fig, tmp_path / "coop.jpg")
+    with pytest.raises(ValueError, match="Figure"):
+        P.export_figure({"data": []}, tmp_path / "coop.png")
+    with pytest.raises(ValueError, match="width"):
+        P.export_figure(fig, tmp_path / "coop.png", width=0)
+    assert not list(tmp_path.iterdir())
+    assert P._export_width(fig) == 700 and P._export_width(P.reliability_grid(reports)) == 3 * 380
+
+
+def test_figure_html_is_self_contained(reports):
+    import pandas as pd
+    from plotly.offline import get_plotlyjs
+
+    figs = {"Reliability <all>": P.reliability_grid(reports), "Overlay": P.reliability_overlay(reports)}
+    table = pd.DataFrame({"method": list(reports), "ECE": [r["ece"] for r in reports.values()]})
+    by_class = pd.DataFrame({"covid": [0.1], "normal": [0.2]}, index=pd.Index(["coop"], name="method"))
+    html = P.figure_html(figs, title="Study & results", tables={"Metrics": table, "Per class": by_class})
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert html.count(get_plotlyjs()) == 1  # plotly.js inlined once
+    assert html.count("plotly.js v") == 1
+    assert html.count("<script") == 1 + len(figs)  # the bundle + one newPlot per figure
+    assert 'src="http' not in html  # nothing fetched from a CDN
+    assert html.count('class="plotly-graph-div"') == 2 and 'id="figure-0"' in html and 'id="figure-1"' in html
+    assert "<title>Study &amp; results</title>" in html and "<h2>Reliability &lt;all&gt;</h2>" in html
+    assert html.count('<table class="dataframe calibprompt-table"') == 2
+    for name in reports:
+        assert f"<td>{name}</td>" in html
+    assert f"{reports['coop']['ece']:.6f}"[:6] in html
+    assert "<th>method</th>" in html and "<th>covid</th>" in html  # named index kept, range index dropped
+    assert ">0<" not in html.split("Metrics")[1].split("</table>")[0]
+    assert html == P.figure_html(figs, title="Study & results", tables={"Metrics": table, "Per class": by_class})
+
+    only_tables = P.figure_html({}, tables={"Metrics": table})
+    assert "<script" not in only_tables and "<table" in only_tables
+    with pytest.raises(ValueError, match="both empty"):
+        P.figure_html({})
+    with pytest.raises(ValueError, match="Figure"):
+        P.figure_html({"a": {"data": []}})
+    with pytest.raises(ValueError, match="DataFrame"):
+        P.figure_html(figs, tables={"t": [[1, 2]]})
+    with pytest.raises(ValueError, match="title"):
+        P.figure_html(figs, title=None)

@@ -12,16 +12,28 @@ def test_paper_tasks_are_shipped():
     assert {"kather", "pannuke", "digestpath", "covid", "rsna18"} <= set(list_tasks())
 
 
-@pytest.mark.parametrize("name, k, template", [
-    ("kather", 9, "An H&E image of {}."), ("pannuke", 2, "An H&E image of {}."),
-    ("digestpath", 2, "An H&E image of {}."), ("covid", 2, "A chest X-ray image of {} patient"),
-    ("rsna18", 3, "A chest X-ray image of {} patient"),
-])
-def test_paper_task_contents(name, k, template):
+#: The zero-shot templates of the authors' code (CUSTOM_TEMPLATES in trainers/classification/zsclip.py of
+#: github iabh1shekbasu/CalibPrompt, keyed there by the lower-cased Dassl dataset name).
+AUTHORS_TEMPLATES = {
+    "kather": "An H&E image of {}.",  # "kathercolon"
+    "pannuke": "An H&E image patch of {} skin tissue.",
+    "digestpath": "An H&E image patch of {} tissue.",
+    "covid": "A chest X-ray image of {} patient",
+    "rsna18": "A chest X-ray image of {} patient",
+}
+
+
+@pytest.mark.parametrize("name, k", [("kather", 9), ("pannuke", 2), ("digestpath", 2), ("covid", 2), ("rsna18", 3)])
+def test_paper_task_contents(name, k):
     task = load_task(name)
-    assert task.num_classes == k and task.templates[0] == template
+    assert task.num_classes == k and list(task.templates) == [AUTHORS_TEMPLATES[name]]
     # Labels follow the alphabetical order of the class folders, as in the reference code.
     assert task.class_ids == sorted(task.class_ids)
+
+
+def test_histology_templates_are_the_authors_per_dataset():
+    assert load_task("pannuke").prompts_for("malignant") == ["An H&E image patch of malignant skin tissue."]
+    assert load_task("digestpath").prompts_for("benign") == ["An H&E image patch of benign tissue."]
 
 
 def test_kather_classes_and_prompts():

@@ -64,7 +64,7 @@ def build_demo(core) -> gr.Blocks:
 
         compare_tab.build(core, shared)
         train = train_tab.build(core, shared)
-        calibration = calibration_tab.build(core, shared)
+        calibration = calibration_tab.build(core, shared, upload_dir() / "exports")
         review = review_tab.build(core, shared, upload_dir() / "exports")
         dataset_menus = train["datasets"] + calibration["datasets"] + review["datasets"]
 

@@ -71,7 +71,7 @@ def build(core, shared) -> None:
                 with gr.Row():
                     for h in DEFAULT_HEADS:
                         with gr.Column(min_width=200):
-                            labels.append(gr.Label(num_top_classes=3, label=h, show_heading=False, elem_id=f"label-{h}"))
+                            labels.append(gr.Label(num_top_classes=3, label=h, elem_id=f"label-{h}"))
                             cards.append(gr.Markdown(elem_id=f"method-{h}"))
                 calibration = gr.Markdown(elem_id="compare-calibration")
                 table = gr.Dataframe(label="Probabilities per image and method", elem_id="compare-table")

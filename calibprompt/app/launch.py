@@ -62,6 +62,7 @@ def main(argv=None) -> None:
 
     import calibprompt.demo
     from calibprompt.app import build_demo
+    from calibprompt.app.theme import launch_kwargs
     from calibprompt.paths import SAMPLE_IMAGES_DIR
     from calibprompt.service.core import Core
     from calibprompt.service.startup import choose_backbone
@@ -73,4 +74,4 @@ def main(argv=None) -> None:
         logger.warning("Serving beyond this machine without --auth: anyone who can reach it can use it.")
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, auth=auth,
-        allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths())
+        allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs())

@@ -58,9 +58,11 @@ def build(core, shared):
                     start = gr.Button("Start training", variant="primary", elem_id="train-start")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
             with gr.Column():
-                run_id = gr.Textbox(label="Run", interactive=False, elem_id="train-run")
+                run_id = gr.Textbox(label="Run", elem_id="train-run")
                 progress = gr.HTML(elem_id="train-progress")
                 loss_plot = gr.Plot(label="Loss")
+                words_button = gr.Button("What the learned prompt says", elem_id="train-words-button")
+                words = gr.Markdown(elem_id="train-interpretation")
         history = gr.Dataframe(label="Run history (all users; 'you' marks this session's jobs)", elem_id="run-history")
         timer = gr.Timer(1.0, active=False)
 
@@ -104,6 +106,19 @@ def build(core, shared):
             raise gr.Error("There is no queued or running job of yours to cancel.")
         return progress_html(core.job_status(current))
 
+    @handler
+    def show_words(current):
+        if not current:
+            raise gr.Error("Start a job, or paste a finished run's id in the Run box, first.")
+        found = core.interpret_run(current)
+        lines = ["Nearest vocabulary tokens of each learned context vector (Euclidean, as in CoOp); learned "
+                 "vectors need not be words, so distances far from 0 mean no word fits.", "",
+                 "| class | position | nearest tokens (distance) |", "|---|---|---|"]
+        lines += [f"| {e['class'] or 'all'} | {e['position'] + 1} | "
+                  + ", ".join(f"`{t['token']}` ({t['distance']:.2f})" for t in e["tokens"]) + " |" for e in found]
+        return "\n".join(lines)
+
+    words_button.click(show_words, [run_id], [words], api_visibility="private")
     upload_button.click(use_upload, [upload], [dataset], api_visibility="private")
     method.change(method_defaults, [shared.state, method], [alpha, beta], api_visibility="private")
     start.click(start_job, [shared.state, dataset, method, shots, seed, epochs, alpha, beta, device],

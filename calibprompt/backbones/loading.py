@@ -78,7 +78,11 @@ def _load_hub_spec(spec: BackboneSpec, label: str, device: torch.device, precisi
 
 
 def _adhoc_hub_spec(model_id: str) -> BackboneSpec:
-    """A spec for any ``hf-hub:org/repo`` open_clip model (its text repos are found from its config)."""
+    """A spec for any ``hf-hub:org/repo`` open_clip model (its text repos are found from its config); a
+    registered model's own spec when the id is one of theirs (so QuiltNet keeps its QuickGELU)."""
+    known = next((spec for spec in BACKBONES.values() if spec.model_id == model_id), None)
+    if known is not None:
+        return known
     return BackboneSpec(name=model_id, family="custom", description=f"open_clip model {model_id}",
                         model_id=model_id, hub_files=(_clip_files(model_id[len("hf-hub:"):]),))
 

@@ -102,6 +102,16 @@ def _clip_files(repo: str) -> HubFiles:
     return HubFiles(repo, (("open_clip_config.json",), CLIP_WEIGHT_FILES))
 
 
+# QuiltNet B-32 and B-16 (GPT77 text tower) are OpenAI CLIP fine-tuned on Quilt-1M with open_clip
+# (github wisdomikezogwo/quilt1m: README "QuiltNet finetuned models", issue #11 "we leverage OpenClip to
+# train"). open_clip builds OpenAI-pretrained models with QuickGELU whatever the config says, so the
+# weights were trained with QuickGELU; but the open_clip_config.json published with the weights on the Hub
+# (wisdomik/QuiltNet-B-32 commit 88c3e9f, still the same 469-byte file at 32b1fec; QuiltNet-B-16 commit
+# 42d3269) has no "quick_gelu" key, so open_clip builds nn.GELU (the mismatch of open_clip issue #771). The
+# CalibPrompt authors run QuiltNet through OpenAI's CLIP code (models/clip/model.py: always QuickGELU).
+# Hence force_quick_gelu, and quick_gelu in the twins' configs.
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "biomedclip": BackboneSpec(
         name="biomedclip",
@@ -129,9 +139,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="quiltnet",
         description="QuiltNet ViT-B/16: CLIP fine-tuned on Quilt-1M histopathology video frames.",
         model_id="hf-hub:wisdomik/QuiltNet-B-16",
-        model_cfg=_vit_cfg(512, 224, 16, 768, 12, 512, 12, 8),
+        model_cfg=_vit_cfg(512, 224, 16, 768, 12, 512, 12, 8, quick_gelu=True),
         preprocess=_OPENAI_PREPROCESS,
         hub_files=(_clip_files("wisdomik/QuiltNet-B-16"),),
+        force_quick_gelu=True,  # the Hub config omits it (see the QuiltNet note above)
         licence="MIT (research use)",
         size="150M params",
         suits=("kather", "pannuke", "digestpath"),
@@ -141,9 +152,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="quiltnet",
         description="QuiltNet ViT-B/32: CLIP fine-tuned on Quilt-1M histopathology video frames (the paper's).",
         model_id="hf-hub:wisdomik/QuiltNet-B-32",
-        model_cfg=_vit_cfg(512, 224, 32, 768, 12, 512, 12, 8),
+        model_cfg=_vit_cfg(512, 224, 32, 768, 12, 512, 12, 8, quick_gelu=True),
         preprocess=_OPENAI_PREPROCESS,
         hub_files=(_clip_files("wisdomik/QuiltNet-B-32"),),
+        force_quick_gelu=True,  # the Hub config omits it (see the QuiltNet note above)
         licence="MIT (research use)",
         size="151M params",
         suits=("kather", "pannuke", "digestpath"),

@@ -16,6 +16,11 @@ Both expose the same small interface: :meth:`tokenize`, :meth:`embed_tokens`,
 :meth:`encode_embeddings` and :meth:`content_length`, the number of leading positions that can
 influence the pooled output, so a caller may cut the padded tail of the sequence before the
 transformer without changing the result.
+
+:meth:`HFTextTower.embedding_output` (the whole BERT embedding module: word + position + token type,
+LayerNorm) exists only to reproduce the CalibPrompt authors' BiomedCLIP prompt learner, which feeds that
+output back as ``inputs_embeds`` so BERT embeds the prompt twice (the ``authors-code`` protocol,
+:mod:`calibprompt.training.protocols`). The correct CoOp path uses :meth:`embed_tokens`.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class TextTower(ABC):
 
     width: int  # token-embedding width W
     context_length: int
+    supports_double_embedding: bool = False  # has embedding_output() (Hugging Face BERT-style towers)
 
     def __init__(self, tokenizer, context_length: int):
         self.tokenizer = tokenizer
@@ -141,6 +147,23 @@ class HFTextTower(TextTower):
         self.width = self.token_embedding_module.weight.shape[1]
         context_length = getattr(tokenizer, "context_length", None) or self.encoder.context_length
         super().__init__(tokenizer, context_length)
+
+    @property
+    def supports_double_embedding(self) -> bool:
+        return hasattr(self.encoder.transformer, "embeddings")
+
+    def embedding_output(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output (N, L, W) of the Hugging Face model's whole embedding module for token ids: word +
+        position + token-type embeddings, LayerNorm (dropout is off in eval mode).
+
+        Feeding this to :meth:`encode_embeddings` embeds the tokens twice (the transformer adds positions
+        and token types and applies the LayerNorm again): the CalibPrompt authors' BiomedCLIP bug,
+        reproduced for the ``authors-code`` protocol only. Positions are absolute, so the output for a
+        trimmed sequence equals the same leading positions of the untrimmed one.
+        """
+        if not self.supports_double_embedding:
+            raise ValueError(f"{type(self.encoder.transformer).__name__} has no 'embeddings' module.")
+        return self.encoder.transformer.embeddings(input_ids=ids.to(self.device))
 
     def content_length(self, ids: torch.Tensor) -> int:
         return max(int((ids != self.pad_id).sum(dim=1).max().item()), 1)

@@ -27,7 +27,8 @@ Conventions (the project's contract)
   mean confidence of its samples.
 
   - ECE = ``sum_b (n_b / N) * |acc_b - conf_b|`` over non-empty uniform bins;
-  - MCE = ``max_b |acc_b - conf_b|`` over non-empty uniform bins (not weighted);
+  - MCE = ``max_b |acc_b - conf_b|`` over non-empty uniform bins (not weighted;
+    ``min_count`` can leave out bins with fewer samples);
   - ACE = the ECE sum over non-empty quantile bins.
 
 One private helper (:func:`_bin_statistics`) does the binning for ECE, MCE, ACE,
@@ -327,13 +328,22 @@ def _top_label(p: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndar
     return conf, correct
 
 
-def _ce_from_sums(counts: np.ndarray, acc_sum: np.ndarray, conf_sum: np.ndarray, norm: str) -> float:
+def _ce_from_sums(
+    counts: np.ndarray, acc_sum: np.ndarray, conf_sum: np.ndarray, norm: str, min_count: int = 0
+) -> float:
+    """Reduce per-bin sums to the L1 (weighted sum) or max calibration error.
+
+    ``min_count`` applies to ``norm="max"`` only: bins with fewer samples are left out
+    of the maximum; when no bin is left the result is 0.0 (as for an empty maximum in
+    the bootstrap replicates).
+    """
     nonempty = counts > 0
     c = counts[nonempty].astype(np.float64)
     gap = np.abs(acc_sum[nonempty] / c - conf_sum[nonempty] / c)
     if norm == "l1":
         return float(np.sum(c / counts.sum() * gap))
-    return float(np.max(gap))
+    keep = c >= min_count
+    return float(np.max(gap[keep])) if keep.any() else 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -440,12 +450,14 @@ def mean_confidence(probs: Any, labels: Any = None) -> float:
     return float(np.mean(np.max(p, axis=1)))
 
 
-def _calibration_error(probs: Any, labels: Any, n_bins: int, strategy: str, norm: str) -> float:
+def _calibration_error(
+    probs: Any, labels: Any, n_bins: int, strategy: str, norm: str, min_count: int = 0
+) -> float:
     """Shared body of ECE, MCE and ACE: validate, bin the top-label confidences, reduce."""
     p, y = _validate(probs, labels, n_bins=n_bins)
     conf, correct = _top_label(p, y)
     _, counts, a, c = _bin_statistics(conf, correct, int(n_bins), strategy)
-    return _ce_from_sums(counts, a, c, norm)
+    return _ce_from_sums(counts, a, c, norm, min_count)
 
 
 def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:
@@ -465,22 +477,27 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> flo
     return _calibration_error(probs, labels, n_bins, "uniform", "l1")
 
 
-def maximum_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:
+def maximum_calibration_error(probs: Any, labels: Any, n_bins: int = 10, min_count: int = 0) -> float:
     """Maximum calibration error with equal-width bins.
 
     ``MCE = max_b |acc_b - conf_b|`` over the non-empty equal-width bins (same bins as
-    :func:`expected_calibration_error`). This is the standard definition (Naeini et al.
-    2015; torchmetrics ``norm="max"``); it is *not* weighted by ``n_b / N`` as some
-    research code does, so a single-sample bin can dominate it.
+    :func:`expected_calibration_error`) that hold at least ``min_count`` samples. This is
+    the standard definition (Naeini et al. 2015; torchmetrics ``norm="max"``); it is
+    *not* weighted by ``n_b / N`` as some research code does, so a single-sample bin can
+    dominate it, which ``min_count`` guards against.
 
     Args:
         probs: ``(N, K)`` probabilities. labels: ``(N,)`` ints in ``[0, K)``.
         n_bins: positive int.
+        min_count: int >= 0; bins with fewer than ``min_count`` samples are left out of
+            the maximum (``0`` and ``1``: every non-empty bin counts, the default
+            behaviour). When no bin has ``min_count`` samples the result is ``0.0``.
 
     Returns:
         float in ``[0, 1]``.
     """
-    return _calibration_error(probs, labels, n_bins, "uniform", "max")
+    _check_int(min_count, "min_count", 0)
+    return _calibration_error(probs, labels, n_bins, "uniform", "max", int(min_count))
 
 
 def adaptive_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:
@@ -666,12 +683,13 @@ def ece_interval(
 
 
 def _fast_bootstrap(
-    p: np.ndarray, y: np.ndarray, n_bins: int, n_boot: int, seed: int | None
+    p: np.ndarray, y: np.ndarray, n_bins: int, n_boot: int, seed: int | None, min_count: int = 0
 ) -> dict[str, np.ndarray]:
     """Vectorised replicates of accuracy, ECE, MCE, ACE, NLL and Brier.
 
     Per-sample quantities are computed once and the resamples gather them; uses the
-    same index stream as :func:`bootstrap_interval`, so results agree with it.
+    same index stream as :func:`bootstrap_interval`, so results agree with it. The MCE
+    replicates leave out bins with fewer than ``min_count`` samples of the resample.
     """
     n = p.shape[0]
     conf, correct = _top_label(p, y)
@@ -700,7 +718,7 @@ def _fast_bootstrap(
             gap = np.abs(asum / cnt - csum / cnt)
         gap = np.where(cnt > 0, gap, 0.0)
         out["ece"][sl] = np.sum(cnt / n * gap, axis=1)
-        out["mce"][sl] = np.max(gap, axis=1)
+        out["mce"][sl] = np.max(np.where(cnt >= max(min_count, 1), gap, 0.0), axis=1)
         # quantile bins: stable sort of each resample, groups by rank
         order = np.argsort(c, axis=1, kind="stable")
         cs = np.take_along_axis(c, order, axis=1)
@@ -717,7 +735,7 @@ def _fast_bootstrap(
 
 
 def calibration_report(
-    probs: Any, labels: Any, n_bins: int = 10, n_boot: int = 1000, seed: int | None = 0
+    probs: Any, labels: Any, n_bins: int = 10, n_boot: int = 1000, seed: int | None = 0, min_count: int = 0
 ) -> dict:
     """All metrics of this module in one JSON-serialisable dict.
 
@@ -732,7 +750,13 @@ def calibration_report(
     Args:
         probs: ``(N, K)`` probabilities. labels: ``(N,)`` ints in ``[0, K)``.
         n_bins: positive int. n_boot: int >= 0. seed: int (or None).
+        min_count: int >= 0, passed to :func:`maximum_calibration_error` for ``mce``
+            (and applied to each resample for its interval): bins with fewer samples are
+            left out of the maximum. ``0`` (default) keeps every non-empty bin. The
+            report does not record it (its keys are fixed).
     """
+    _check_int(min_count, "min_count", 0)
+    min_count = int(min_count)
     p, y = _validate(probs, labels, n_bins=n_bins, n_boot=n_boot, min_boot=0)
     n_bins = int(n_bins)
     n_boot = int(n_boot)
@@ -742,7 +766,7 @@ def calibration_report(
         "num_classes": int(p.shape[1]),
         "accuracy": accuracy(p, y),
         "ece": expected_calibration_error(p, y, n_bins=n_bins),
-        "mce": maximum_calibration_error(p, y, n_bins=n_bins),
+        "mce": maximum_calibration_error(p, y, n_bins=n_bins, min_count=min_count),
         "ace": adaptive_calibration_error(p, y, n_bins=n_bins),
         "nll": negative_log_likelihood(p, y),
         "brier": brier_score(p, y),
@@ -755,7 +779,7 @@ def calibration_report(
         "intervals": None,
     }
     if n_boot > 0:
-        reps = _fast_bootstrap(p, y, n_bins, n_boot, seed)
+        reps = _fast_bootstrap(p, y, n_bins, n_boot, seed, min_count)
         report["intervals"] = {
             k: list(_percentile_interval(v, 0.95)) for k, v in reps.items()
         }

@@ -1,9 +1,10 @@
 """Plotly figures for judging whether a model's confidence can be trusted.
 
-Every public function here is pure: it takes numbers (usually
+Every figure function here is pure: it takes numbers (usually
 :class:`~calibprompt.evaluation.report.CalibrationReport` objects, one per method) and
-returns a :class:`plotly.graph_objects.Figure`. Nothing is read or written, nothing random is
-drawn, and the same input always gives the same figure (``fig.to_json()`` is equal).
+returns a :class:`plotly.graph_objects.Figure`. Nothing is read or written (except by
+:func:`export_figure`, which writes the one file it is given), nothing random is drawn,
+and the same input always gives the same figure (``fig.to_json()`` is equal).
 This module never imports a UI toolkit; the web app embeds the figures it returns.
 
 Figures
@@ -12,7 +13,8 @@ Figures
   confidence shaded (red = overconfident, blue = underconfident), the dashed
   perfect-calibration diagonal, and the number of samples above each bar.
 * :func:`reliability_grid` - one such diagram per method, side by side, each titled with
-  the method's name and its ECE.
+  the method's name and its ECE; temperature-scaled methods (``"<name> + TS"``) get their
+  own row, under their raw counterparts (or pass ``rows=``).
 * :func:`reliability_overlay` - all methods on one axis (accuracy vs mean confidence per
   non-empty bin; marker area grows with the bin count).
 * :func:`confidence_histogram` - distribution of top-label confidence per method, or
@@ -20,10 +22,15 @@ Figures
 * :func:`loss_curve` - live training loss (one or several named series).
 * :func:`classwise_ece_bars` - grouped bars of per-class ECE per method.
 
+Figures out: :func:`export_figure` writes a PNG, SVG or PDF (kaleido, headless Chromium);
+:func:`figure_html` builds one self-contained HTML document of figures and tables.
+
 Conventions
 -----------
 * Probabilities stay in ``[0, 1]`` in the data; axes and hover texts show them as
-  percentages. Empty bins are not drawn at all (never as a zero-height bar).
+  percentages. Empty bins are not drawn at all (never as a zero-height bar); bins with
+  fewer than ``min_count`` samples (default :data:`DEFAULT_MIN_COUNT` = 10) are drawn
+  faded and cross-hatched, and their hover says so.
 * Every method has one colour everywhere (:func:`method_colour`): :data:`METHOD_COLOURS`
   for the three main methods, otherwise a colour of :data:`FALLBACK_PALETTE` chosen from
   a checksum of the name (stable across runs and processes). Within one figure
@@ -43,8 +50,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import numpy as np
@@ -81,6 +90,11 @@ __all__ = [
     "reliability_diagram",
     "reliability_grid",
     "reliability_overlay",
+    "DEFAULT_MIN_COUNT",
+    "EXPORT_FORMATS",
+    "TS_SUFFIX",
+    "export_figure",
+    "figure_html",
 ]
 
 # ---------------------------------------------------------------------------
@@ -126,6 +140,17 @@ FONT = dict(family="Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif", siz
 FIGURE_HEIGHT = 400
 _GRID_ROW_HEIGHT = 340
 _GRID_EXTRA_HEIGHT = 80  # title and legend
+
+#: Bins with fewer samples than this are drawn faded in reliability diagrams (``min_count``).
+DEFAULT_MIN_COUNT = 10
+#: Top of the y axis of reliability diagrams: the band above 100 % holds the bin counts.
+RELIABILITY_Y_TOP = 1.1
+#: Bin counts above the bars.
+COUNT_FONT_SIZE = 11
+COUNT_COLOUR = "#333333"
+#: The veil over bins with too few samples: translucent white, grey cross-hatching.
+_FEW_VEIL = "rgba(255, 255, 255, 0.6)"
+_FEW_LINE = "rgba(110, 110, 110, 0.8)"
 
 _BINS_KEYS = ("edges", "counts")  # a mapping with one of these (and no "reliability") is bare bins
 
@@ -277,18 +302,36 @@ def _ce_label(bins: ReliabilityBins) -> str:
     return "ACE" if bins.strategy == "quantile" else "ECE"
 
 
+def _count_text(n: int) -> str:
+    """A bin count as drawn above its bar: exact below 10 000, else ``12k``."""
+    return str(n) if n < 10_000 else f"{n / 1000:.0f}k"
+
+
+def _few_label(min_count: int) -> str:
+    """Legend name of the marking of bins with fewer than ``min_count`` samples."""
+    return f"n < {min_count}: too few samples"
+
+
+def _few_note(n: int, min_count: int) -> str:
+    return f"<br><i>Only {n} sample{'s' if n != 1 else ''} (fewer than {min_count}): too few to judge this bin</i>"
+
+
 def _reliability_traces(
     bins: ReliabilityBins,
     colour: str,
     *,
     shown: set[str] | None = None,
     method: str | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
 ) -> list[go.BaseTraceType]:
     """Traces of one reliability diagram.
 
     ``shown`` collects the legend entries already drawn (a grid shows each once). With a
     ``method`` (grid panels, each in its own colour) the accuracy bars get no legend
-    entry, since one swatch cannot stand for all panels' colours.
+    entry, since one swatch cannot stand for all panels' colours. Non-empty bins with
+    fewer than ``min_count`` samples are faded by a translucent white, cross-hatched veil
+    drawn over their bars (one extra trace, so the other traces and their legend swatches
+    stay as they are), and their hover says so.
     """
     shown = set() if shown is None else shown
 
@@ -305,15 +348,16 @@ def _reliability_traces(
     acc, conf, counts = bins.accuracy[m], bins.confidence[m], bins.counts[m]
     total = max(_total(bins), 1)
     gaps = conf - acc  # > 0: overconfident
+    few = counts < min_count
 
     hover = []
-    for a, c, n, l, h, g in zip(acc, conf, counts, lo, hi, gaps):
+    for a, c, n, l, h, g, f in zip(acc, conf, counts, lo, hi, gaps, few):
         state = "overconfident" if g > 0 else ("underconfident" if g < 0 else "calibrated")
         hover.append(
             f"{prefix}Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
             f"Samples: {int(n)} ({_pct(n / total)} of all)<br>"
             f"Accuracy: {_pct(a)}<br>Mean confidence: {_pct(c)}<br>"
-            f"Gap: {abs(100 * g):.1f} points ({state})"
+            f"Gap: {abs(100 * g):.1f} points ({state})" + (_few_note(int(n), min_count) if f else "")
         )
 
     traces: list[go.BaseTraceType] = [
@@ -344,13 +388,25 @@ def _reliability_traces(
                 **legend(label),
             )
         )
+    if few.any():
+        traces.append(
+            go.Bar(
+                x=centres[few].tolist(), y=np.maximum(acc, conf)[few].tolist(), base=[0.0] * int(few.sum()),
+                width=widths[few].tolist(),
+                marker=dict(color=_FEW_VEIL, line=dict(color=_FEW_LINE, width=1),
+                            pattern=dict(shape="x", fgcolor=_FEW_LINE, size=8, solidity=0.15)),
+                hovertext=[h for h, f in zip(hover, few) if f], hovertemplate="%{hovertext}<extra></extra>",
+                **legend(_few_label(min_count)),
+            )
+        )
     traces.append(
         go.Scatter(
             x=centres.tolist(), y=np.maximum(acc, conf).tolist(), mode="text",
-            text=[str(int(n)) for n in counts],
-            # above the bar, or just inside it when the bar reaches the top of the axes
-            textposition=["bottom center" if t > 0.9 else "top center" for t in np.maximum(acc, conf)],
-            textfont=dict(size=10, color="#555555"), cliponaxis=False,
+            text=[_count_text(int(n)) for n in counts],
+            # always above the bar: the y axis runs to RELIABILITY_Y_TOP, leaving a band
+            # above 100 % for the counts of the tallest bars
+            textposition="top center",
+            textfont=dict(size=COUNT_FONT_SIZE, color=COUNT_COLOUR), cliponaxis=False,
             hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
             **legend("Samples per bin (n)"),
         )
@@ -366,7 +422,7 @@ def _style_reliability_axes(fig: go.Figure, row: int | None = None, col: int | N
         showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
     )
     fig.update_yaxes(
-        range=[0, 1], tickformat=".0%", dtick=0.2, title_text="Accuracy" if y_title else None,
+        range=[0, RELIABILITY_Y_TOP], tickformat=".0%", dtick=0.2, title_text="Accuracy" if y_title else None,
         scaleanchor=anchor, scaleratio=1, constrain="domain",
         showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
     )
@@ -401,6 +457,7 @@ def reliability_diagram(
     title: str = "",
     colour: str | None = None,
     ece: float | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
 ) -> go.Figure:
     """Reliability diagram of one method.
 
@@ -413,13 +470,21 @@ def reliability_diagram(
         title: figure title.
         colour: colour of the accuracy bars (default: a neutral slate).
         ece: an ECE in ``[0, 1]`` to annotate in the top-left corner; none if ``None``.
+        min_count: int >= 0; non-empty bins with fewer samples are faded by a
+            translucent, cross-hatched veil over their bars (trace ``"n < {min_count}: too
+            few samples"``), and their hover says "Only n samples (fewer than min_count)".
+            ``0`` marks nothing.
 
     Returns:
         a figure with traces, in order: the dashed diagonal ``"Perfect calibration"``, the
         ``"Accuracy"`` bars (one per non-empty bin, at the bin centre, as wide as the bin),
         ``"Gap: overconfident"`` / ``"Gap: underconfident"`` bars from accuracy to mean
-        confidence (each only when some bin is so), and ``"Samples per bin (n)"``, the bin
-        counts as text above the bars. Empty bins draw nothing.
+        confidence (each only when some bin is so), ``"n < {min_count}: too few
+        samples"`` (only when some bin is so: bars from 0 to the top of those bins'
+        bars), and ``"Samples per bin (n)"``, the bin counts as text (11 px) just above
+        the top of each bin's bars. Empty bins draw nothing. The y axis runs to
+        ``RELIABILITY_Y_TOP`` (110 %) so that the counts of full bars sit above them,
+        never on them; the ECE note sits right of the axes, under the legend.
     """
     if title is None:
         title = ""
@@ -427,6 +492,7 @@ def reliability_diagram(
         raise ValueError(f"`title` must be a str, but got {title!r}.")
     if colour is not None and (not isinstance(colour, str) or not colour.strip()):
         raise ValueError(f"`colour` must be a CSS colour string or None, but got {colour!r}.")
+    min_count = _check_int(min_count, "min_count", 0)
     interval = None
     if _is_bins(reliability):
         bins = parse_reliability(reliability)
@@ -438,61 +504,148 @@ def reliability_diagram(
     if ece is not None:
         ece = _check_fraction(ece, "ece")
 
-    fig = go.Figure(_reliability_traces(bins, colour or DEFAULT_BAR_COLOUR))
+    fig = go.Figure(_reliability_traces(bins, colour or DEFAULT_BAR_COLOUR, min_count=min_count))
     _base_layout(fig, title)
     fig.update_layout(barmode="overlay", bargap=0, legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
     _style_reliability_axes(fig)
     if ece is not None:
         fig.add_annotation(
-            text=_ece_text(_ce_label(bins), ece, interval, long=True), xref="x domain", yref="y domain", x=0.03, y=0.97,
-            xanchor="left", yanchor="top", showarrow=False, align="left",
+            # right of the axes, under the legend: never over the bars or their counts
+            text=_ece_text(_ce_label(bins), ece, interval, long=True), xref="paper", yref="paper", x=1.02, y=0.0,
+            xanchor="left", yanchor="bottom", showarrow=False, align="left",
             font=dict(size=13, color="#222222"), bgcolor="rgba(255,255,255,0.85)",
             bordercolor="#cccccc", borderwidth=1, borderpad=4,
         )
     return fig
 
 
-def reliability_grid(reports: Mapping[str, ReportLike | ReliabilityBins], n_cols: int = 3) -> go.Figure:
-    """One reliability diagram per method, side by side.
+#: Suffix of temperature-scaled method names; :func:`reliability_grid` gives them their own row.
+TS_SUFFIX = " + TS"
+
+
+def _auto_layout(names: list[str], n_cols: int) -> list[list[str | None]]:
+    """Grid cells (row-major, ``None`` = blank) for :func:`reliability_grid` without ``rows``."""
+    ts = [n for n in names if n.endswith(TS_SUFFIX)]
+    raw = [n for n in names if not n.endswith(TS_SUFFIX)]
+    if not ts or not raw:  # one kind only: fill rows of n_cols in method order
+        cols = min(n_cols, len(names))
+        return [
+            names[i : i + cols] + [None] * (cols - len(names[i : i + cols])) for i in range(0, len(names), cols)
+        ]
+    # one column per raw method with its "<name> + TS" underneath, then unmatched TS ones
+    columns: list[tuple[str | None, str | None]] = []
+    for r in raw:
+        partner = r + TS_SUFFIX
+        columns.append((r, partner if partner in ts else None))
+    matched = {c[1] for c in columns}
+    columns += [(None, t) for t in ts if t not in matched]
+    cols = min(n_cols, len(columns))
+    layout: list[list[str | None]] = []
+    for i in range(0, len(columns), cols):
+        block = columns[i : i + cols]
+        for part in (0, 1):
+            row = [c[part] for c in block] + [None] * (cols - len(block))
+            if any(cell is not None for cell in row):
+                layout.append(row)
+    return layout
+
+
+def _explicit_layout(rows: Any, names: list[str]) -> list[list[str | None]]:
+    """Validate ``rows=`` of :func:`reliability_grid`: every method exactly once."""
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence) or not rows:
+        raise ValueError(
+            f"`rows` must be a non-empty list of rows, each a list of method names (None = a blank cell), "
+            f"but got {rows!r}."
+        )
+    layout: list[list[str | None]] = []
+    seen: list[str] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
+            raise ValueError(f"`rows[{i}]` must be a non-empty list of method names, but got {row!r}.")
+        for cell in row:
+            if cell is not None and cell not in names:
+                raise ValueError(f"`rows[{i}]` names {cell!r}, which is not a method of `reports` ({names}).")
+            if cell is not None:
+                seen.append(cell)
+        layout.append(list(row))
+    dup = sorted({n for n in seen if seen.count(n) > 1})
+    if dup:
+        raise ValueError(f"`rows` lists {dup} more than once; give every method one cell.")
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f"`rows` leaves out {missing}; give every method of `reports` one cell.")
+    cols = max(len(r) for r in layout)
+    return [r + [None] * (cols - len(r)) for r in layout]
+
+
+def reliability_grid(
+    reports: Mapping[str, ReportLike | ReliabilityBins],
+    n_cols: int = 3,
+    *,
+    rows: Sequence[Sequence[str | None]] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> go.Figure:
+    """One reliability diagram per method, in a grid.
+
+    Layout: with ``rows`` given, one grid row per entry, each a list of method names
+    (``None`` = a blank cell; every method exactly once; ``n_cols`` is then unused).
+    Otherwise raw and temperature-scaled panels are never mixed in one row: when some
+    names end in ``" + TS"`` (:data:`TS_SUFFIX`) and some do not, the raw methods fill one
+    row and the TS ones the row below, ``"<name> + TS"`` straight under ``"<name>"``
+    (a TS method without its raw one goes to a column of its own, a raw one without TS
+    leaves a blank below); with more than ``n_cols`` columns the pair of rows wraps.
+    When all names are of one kind the panels fill rows of ``n_cols`` in method order.
 
     Args:
         reports: ``{method: CalibrationReport}`` (or ``calibration_report(...)`` dicts,
             converted once; a reliability dict or
             :class:`~calibprompt.evaluation.metrics.ReliabilityBins` per method also works; the ECE is
             then computed from the bins).
-        n_cols: subplots per row (int >= 1); fewer when there are fewer methods.
+        n_cols: most panels per row (int >= 1); fewer when there are fewer methods.
+        rows: an explicit layout (see above), or None.
+        min_count: bins with fewer samples are drawn faded (see :func:`reliability_diagram`).
 
     Returns:
-        a figure with ``len(reports)`` subplots in method order; subplot ``i`` is titled
-        ``"<method> · ECE x.x %"`` (plus the 95 % interval when the report has one) and
-        draws the traces of :func:`reliability_diagram` in the method's colour. Shared
-        legend entries appear once.
+        a figure with ``len(reports)`` subplots (blank cells have no axes); subplot titles
+        in row-major order of the cells are ``"<method> · ECE x.x %"`` (plus the 95 %
+        interval when the report has one), and each panel draws the traces of
+        :func:`reliability_diagram` in the method's colour. Shared legend entries appear once.
     """
     reports = _check_mapping(reports, "reports", "method names to calibration reports")
     n_cols = _check_int(n_cols, "n_cols", 1)
+    min_count = _check_int(min_count, "min_count", 0)
     names = list(reports)
-    parsed = [_panel(reports[n], f"reports[{n!r}]") for n in names]
+    layout = _auto_layout(names, n_cols) if rows is None else _explicit_layout(rows, names)
+    parsed = {n: _panel(reports[n], f"reports[{n!r}]") for n in names}
     colours = method_colours(names)
-    cols = min(n_cols, len(names))
-    rows = math.ceil(len(names) / cols)
+    n_rows, cols = len(layout), len(layout[0])
     titles = []
-    for name, (bins, ece, interval) in zip(names, parsed):
-        t = f"<b>{name}</b>"
-        if ece is not None:
-            t += f" · {_ece_text(_ce_label(bins), ece, interval)}"
-        titles.append(t)
+    for row in layout:
+        for name in row:
+            if name is None:
+                continue
+            bins, ece, interval = parsed[name]
+            t = f"<b>{name}</b>"
+            if ece is not None:
+                t += f" · {_ece_text(_ce_label(bins), ece, interval)}"
+            titles.append(t)
     fig = make_subplots(
-        rows=rows, cols=cols, subplot_titles=titles,
-        horizontal_spacing=min(0.08, 0.9 / max(cols - 1, 1)), vertical_spacing=min(0.14, 0.9 / max(rows - 1, 1)),
+        rows=n_rows, cols=cols, subplot_titles=titles,
+        specs=[[({} if cell is not None else None) for cell in row] for row in layout],
+        horizontal_spacing=min(0.08, 0.9 / max(cols - 1, 1)), vertical_spacing=min(0.14, 0.9 / max(n_rows - 1, 1)),
     )
     shown: set[str] = set()
-    for i, (name, (bins, _, _)) in enumerate(zip(names, parsed)):
-        row, col = i // cols + 1, i % cols + 1
-        for trace in _reliability_traces(bins, colours[name], shown=shown, method=name):
-            fig.add_trace(trace, row=row, col=col)
-        anchor = "x" if i == 0 else f"x{i + 1}"
-        _style_reliability_axes(fig, row=row, col=col, anchor=anchor, y_title=(col == 1))
-    _base_layout(fig, "", height=_GRID_EXTRA_HEIGHT + _GRID_ROW_HEIGHT * rows)
+    for r, row in enumerate(layout, start=1):
+        first_col = next(c for c, cell in enumerate(row, start=1) if cell is not None)
+        for c, name in enumerate(row, start=1):
+            if name is None:
+                continue
+            for trace in _reliability_traces(parsed[name].bins, colours[name], shown=shown, method=name,
+                                             min_count=min_count):
+                fig.add_trace(trace, row=r, col=c)
+            anchor = "x" + fig.get_subplot(r, c).xaxis.plotly_name[len("xaxis"):]
+            _style_reliability_axes(fig, row=r, col=c, anchor=anchor, y_title=(c == first_col))
+    _base_layout(fig, "", height=_GRID_EXTRA_HEIGHT + _GRID_ROW_HEIGHT * n_rows)
     fig.update_layout(
         barmode="overlay", bargap=0,
         margin=dict(l=60, r=20, t=50, b=95),
@@ -502,20 +655,27 @@ def reliability_grid(reports: Mapping[str, ReportLike | ReliabilityBins], n_cols
     return fig
 
 
-def reliability_overlay(reports: Mapping[str, ReportLike | ReliabilityBins]) -> go.Figure:
+def reliability_overlay(
+    reports: Mapping[str, ReportLike | ReliabilityBins], min_count: int = DEFAULT_MIN_COUNT
+) -> go.Figure:
     """All methods' reliability curves on one axis.
 
     Args:
         reports: ``{method: CalibrationReport}`` (or ``calibration_report(...)`` dicts,
             reliability dicts or bins; see :func:`reliability_grid`).
+        min_count: bins with fewer samples say so in their hover, and one more trace,
+            ``"n < {min_count}: too few samples"`` (only when some bin is so), marks them
+            with a grey cross over their markers.
 
     Returns:
         a figure with the dashed ``"Perfect calibration"`` diagonal first, then one
         ``lines+markers`` trace per method (named ``"<method> · ECE x.x %"``) through
         ``(mean confidence, accuracy)`` of its non-empty bins; a marker's diameter grows
-        with the square root of the bin's count (largest bin of all methods = 22 px).
+        with the square root of the bin's count (largest bin of all methods = 22 px); last,
+        when some bin has fewer than ``min_count`` samples, the marking trace.
     """
     reports = _check_mapping(reports, "reports", "method names to calibration reports")
+    min_count = _check_int(min_count, "min_count", 0)
     names = list(reports)
     parsed = [_panel(reports[n], f"reports[{n!r}]") for n in names]
     colours = method_colours(names)
@@ -526,19 +686,26 @@ def reliability_overlay(reports: Mapping[str, ReportLike | ReliabilityBins]) -> 
             line=dict(color=DIAGONAL_COLOUR, dash="dash", width=1.5), hoverinfo="skip",
         )
     )
+    few_points: tuple[list, list, list] = ([], [], [])
     for name, (bins, ece, _) in zip(names, parsed):
         m = _nonempty(bins)
         conf, acc, counts = bins.confidence[m], bins.accuracy[m], bins.counts[m]
         lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
         total = max(_total(bins), 1)
         sizes = 6.0 + 16.0 * np.sqrt(counts / max_count)
+        few = counts < min_count
         hover = [
             f"<b>{name}</b><br>Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
             f"Samples: {int(n)} ({_pct(n / total)} of all)<br>Accuracy: {_pct(a)}<br>"
             f"Mean confidence: {_pct(c)}<br>Gap: {100 * (c - a):+.1f} points"
-            for a, c, n, l, h in zip(acc, conf, counts, lo, hi)
+            + (_few_note(int(n), min_count) if f else "")
+            for a, c, n, l, h, f in zip(acc, conf, counts, lo, hi, few)
         ]
         label = name if ece is None else f"{name} · {_ece_text(_ce_label(bins), ece)}"
+        if few.any():
+            few_points[0].extend(conf[few].tolist())
+            few_points[1].extend(acc[few].tolist())
+            few_points[2].extend([h for h, f in zip(hover, few) if f])
         fig.add_trace(
             go.Scatter(
                 x=conf.tolist(), y=acc.tolist(), mode="lines+markers", name=label,
@@ -546,6 +713,14 @@ def reliability_overlay(reports: Mapping[str, ReportLike | ReliabilityBins]) -> 
                 marker=dict(size=sizes.tolist(), color=colours[name], line=dict(color="white", width=1)),
                 customdata=counts.tolist(), hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
                 cliponaxis=False,
+            )
+        )
+    if few_points[0]:
+        fig.add_trace(
+            go.Scatter(
+                x=few_points[0], y=few_points[1], mode="markers", name=_few_label(min_count),
+                marker=dict(symbol="x-thin-open", size=11, color="#555555", line=dict(width=1.5, color="#555555")),
+                hovertext=few_points[2], hovertemplate="%{hovertext}<extra></extra>", cliponaxis=False,
             )
         )
     _base_layout(fig, "Reliability (all methods)")
@@ -869,3 +1044,199 @@ def risk_coverage_curves(curves: Mapping[str, Mapping[str, Any]], threshold: flo
                      linecolor="#bbbbbb")
     fig.update_layout(legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom"))
     return fig
+
+
+# ---------------------------------------------------------------------------
+# Figures out: image files and a self-contained HTML document
+# ---------------------------------------------------------------------------
+#: File suffixes :func:`export_figure` writes, and the kaleido format of each.
+EXPORT_FORMATS: dict[str, str] = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+#: The Debian/Ubuntu Chromium, used by :func:`export_figure` when present.
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+
+
+def _browser_path(browser_path: str | None) -> str | None:
+    """The browser kaleido should drive: the argument, else ``$BROWSER_PATH``, else
+    Debian's chromium when installed, else ``None`` (kaleido's own search)."""
+    if browser_path is not None:
+        return str(browser_path)
+    if os.environ.get("BROWSER_PATH"):
+        return os.environ["BROWSER_PATH"]
+    if os.path.isfile(DEBIAN_CHROMIUM) and os.access(DEBIAN_CHROMIUM, os.X_OK):
+        return DEBIAN_CHROMIUM
+    return None
+
+
+def _export_width(fig: go.Figure) -> int:
+    """Layout width of an export: the figure's own, else 700 px per single panel, or
+    380 px per column of a grid (at most 1600)."""
+    if fig.layout.width:
+        return int(fig.layout.width)
+    domains = set()
+    for key in fig.layout:
+        if key.startswith("xaxis"):
+            dom = fig.layout[key].domain
+            if dom is not None:
+                domains.add(tuple(round(float(v), 6) for v in dom))
+    n_cols = len(domains)
+    return 700 if n_cols <= 1 else min(1600, 380 * n_cols)
+
+
+def export_figure(
+    fig: go.Figure,
+    path: Any,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    scale: float | None = None,
+    browser_path: str | None = None,
+) -> Path:
+    """Write a figure to a PNG, SVG or PDF file, chosen by the path's suffix, via kaleido.
+
+    kaleido (>= 1) renders in a headless Chrome-family browser. The browser is, in order:
+    ``browser_path``; the ``BROWSER_PATH`` environment variable; Debian's
+    ``/usr/bin/chromium`` when it exists; otherwise kaleido's own search (a Chrome it
+    downloaded with ``kaleido_get_chrome``, or one on ``PATH``). Missing parent folders
+    are created. This is the one function of this module that writes anything.
+
+    Args:
+        fig: the figure.
+        path: target file; its suffix (case-insensitive) is ``.png``, ``.svg`` or ``.pdf``.
+        width, height: layout size in px (default: the figure's own; else 700 px wide per
+            single panel or 380 px per grid column, and its ``layout.height`` or 400 px).
+        scale: pixel density of PNGs (default 2, for sharp text); vector formats use 1.
+        browser_path: the browser executable to drive (see above).
+
+    Returns:
+        the path written, as a :class:`pathlib.Path`.
+
+    Raises:
+        ValueError: an unsupported suffix (the message names the allowed ones) or a
+            non-figure.
+        RuntimeError: kaleido is not installed or could not start the browser (the message
+            says which browser was tried).
+    """
+    if not isinstance(fig, go.Figure):
+        raise ValueError(f"`fig` must be a plotly.graph_objects.Figure, but got {type(fig).__name__}.")
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(
+            f"`path` must end in one of {sorted(EXPORT_FORMATS)} (the image format), but got {str(target)!r}."
+        )
+    fmt = EXPORT_FORMATS[suffix]
+    for value, name in ((width, "width"), (height, "height")):
+        if value is not None:
+            _check_int(value, name, 1)
+    if scale is not None and (not _is_real(scale) or not 0 < float(scale) <= 10):
+        raise ValueError(f"`scale` must be a number in (0, 10], but got {scale!r}.")
+    try:
+        import kaleido
+    except ImportError as exc:
+        raise RuntimeError(f"export_figure needs kaleido >= 1 (pip install kaleido): {exc}") from None
+    opts = dict(
+        format=fmt,
+        width=int(width or _export_width(fig)),
+        height=int(height or fig.layout.height or FIGURE_HEIGHT),
+        scale=float(scale if scale is not None else (2 if fmt == "png" else 1)),
+    )
+    browser = _browser_path(browser_path)
+    kopts = {"path": browser} if browser else {}
+    try:
+        data = kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
+    except Exception as exc:  # ChromeNotFoundError, a browser that fails to start, ...
+        where = browser or "kaleido's default search"
+        raise RuntimeError(
+            f"kaleido could not render the figure as {fmt.upper()} with the browser {where!r} "
+            f"({type(exc).__name__}: {exc}). Install Chromium (apt-get install chromium) or set "
+            "BROWSER_PATH to a Chrome-family browser."
+        ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
+_HTML_STYLE = """
+body { font-family: Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif; color: #222; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; line-height: 1.4; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table.calibprompt-table { border-collapse: collapse; font-size: 0.9rem; margin: 0.5rem 0 1.5rem; }
+table.calibprompt-table th, table.calibprompt-table td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem;
+       text-align: right; }
+table.calibprompt-table th { background: #f4f5f7; }
+"""
+
+
+def figure_html(
+    figs: Mapping[str, go.Figure],
+    title: str = "Calibration report",
+    tables: Mapping[str, Any] | None = None,
+) -> str:
+    """A self-contained HTML document of figures and tables, for study reports.
+
+    The plotly.js bundle is inlined once, in the ``<head>`` (so the file works offline);
+    each figure is a ``<div id="figure-i">`` with its own small ``Plotly.newPlot`` call,
+    under an ``<h2>`` with its name, in mapping order; then each table as an HTML
+    ``<table class="calibprompt-table">`` (``DataFrame.to_html``; the index is left out when
+    it is the default range index) under an ``<h2>``. Names and the title are
+    HTML-escaped. Deterministic: the same input gives the same string.
+
+    Args:
+        figs: ``{heading: Figure}`` (may be empty when there are tables).
+        title: the document's ``<title>`` and ``<h1>``.
+        tables: ``{heading: pandas.DataFrame}``, or None.
+
+    Returns:
+        the HTML document as a str.
+    """
+    import html
+
+    import pandas as pd
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    if not isinstance(title, str):
+        raise ValueError(f"`title` must be a str, but got {title!r}.")
+    if not isinstance(figs, Mapping):
+        raise ValueError(f"`figs` must be a dict mapping headings to figures, but got {type(figs).__name__}.")
+    tables = {} if tables is None else tables
+    if not isinstance(tables, Mapping):
+        raise ValueError(f"`tables` must be a dict mapping headings to DataFrames or None, but got {type(tables).__name__}.")
+    for what, items, kind in (("figs", figs, go.Figure), ("tables", tables, pd.DataFrame)):
+        for key, value in items.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"every key of `{what}` must be a non-empty str (a heading), but got {key!r}.")
+            if not isinstance(value, kind):
+                raise ValueError(
+                    f"`{what}[{key!r}]` must be a {kind.__module__.split('.')[0]}.{kind.__name__}, "
+                    f"but got {type(value).__name__}."
+                )
+    if not figs and not tables:
+        raise ValueError("`figs` and `tables` are both empty; pass at least one figure or table.")
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_HTML_STYLE}</style>",
+    ]
+    if figs:
+        parts.append(f'<script type="text/javascript">{get_plotlyjs()}</script>')
+    parts += ["</head>", "<body>", f"<h1>{html.escape(title)}</h1>"]
+    for i, (name, fig) in enumerate(figs.items()):
+        div = pio.to_html(
+            fig, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"figure-{i}",
+            config={"displaylogo": False, "responsive": True},
+        )
+        parts.append(f'<section class="figure"><h2>{html.escape(name)}</h2>\n{div}\n</section>')
+    for name, df in tables.items():
+        table = df.to_html(
+            classes="calibprompt-table", border=0, na_rep="–", escape=True,
+            index=not isinstance(df.index, pd.RangeIndex),
+        )
+        parts.append(f'<section class="table"><h2>{html.escape(name)}</h2>\n{table}\n</section>')
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)

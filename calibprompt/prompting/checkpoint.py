@@ -80,6 +80,7 @@ def load_prompt(path: str | os.PathLike, backbone, *, check_backbone: bool = Tru
         backbone, meta["classnames"], n_ctx=int(meta["n_ctx"]), ctx_init=meta.get("ctx_init"),
         class_specific=bool(meta.get("class_specific", False)),
         class_token_position=meta.get("class_token_position", "end"),
+        double_embedding=bool(meta.get("double_embedding", False)),
     )
     if tuple(ctx.shape) != tuple(learner.ctx.shape):
         raise ValueError(

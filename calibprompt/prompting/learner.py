@@ -9,6 +9,11 @@ of it (``class_token_position``).
 The padded tail of the token sequence is cut once, at construction, to the longest prompt: this is
 exact (see :mod:`calibprompt.backbones.text_tower`) and makes every training step cheaper, by about 8x for
 BiomedCLIP's 256-token PubMedBERT on a CPU.
+
+``double_embedding=True`` (Hugging Face BERT towers only) reproduces a bug of the CalibPrompt authors'
+BiomedCLIP prompt learner, for the ``authors-code`` protocol: the fixed prompt tokens (and a
+``ctx_init``) are taken from BERT's whole embedding module (word + position + token type, LayerNorm)
+instead of its word embeddings, and BERT then embeds the assembled prompt again.
 """
 from __future__ import annotations
 
@@ -45,6 +50,10 @@ class PromptLearner(nn.Module):
         class_token_position: ``"end"``, ``"middle"`` or ``"front"``.
         generator: optional ``torch.Generator`` for the random initialisation.
         trim: cut the padded tail of the prompts (exact; ``False`` only to measure what it saves).
+        double_embedding: take the fixed tokens from the tower's whole embedding module
+            (:meth:`~calibprompt.backbones.text_tower.HFTextTower.embedding_output`) so that they are
+            embedded twice, as the authors' BiomedCLIP code does (see the module docstring); ``False``
+            is CoOp's correct path.
 
     ``forward()`` returns the prompt embeddings (K, L, W); :meth:`encode_text` the class text
     features (K, D).
@@ -52,7 +61,7 @@ class PromptLearner(nn.Module):
 
     def __init__(self, backbone, classnames: Sequence[str], n_ctx: int = 16, ctx_init: str | None = None,
                  class_specific: bool = False, class_token_position: str = "end",
-                 generator: torch.Generator | None = None, trim: bool = True):
+                 generator: torch.Generator | None = None, trim: bool = True, double_embedding: bool = False):
         super().__init__()
         if class_token_position not in CLASS_TOKEN_POSITIONS:
             raise ValueError(
@@ -66,6 +75,11 @@ class PromptLearner(nn.Module):
         tower: TextTower = getattr(backbone, "text_tower", backbone)
         # Keep the frozen tower out of this module's parameters and state_dict.
         object.__setattr__(self, "tower", tower)
+        self.double_embedding = bool(double_embedding)
+        if self.double_embedding and not getattr(tower, "supports_double_embedding", False):
+            raise ValueError("double_embedding reproduces the authors' BiomedCLIP prompt learner and needs a "
+                             f"Hugging Face BERT text tower; {type(tower).__name__} has none.")
+        embed = tower.embedding_output if self.double_embedding else tower.embed_tokens
         self.classnames = classnames
         self.class_specific = bool(class_specific)
         self.class_token_position = class_token_position
@@ -78,7 +92,7 @@ class PromptLearner(nn.Module):
             if n_ctx < 1:
                 raise ValueError(f"ctx_init {ctx_init!r} has no tokens.")
             with torch.no_grad():
-                ctx = tower.embed_tokens(init_ids)[0, 1:1 + n_ctx].clone()
+                ctx = embed(init_ids)[0, 1:1 + n_ctx].clone()
             if self.class_specific:
                 ctx = ctx.unsqueeze(0).repeat(n_cls, 1, 1)
             prefix_text = self.ctx_init
@@ -102,7 +116,7 @@ class PromptLearner(nn.Module):
         ids = tower.trim(ids) if trim else ids
         name_lens = [tower.content_length(tower.tokenize([name])) - 2 for name in classnames]
         with torch.no_grad():
-            embedding = tower.embed_tokens(ids)
+            embedding = embed(ids)
         self.register_buffer("token_ids", ids, persistent=False)
         self.register_buffer("token_prefix", embedding[:, :1].clone(), persistent=False)  # SOS / CLS
         self.register_buffer("token_suffix", embedding[:, 1 + self.n_ctx:].clone(), persistent=False)  # name . EOS pad
@@ -147,4 +161,5 @@ class PromptLearner(nn.Module):
             "ctx_init": self.ctx_init,
             "class_specific": self.class_specific,
             "class_token_position": self.class_token_position,
+            **({"double_embedding": True} if self.double_embedding else {}),
         }

@@ -54,9 +54,11 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
                    shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
                    device: str = "auto",
                    loss_params: dict[str, float] | None = None, store: RunStore | None = None,
-                   on_result: Callable[[dict[str, Any]], None] | None = None, n_boot: int = 200) -> list[dict[str, Any]]:
+                   on_result: Callable[[dict[str, Any]], None] | None = None, n_boot: int = 200,
+                   protocol: str = defaults.PROTOCOL, precision: str | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every method on every seed; returns one row per (method, seed) with the
-    fields of :data:`ROW_FIELDS` (fractions, not percent)."""
+    fields of :data:`ROW_FIELDS` (fractions, not percent). ``protocol`` and ``precision`` are those of
+    :class:`calibprompt.runs.jobs.TrainJob` (recorded with every run)."""
     store = store or RunStore()
     backbone = load_backbone(model, device=device)
     task_obj, ds = open_dataset(dataset, task)
@@ -71,7 +73,8 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
             else:
                 params = {k: v for k, v in (loss_params or {}).items() if k in get_method(method).task_params}
                 job = TrainJob(model=model, dataset=dataset, task=task, shots=shots, seed=seed, method=method,
-                               epochs=epochs, loss_params=params, device=str(backbone.device), n_bins=n_bins)
+                               epochs=epochs, loss_params=params, device=str(backbone.device), n_bins=n_bins,
+                               protocol=protocol, precision=precision)
                 record = run_train_job(job, store, backbone=backbone, n_boot=n_boot)
                 if record.status != "done":
                     raise RuntimeError(f"Run {record.id} ended {record.status}: {record.error}")

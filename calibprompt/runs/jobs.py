@@ -26,8 +26,9 @@ from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
 from calibprompt.prompting.engine import Engine
 from calibprompt.evaluation.report import Evaluation, evaluate_head
-from calibprompt.training.features import FeatureCache
+from calibprompt.training.features import FeatureCache, FreshViews
 from calibprompt.training.losses import build_objective
+from calibprompt.training.protocols import PRECISIONS, get_protocol
 from calibprompt.backbones import load_backbone
 from calibprompt.paths import runs_dir
 from calibprompt.runs.requests import check_train_request
@@ -44,7 +45,14 @@ DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
 
 @dataclass
 class TrainJob:
-    """What to train: a backbone, a dataset, a split and a method (the paper's protocol by default)."""
+    """What to train: a backbone, a dataset, a split and a method (the paper's protocol by default).
+
+    ``protocol`` is ``"paper"`` or ``"authors-code"`` (:mod:`calibprompt.training.protocols`); ``precision``
+    (``"fp32"``, ``"fp16"``, ``"bf16"``) overrides the protocol's compute precision for the backbone
+    family (``None``: the protocol's). Both are recorded in the run's params and in the checkpoint. Under a
+    protocol with fresh augmentation (``authors-code``) every step encodes its batch anew and ``n_views``
+    is unused.
+    """
 
     model: str
     dataset: str
@@ -60,8 +68,14 @@ class TrainJob:
     batch_size: int = defaults.BATCH_SIZE
     lr: float = defaults.LR
     n_ctx: int = defaults.N_CTX
+    protocol: str = defaults.PROTOCOL
+    precision: str | None = None
 
     def __post_init__(self):
+        self.protocol = get_protocol(self.protocol).name  # ValueError naming the protocols
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"The precision must be one of {', '.join(PRECISIONS)} (or unset for the protocol's); "
+                             f"got {self.precision!r}.")
         params = {k: v for k, v in dict(self.loss_params).items() if v is not None}
         # plain-words ValueError for out-of-range shots/epochs/seed/alpha/beta or an unknown method
         check_train_request(shots=self.shots, epochs=self.epochs, seed=self.seed, alpha=params.get("alpha"),
@@ -82,7 +96,8 @@ class TrainJob:
 
     def config(self) -> TrainConfig:
         return TrainConfig(method=self.method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           n_ctx=self.n_ctx, seed=self.seed, loss_params=dict(self.loss_params))
+                           n_ctx=self.n_ctx, seed=self.seed, loss_params=dict(self.loss_params),
+                           protocol=self.protocol, precision=self.precision)
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +162,10 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
 
         t0 = time.perf_counter()
         cache = FeatureCache(backbone)
-        train_feats = cache.augmented(train.paths, job.n_views)
+        if get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"]:
+            train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
+        else:
+            train_feats = cache.augmented(train.paths, job.n_views)  # n_views cached views per image
         test_feats = cache.plain(test.paths)
         timings["feature_seconds"] = time.perf_counter() - t0
 
@@ -161,10 +179,12 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
         evaluation = evaluate_head(engine, job.method, test_feats, test.labels, [str(p) for p in test.paths],
                                    task.classnames, n_bins=job.n_bins, n_boot=n_boot)
         metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
-                   "train_images": len(train), "test_images": len(test), "task": task.name}
+                   "train_images": len(train), "test_images": len(test), "task": task.name,
+                   "protocol": job.protocol, "protocol_settings": result.settings}
         checkpoint = save_prompt(runs_dir() / run_id / "prompt", result.learner, backbone=backbone.name, metadata={
             "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
             "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": str(dataset.root),
+            "protocol": job.protocol, "precision": result.settings["precision"], "protocol_settings": result.settings,
             "split": {"train": _split_record(train), "test_images": len(test)},
             "metrics": evaluation.summary, "timings": timings, "device": result.device,
         })

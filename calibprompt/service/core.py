@@ -459,6 +459,16 @@ class Core:
             })
         return rows
 
+    def interpret_run(self, run_id: str, top_k: int = 3) -> list[dict[str, Any]]:
+        """The nearest vocabulary tokens of a finished run's context vectors (CoOp's interpretation)."""
+        from calibprompt.prompting.interpret import interpret_prompt
+
+        record = self.store.get_run(run_id)
+        if record.status != "done" or not record.checkpoint:
+            raise ValueError(f"Run {record.id} is {record.status}; only a finished run has a prompt to read.")
+        backbone = self.pool.get(record.params["model"], self.default_device).backbone
+        return interpret_prompt(record.checkpoint, top_k=top_k, backbone=backbone)
+
     # -- evaluation on images no chosen prompt trained on ---------------------------------------------
     def evaluation_images(self, state: SessionState, dataset: str,
                           heads: dict[str, Head]) -> tuple[str, Task, LabeledImages, int]:
@@ -513,11 +523,19 @@ class Core:
         lo, hi = defaults.LIMITS["n_bins"]
         if not lo <= int(n_bins) <= hi:
             raise ValueError(f"The number of bins must be from {lo} to {hi}, got {n_bins}.")
+        from calibprompt.evaluation.card import debiased_ece, kde_ece, per_class_ece, smooth_ece
+
         ev = self.evaluate(state, dataset, heads)
         reports = {}
         for head in ev.probs:
             reports[head] = evaluate_probs(ev.probs[head], ev.labels, ev.paths, ev.task.classnames,
                                            n_bins=int(n_bins), n_boot=defaults.N_BOOT_INTERACTIVE).report
+            p = ev.probs[head]
+            reports[head]["card"] = {  # the metric card: the authors' and the debiased estimates beside ours
+                "kde_ece": kde_ece(p, ev.labels), "smooth_ece": smooth_ece(p, ev.labels),
+                "debiased_ece": debiased_ece(p, ev.labels),
+                "per_class_ece_true": float(np.nanmean(per_class_ece(p, ev.labels, by="true", n_bins=int(n_bins)))),
+            }
             if temperature_scaling and len(ev.labels) >= 4:
                 scaled, temps = self._cross_fitted_temperature(ev.logits[head], ev.labels)
                 report = evaluate_probs(scaled, ev.labels, ev.paths, ev.task.classnames, n_bins=int(n_bins),
@@ -525,6 +543,18 @@ class Core:
                 report["temperature"] = float(np.mean(temps))
                 reports[f"{head} + TS"] = report
         return reports, ev
+
+    @staticmethod
+    def significance(ev: EvaluationSet, a: str = "calibprompt", b: str = "coop",
+                     n_boot: int = 1000) -> dict[str, dict[str, Any]] | None:
+        """Paired bootstrap over the same evaluation images of ``a`` minus ``b`` in ECE and accuracy, or None
+        when either head was not evaluated."""
+        from calibprompt.evaluation.card import paired_bootstrap
+
+        if a not in ev.probs or b not in ev.probs:
+            return None
+        return {metric: paired_bootstrap(ev.probs[a], ev.probs[b], ev.labels, metric=metric, n_boot=n_boot)
+                for metric in ("ece", "accuracy")}
 
     @staticmethod
     def selective(ev: EvaluationSet, threshold: float) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:

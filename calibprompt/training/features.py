@@ -7,10 +7,14 @@ content hash and its index, so view ``v`` of an image is the same picture on eve
 for test images it holds the plain preprocessed view. Prompt-tuning steps then run only the text
 side, and every method and seed reuses the same features.
 
+:class:`FreshViews` is the slow alternative the ``authors-code`` protocol uses: no cache, every
+training step augments and encodes its batch's images anew, as a data loader does.
+
 Layout: ``<features_dir>/<backbone key>/<hash[:2]>/<hash>.safetensors`` with tensors ``plain``
-(D,) and ``aug`` (V, D), where the backbone key names the backbone, a fingerprint of its weights and
-the augmentation recipe, and ``hash`` is the SHA-256 of the image file's bytes. Files are written
-atomically; a damaged file is recomputed.
+(D,) and ``aug`` (V, D), where the backbone key names the backbone, a fingerprint of its weights, a
+hash of its kinds of modules (so a change of activation is a new key) and the augmentation recipe,
+and ``hash`` is the SHA-256 of the image file's bytes. Files are written atomically; a damaged file
+is recomputed.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from calibprompt.paths import features_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureCache", "train_transform", "file_hash", "AUGMENTATION"]
+__all__ = ["FeatureCache", "FreshViews", "train_transform", "file_hash", "AUGMENTATION"]
 
 AUGMENTATION = {"crop_scale": (0.08, 1.0), "flip": True, "version": 1}
 _CHUNK_BYTES = 1 << 20
@@ -118,6 +122,13 @@ class _SeededAugment:
         return image
 
 
+def _architecture_tag(backbone) -> str:
+    """A short hash of the kinds of modules in the model: the same weights built with another activation
+    (QuiltNet with GELU before QuickGELU was forced, say) get features of their own."""
+    kinds = sorted({type(m).__qualname__ for m in backbone.model.modules()})
+    return hashlib.blake2b("|".join(kinds).encode(), digest_size=4).hexdigest()
+
+
 class FeatureCache:
     """Image features of one backbone, cached on disk (see the module docstring).
 
@@ -134,7 +145,8 @@ class FeatureCache:
         self.backbone = backbone
         self.batch_size = int(batch_size)
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone.name).strip("_")[:60] or "backbone"
-        self.folder = Path(root or features_dir()) / f"{safe_name}-{backbone.fingerprint[:12]}-aug{AUGMENTATION['version']}"
+        key = f"{safe_name}-{backbone.fingerprint[:12]}-{_architecture_tag(backbone)}-aug{AUGMENTATION['version']}"
+        self.folder = Path(root or features_dir()) / key
         self._augment = _SeededAugment(train_transform(backbone.preprocess))
         self.encoded = 0
         self.hits = 0
@@ -203,3 +215,64 @@ class FeatureCache:
             if progress:
                 progress(min(start + len(chunk), len(todo)), len(todo))
         return torch.stack([stored[k]["aug"][:n_views] for k in keys])
+
+
+class FreshViews:
+    """Training-image features augmented anew at every step (the ``authors-code`` protocol's
+    ``fresh_augmentation``): ``views(step, indices)`` decodes images ``indices`` (0-based positions in
+    ``paths``), draws a new random resized crop and flip for each from a generator seeded by
+    ``(seed, step, image content hash)``, and encodes them through the frozen image encoder under
+    ``no_grad``; it returns L2-normalised features (len(indices), D), float32 on the CPU.
+
+    The trainer calls it with each step's batch (``indices=None``: every image), so over an epoch each
+    image is augmented once, as Dassl's data loader does in the authors' code. Given the seed, the
+    views are the same on every run and do not depend on how images are grouped into batches. Decoded
+    images are kept in memory (decoding is deterministic, so this changes no result); nothing is
+    written to disk. ``encoded`` counts the views that went through the image encoder.
+
+    Args:
+        backbone: a :class:`calibprompt.backbones.loading.Backbone`.
+        paths: the training images, in label order.
+        seed: the run's seed.
+        batch_size: images per image-encoder call.
+    """
+
+    def __init__(self, backbone, paths: Sequence[str | os.PathLike], seed: int = 0, batch_size: int = 64):
+        self.backbone = backbone
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("No training images.")
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self._augment = _SeededAugment(train_transform(backbone.preprocess))
+        self._keys: list[str | None] = [None] * len(self.paths)
+        self._images: dict[int, object] = {}
+        self.encoded = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _image(self, index: int):
+        if index not in self._images:
+            self._keys[index] = file_hash(self.paths[index])
+            self._images[index] = load_image(self.paths[index])
+        return self._images[index]
+
+    def view_seed(self, step: int, index: int) -> int:
+        """The seed of image ``index``'s view at ``step``."""
+        self._image(index)
+        return _view_seed(f"{self._keys[index]}:fresh:{self.seed}", int(step))
+
+    @torch.no_grad()
+    def __call__(self, step: int, indices: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        if indices is None:
+            indices = range(len(self.paths))
+        elif isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().tolist()
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("No image indices were given.")
+        pixels = torch.stack([self._augment(self._image(i), self.view_seed(step, i)) for i in indices])
+        feats = self.backbone.encode_pixels(pixels, normalize=True, batch_size=self.batch_size)
+        self.encoded += len(indices)
+        return feats

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MBLS", "LOGITNORM", "ZS_NORM", "ZS_PENALTY",
-    "LOSSES", "get_loss", "Term", "Method", "METHODS", "list_methods", "get_method", "Objective",
+    "CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MMCE_AUTHORS", "MBLS", "LOGITNORM", "ZS_NORM", "ZS_PENALTY",
+    "LOSSES", "LOSS_VARIANTS", "get_loss", "Term", "Method", "METHODS", "list_methods", "get_method", "Objective",
     "build_objective", "DEFAULT_ALPHA", "DEFAULT_BETA",
 ]
 
@@ -131,7 +131,7 @@ def MMCE(logits: torch.Tensor, labels: torch.Tensor, kernel_width: float = 0.4) 
                  - 2 sum_{i correct, j incorrect} (1-r_i) r_j k_ij / (m n)
 
     and the loss is ``sqrt(max(MMCE_w^2, 0) + 1e-10)``; 0 when the batch is all correct or all wrong.
-    (The authors' TensorFlow code divides the pair sums by m^2 twice; this is the paper's formula.)
+    This is the paper's (Kumar et al.'s) formula; :func:`MMCE_AUTHORS` is the CalibPrompt authors' variant.
     """
     _check(logits, labels)
     conf, pred = F.softmax(logits, dim=1).max(dim=1)
@@ -143,6 +143,38 @@ def MMCE(logits: torch.Tensor, labels: torch.Tensor, kernel_width: float = 0.4) 
     a = (1.0 - conf) * correct  # weight of correct samples
     b = conf * (1.0 - correct)  # weight of incorrect samples
     value = (a @ kernel @ a) / (m * m) + (b @ kernel @ b) / (n * n) - 2.0 * (a @ kernel @ b) / (m * n)
+    return torch.sqrt(value.clamp_min(0.0) + 1e-10)
+
+
+def MMCE_AUTHORS(logits: torch.Tensor, labels: torch.Tensor, kernel_width: float = 0.4) -> torch.Tensor:
+    """MMCE_w as the CalibPrompt authors' code computes it (``MMCE_weighted`` in their
+    ``trainers/classification/losses.py``), for the ``authors-code`` protocol.
+
+    Their pair terms are means over the pairs (already divided by m^2, n^2 and m n), and are then
+    divided by ``m^2 + 1e-5``, ``n^2 + 1e-5`` and ``m n + 1e-5`` once more::
+
+        value = [sum_{i,j correct} (1-r_i)(1-r_j) k_ij / m^2] / (m^2 + 1e-5)
+              + [sum_{i,j incorrect} r_i r_j k_ij / n^2] / (n^2 + 1e-5)
+              - 2 [sum_{i correct, j incorrect} (1-r_i) r_j k_ij / (m n)] / (m n + 1e-5)
+
+    and the loss is ``sqrt(value + 1e-10)``; 0 when the batch is all correct or all wrong. With
+    m = n the result is :func:`MMCE` divided by about m (8x smaller for 8 correct of 16). The only
+    change from their code: ``value`` is clamped at 0 first (their 1e-5 terms can push an exact 0
+    a hair below it, which gives NaN there).
+    """
+    _check(logits, labels)
+    conf, pred = F.softmax(logits, dim=1).max(dim=1)
+    correct = (pred == labels).to(conf.dtype)
+    m, n = correct.sum(), (1.0 - correct).sum()
+    if m == 0 or n == 0:
+        return conf.sum() * 0.0
+    kernel = torch.exp(-(conf.unsqueeze(0) - conf.unsqueeze(1)).abs() / kernel_width)
+    a = (1.0 - conf) * correct
+    b = conf * (1.0 - correct)
+    correct_mean = (a @ kernel @ a) / (m * m)
+    incorrect_mean = (b @ kernel @ b) / (n * n)
+    cross_mean = (a @ kernel @ b) / (m * n)
+    value = correct_mean / (m * m + 1e-5) + incorrect_mean / (n * n + 1e-5) - 2.0 * cross_mean / (m * n + 1e-5)
     return torch.sqrt(value.clamp_min(0.0) + 1e-10)
 
 
@@ -197,7 +229,7 @@ def ZS_PENALTY(logits: torch.Tensor, labels: torch.Tensor, zero_shot_logits: tor
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "CE": CE, "LS": LS, "FL": FL, "SMAC": SMAC, "AS": AS, "MDCA": MDCA, "DCA": DCA, "MMCE": MMCE,
-    "MBLS": MBLS, "LOGITNORM": LOGITNORM, "ZS_NORM": ZS_NORM, "ZS_PENALTY": ZS_PENALTY,
+    "MMCE_AUTHORS": MMCE_AUTHORS, "MBLS": MBLS, "LOGITNORM": LOGITNORM, "ZS_NORM": ZS_NORM, "ZS_PENALTY": ZS_PENALTY,
 }
 _TEXT_LOSSES = {"AS"}
 _ZERO_SHOT_LOSSES = {"ZS_NORM", "ZS_PENALTY"}
@@ -275,13 +307,23 @@ def get_method(name: str) -> Method:
     return METHODS[key]
 
 
+#: Loss implementations a protocol may swap in for a term's loss (``build_objective(mmce_scale=...)``).
+LOSS_VARIANTS: dict[str, dict[str, str]] = {"mmce_scale": {"formula": "MMCE", "authors": "MMCE_AUTHORS"}}
+
+
 class Objective:
     """A method with its parameters resolved: ``objective(logits, labels, text_features, zero_shot_logits)``
-    returns ``(total, parts)`` where ``parts`` maps each term's loss name to its (unweighted) value."""
+    returns ``(total, parts)`` where ``parts`` maps each term's loss name to its (unweighted) value.
 
-    def __init__(self, method: Method, params: Mapping[str, float]):
+    ``variants`` maps a term's loss name to the loss that computes it instead (e.g. ``{"MMCE":
+    "MMCE_AUTHORS"}``); the part keeps the term's name."""
+
+    def __init__(self, method: Method, params: Mapping[str, float], variants: Mapping[str, str] | None = None):
         self.method = method
         self.params = dict(params)
+        self.variants = {k: v for k, v in dict(variants or {}).items() if k != v}
+        for name in self.variants.values():
+            get_loss(name)  # ValueError for an unknown loss
 
     def _value(self, value: float | str) -> float:
         return float(self.params[value]) if isinstance(value, str) else float(value)
@@ -291,7 +333,7 @@ class Objective:
         total = logits.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         for term in self.method.terms:
-            fn = LOSSES[term.loss]
+            fn = LOSSES[self.variants.get(term.loss, term.loss)]
             kwargs = {k: self._value(v) for k, v in term.kwargs.items()}
             if term.loss in _TEXT_LOSSES:
                 if text_features is None:
@@ -306,18 +348,25 @@ class Objective:
         return total, parts
 
     def __repr__(self) -> str:
-        return f"Objective({self.method.name}, {self.params})"
+        extra = f", variants={self.variants}" if self.variants else ""
+        return f"Objective({self.method.name}, {self.params}{extra})"
 
 
 def build_objective(method: str | Method, *, backbone_family: str | None = None, task=None,
-                    **overrides: float | None) -> Objective:
+                    mmce_scale: str = "formula", **overrides: float | None) -> Objective:
     """Resolve a method's parameters: explicit ``overrides`` (e.g. ``alpha=0.05``), else, for CalibPrompt's
     alpha/beta (and LS's alpha), the task file's values for this backbone family (the paper's table),
     else the method's defaults (alpha 0.1, beta 1.0 for CalibPrompt).
 
+    ``mmce_scale``: ``"formula"`` (Kumar et al., :func:`MMCE`) or ``"authors"`` (:func:`MMCE_AUTHORS`,
+    the ``authors-code`` protocol's); it only matters to methods with an MMCE term.
+
     Raises:
         ValueError: unknown method, or a parameter the method does not take.
     """
+    scales = LOSS_VARIANTS["mmce_scale"]
+    if mmce_scale not in scales:
+        raise ValueError(f"mmce_scale must be one of {', '.join(scales)}, got {mmce_scale!r}.")
     method = method if isinstance(method, Method) else get_method(method)
     params = dict(method.params)
     if task is not None and backbone_family:
@@ -331,4 +380,4 @@ def build_objective(method: str | Method, *, backbone_family: str | None = None,
             allowed = ", ".join(params) or "none"
             raise ValueError(f"Method {method.name!r} takes no parameter {key!r} (it takes: {allowed}).")
         params[key] = float(value)
-    return Objective(method, params)
+    return Objective(method, params, variants={"MMCE": scales[mmce_scale]})

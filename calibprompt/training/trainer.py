@@ -9,22 +9,39 @@ epoch at a constant 1e-5, then a cosine schedule over the 50 epochs (stepped per
 Dassl), batch 16, 16 context vectors with random N(0, 0.02) initialisation, the last epoch kept.
 All randomness (context initialisation, batch order, view choice) comes from one generator seeded
 with ``seed``, so a run is repeatable on a given device.
+
+``TrainConfig.protocol`` picks the paper's protocol or the authors' code's
+(:mod:`calibprompt.training.protocols`): per backbone family, the compute precision (fp16/bf16 run
+the text encoder and the logits under ``torch.autocast``; the context and the loss stay fp32), the
+warm-up lr, the MMCE variant and BiomedCLIP's double embedding. Its fresh augmentation is a feature
+source: pass a callable ``views(step, indices) -> (B, D)`` (:class:`~calibprompt.training.features.FreshViews`)
+instead of a feature tensor, and each step encodes its batch anew.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from calibprompt import defaults
 from calibprompt.training.losses import Objective, build_objective
+from calibprompt.training.protocols import PRECISIONS, get_protocol
 from calibprompt.prompting.learner import PromptLearner
 
-__all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate",
+           "resolve_settings", "FeatureSource"]
+
+#: A feature source the trainer calls every step: ``views(step, indices) -> (len(indices), D)``.
+FeatureSource = Callable[[int, torch.Tensor], torch.Tensor]
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainingCancelled(Exception):
@@ -42,22 +59,28 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    warmup_lr: float | None = None  # None: the protocol's warm-up lr for the backbone family (1e-5 in the paper)
     n_ctx: int = defaults.N_CTX
     ctx_init: str | None = None
     class_specific: bool = False
     class_token_position: str = "end"
     seed: int = defaults.SEED
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {"alpha": 0.1, "beta": 1.0}
+    protocol: str = defaults.PROTOCOL  # "paper" or "authors-code" (calibprompt.training.protocols)
+    precision: str | None = None  # "fp32", "fp16", "bf16"; None: the protocol's choice for the backbone family
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.lr <= 0 or self.warmup_lr <= 0:
+        if self.lr <= 0 or (self.warmup_lr is not None and self.warmup_lr <= 0):
             raise ValueError("Learning rates must be positive.")
         if self.warmup_epochs < 0:
             raise ValueError("warmup_epochs must be >= 0.")
+        self.protocol = get_protocol(self.protocol).name  # ValueError naming the protocols
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or None for the protocol's), "
+                             f"got {self.precision!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,17 +119,39 @@ class TrainResult:
     seconds: float
     steps: int
     device: str
+    settings: dict[str, Any] = field(default_factory=dict)  # the protocol's resolved choices (resolve_settings)
 
 
-def learning_rate(epoch: int, config: TrainConfig) -> float:
-    """Learning rate of 0-based ``epoch``: ``warmup_lr`` during warm-up, then
-    ``lr * (1 + cos(pi * (epoch - warmup) / epochs)) / 2`` (Dassl's constant warm-up + cosine)."""
+def resolve_settings(config: TrainConfig, family: str | None) -> dict[str, Any]:
+    """The concrete choices of a run on a backbone family: the protocol's
+    (:meth:`~calibprompt.training.protocols.Protocol.resolve`), with an explicit ``config.precision``
+    or ``config.warmup_lr`` on top."""
+    settings = get_protocol(config.protocol).resolve(family)
+    if config.precision is not None:
+        settings["precision"] = config.precision
+    if config.warmup_lr is not None:
+        settings["warmup_lr"] = float(config.warmup_lr)
+    return settings
+
+
+def learning_rate(epoch: int, config: TrainConfig, family: str | None = None) -> float:
+    """Learning rate of 0-based ``epoch``: the warm-up lr during warm-up (``config.warmup_lr``, else the
+    protocol's for the backbone ``family``), then ``lr * (1 + cos(pi * (epoch - warmup) / epochs)) / 2``
+    (Dassl's constant warm-up + cosine)."""
     if epoch < config.warmup_epochs:
-        return config.warmup_lr
+        return resolve_settings(config, family)["warmup_lr"]
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
 
 
-def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+def _autocast(device: torch.device, precision: str):
+    """``torch.autocast`` in fp16/bf16 on the run's device; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Tensor, FeatureSource],
+                  labels: Sequence[int] | torch.Tensor,
                   config: TrainConfig | None = None, *, objective: Objective | None = None, task=None,
                   zero_shot_text: torch.Tensor | None = None,
                   on_step: Callable[[StepInfo], None] | None = None,
@@ -116,24 +161,37 @@ def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, l
     Args:
         backbone: the frozen :class:`~calibprompt.backbones.loading.Backbone` (its device is used).
         classnames: K class names, in label order.
-        features: L2-normalised image features, (N, D) or (N, V, D) with V augmented views per image.
+        features: L2-normalised image features, (N, D) or (N, V, D) with V augmented views per image;
+            or a feature source called every step, ``features(step, indices) -> (B, D)`` (fresh
+            augmentation, :class:`~calibprompt.training.features.FreshViews`).
         labels: (N,) integer labels.
         config: hyperparameters (:class:`TrainConfig`; the paper's protocol by default).
         objective: the loss; default ``build_objective(config.method, backbone_family=..., task=task,
-            **config.loss_params)`` (the paper's alpha/beta for the task and backbone family).
+            mmce_scale=<the protocol's>, **config.loss_params)`` (the paper's alpha/beta for the task
+            and backbone family).
         zero_shot_text: (K, D) zero-shot class features, needed by the ZS-Norm / ZS-penalty methods.
         on_step: called after every step with a :class:`StepInfo`.
         should_stop: polled before every step; when it returns true, :class:`TrainingCancelled` is raised.
     """
     config = config or TrainConfig()
+    settings = resolve_settings(config, backbone.family)
+    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"])  # what ran
     objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
-                                             **config.loss_params)
+                                             mmce_scale=settings["mmce_scale"], **config.loss_params)
     device = backbone.device
-    feats = features.to(device, torch.float32)
-    if feats.dim() == 2:
-        feats = feats.unsqueeze(1)
+    if device.type == "cpu" and settings["precision"] == "fp16":
+        logger.warning("Training in fp16 autocast on the CPU: this may be slow (CPUs lack fast fp16 kernels).")
     labels_t = torch.as_tensor(labels, dtype=torch.long, device=device)
-    n, n_views = feats.shape[0], feats.shape[1]
+    fresh = callable(features)  # a feature source: every step encodes its batch anew
+    if fresh:
+        n, n_views = labels_t.shape[0], 1
+        if hasattr(features, "__len__") and len(features) != n:
+            raise ValueError(f"The feature source has {len(features)} images but there are {n} labels.")
+    else:
+        feats = features.to(device, torch.float32)
+        if feats.dim() == 2:
+            feats = feats.unsqueeze(1)
+        n, n_views = feats.shape[0], feats.shape[1]
     if labels_t.shape != (n,):
         raise ValueError(f"Got {n} feature rows but {labels_t.numel()} labels.")
     if n == 0:
@@ -148,8 +206,8 @@ def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, l
 
     generator = torch.Generator().manual_seed(int(config.seed))
     learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-                            class_specific=config.class_specific,
-                            class_token_position=config.class_token_position, generator=generator)
+                            class_specific=config.class_specific, class_token_position=config.class_token_position,
+                            generator=generator, double_embedding=settings["double_embedding"])
     optimizer = torch.optim.SGD(learner.parameters(), lr=learning_rate(0, config), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scale = backbone.logit_scale
@@ -171,12 +229,18 @@ def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, l
         for step in range(steps_per_epoch):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"Stopped by request at epoch {epoch + 1}, step {step + 1}.")
-            idx = order[step * batch:(step + 1) * batch].to(device)
-            image = feats[idx, views[idx.cpu()].to(device)]
-            target = labels_t[idx]
-            text = learner.encode_text(normalize=True)
-            logits = scale * image @ text.T
-            zs_logits = scale * image @ zs_text.T if zs_text is not None else None
+            idx = order[step * batch:(step + 1) * batch]
+            target = labels_t[idx.to(device)]
+            with _autocast(device, settings["precision"]):
+                if fresh:
+                    image = features(global_step, idx).to(device, torch.float32)
+                else:
+                    image = feats[idx.to(device), views[idx].to(device)]
+                text = learner.encode_text(normalize=True)
+                logits = scale * image @ text.T
+                zs_logits = scale * image @ zs_text.T if zs_text is not None else None
+            logits, text = logits.float(), text.float()  # the loss in fp32, whatever the compute precision
+            zs_logits = zs_logits.float() if zs_logits is not None else None
             loss, parts = objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -197,4 +261,4 @@ def train_prompts(backbone, classnames: Sequence[str], features: torch.Tensor, l
         history.append(epoch_row)
     learner.eval()
     return TrainResult(learner, config, dict(objective.params), history, time.perf_counter() - start, global_step,
-                       str(device))
+                       str(device), settings)

@@ -1,0 +1,137 @@
+"""The page's look: a theme whose colours pass WCAG AA contrast, CSS that keeps the page from moving
+while it loads, and a few lines for the document head.
+
+In Gradio 6 the theme, the CSS and the head are arguments of ``launch()``::
+
+    demo.launch(**launch_kwargs(), server_name=..., ...)
+
+What each part fixes (Lighthouse, ``benchmarks/page_audit.sh``):
+
+- ``THEME`` (``color-contrast``): Gradio's default orange primary button (white on #f97316, 2.8:1), its
+  red stop button (white on #ef4444, 3.8:1) and its "subdued" grey (#bbbbc2 on white, 1.9:1: the
+  footer, the upload box's "- or -", info texts) fail AA. Here the primary colour is blue, buttons use
+  the 700 shades (white on #1d4ed8 is 6.7:1, on #b91c1c 6.5:1), and secondary text, placeholders and
+  block labels use zinc 500-600 (4.8:1 to 7.7:1 on white). System fonts instead of the two bundled
+  web fonts: no font swap moves the text once they arrive (``layout-shifts``), about 140 KiB less
+  to load.
+- ``CSS`` (``cumulative-layout-shift``, ``target-size``): Gradio draws each component once its code
+  has arrived, behind a translucent "Loading..." overlay, so the partly drawn page visibly grows and
+  moves (the header rows arrive after the tabs, the model menu slides left when the button beside it
+  arrives); the page is kept invisible while that overlay is up (the price: the page appears whole, a
+  little later than its first parts used to, so the largest contentful paint comes later; drop that
+  rule to trade the shifts back for it). The vertical scrollbar's space is
+  reserved, so the centred page doesn't jump sideways when the page grows taller than the window.
+  Icon buttons (the gallery's "Download All", the table's copy and full-screen buttons) get at least
+  24 x 24 px.
+- ``HEAD`` (``aria-prohibited-attr``, ``image-redundant-alt``): Gradio's "empty" placeholder (an empty
+  Label, Plot or Gallery) is a ``<div aria-label="Empty value">`` without a role, which ARIA forbids,
+  and a gallery thumbnail's ``alt`` repeats the caption shown in the same button (so does the footer's
+  settings icon). A small script gives those placeholders ``role="img"`` and empties the repeated
+  ``alt`` texts as Gradio adds them. Gradio's page already has ``<html lang="en">``; the head adds
+  a description and a theme colour.
+"""
+from __future__ import annotations
+
+import gradio as gr
+from gradio.themes.utils import colors
+
+__all__ = ["THEME", "CSS", "HEAD", "launch_kwargs"]
+
+SANS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial",
+        "sans-serif")
+MONO = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace")
+
+THEME = gr.themes.Default(
+    primary_hue=colors.blue, secondary_hue=colors.blue, neutral_hue=colors.zinc, font=SANS, font_mono=MONO,
+).set(
+    # white text on the buttons: blue 700 (6.7:1), its hover blue 800 (8.7:1); dark mode blue 600 (5.2:1)
+    button_primary_background_fill="*primary_700",
+    button_primary_background_fill_hover="*primary_800",
+    button_primary_border_color="*primary_700",
+    button_primary_border_color_hover="*primary_800",
+    button_primary_background_fill_dark="*primary_600",
+    button_primary_background_fill_hover_dark="*primary_700",
+    button_primary_border_color_dark="*primary_600",
+    button_primary_border_color_hover_dark="*primary_700",
+    # the stop button (Cancel): red 700 (6.5:1), its hover red 800 (8.3:1)
+    button_cancel_background_fill="#b91c1c",
+    button_cancel_background_fill_hover="#991b1b",
+    button_cancel_background_fill_dark="#b91c1c",
+    button_cancel_background_fill_hover_dark="#991b1b",
+    # accents (checked boxes, sliders, the selected tab): blue 600, 5.2:1 on white
+    color_accent="*primary_600",
+    # secondary text on white (and on the light grey of blocks and odd table rows): zinc 600 is 7.7:1,
+    # zinc 500 4.8:1; on the dark background zinc 400 is 9:1
+    body_text_color_subdued="*neutral_600",
+    body_text_color_subdued_dark="*neutral_400",
+    block_label_text_color="*neutral_600",
+    block_title_text_color="*neutral_600",
+    input_placeholder_color="*neutral_500",
+    input_placeholder_color_dark="*neutral_400",
+    link_text_color="*secondary_700",
+    link_text_color_hover="*secondary_800",
+    link_text_color_visited="*secondary_800",
+    link_text_color_active="*secondary_700",
+    link_text_color_dark="*secondary_400",
+    link_text_color_hover_dark="*secondary_300",
+    link_text_color_visited_dark="*secondary_300",
+    link_text_color_active_dark="*secondary_400",
+)
+
+CSS = """
+/* The vertical scrollbar takes its space from the start: when the page grows taller than the window,
+   the centred page doesn't jump sideways (a shift of the whole page). */
+html { scrollbar-gutter: stable; }
+
+/* While Gradio's full-page "Loading..." overlay is up, components appear one after another under it
+   and push each other around; keep that partly drawn page invisible (invisible boxes don't count as
+   layout shifts) and show it whole once the overlay goes. */
+.gradio-container > .main:has(> .wrap > p.loading) > .wrap:has(> main.contain) { visibility: hidden; }
+
+/* The footer's icons get their height before they load (the API icon has only a width). */
+footer .show-api img { height: var(--size-3); }
+footer .built-with img, footer .settings img, footer .record img, footer .run-history img {
+    height: var(--size-4);
+}
+
+/* Touch targets of at least 24 x 24 px (WCAG 2.2, 2.5.8): Gradio's icon buttons are 18 px. */
+button.icon-button { min-width: 24px; min-height: 24px; justify-content: center; }
+"""
+
+# Gives Gradio's empty placeholders (div.empty, aria-label="Empty value" but no role) role="img", and
+# empties an <img>'s alt when the button or link around it already shows the same text (gallery
+# captions, the footer's "Settings"). Runs on what Gradio adds later, too; never touches anything else.
+A11Y_SCRIPT = """<script>
+(() => {
+  const fix = (root) => {
+    if (!root.querySelectorAll) return;
+    for (const el of root.querySelectorAll("div.empty[aria-label]:not([role])")) el.setAttribute("role", "img");
+    for (const img of root.querySelectorAll("button img[alt], a img[alt]")) {
+      const around = img.closest("button, a");
+      const alt = img.getAttribute("alt").trim();
+      if (alt && around && around.textContent.includes(alt)) img.setAttribute("alt", "");
+    }
+  };
+  const start = () => {
+    fix(document);
+    new MutationObserver((changes) => {
+      for (const {target} of changes) {
+        const el = target.nodeType === 1 ? target : target.parentElement;
+        if (el) fix(el.closest("button, a") || el.parentElement || el);
+      }
+    }).observe(document.body, {subtree: true, childList: true, characterData: true,
+                               attributes: true, attributeFilter: ["alt", "aria-label"]});
+  };
+  if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
+})();
+</script>"""
+
+HEAD = """<meta name="description" content="CalibPrompt: can I trust this medical vision-language model's confidence? \
+Compare zero-shot, CoOp and CalibPrompt prompts, tune them on a few images and inspect their calibration.">
+<meta name="theme-color" content="#1d4ed8">
+""" + A11Y_SCRIPT
+
+
+def launch_kwargs() -> dict:
+    """The look as ``launch()`` arguments: ``demo.launch(**launch_kwargs(), ...)``."""
+    return {"theme": THEME, "css": CSS, "head": HEAD}

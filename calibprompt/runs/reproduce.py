@@ -1,0 +1,513 @@
+"""Reproduce the paper's table: every (backbone, dataset, method, seed) cell, resumably, against the
+published numbers.
+
+:func:`plan_cells` lists the cells of a suite and what each needs: ``missing-data`` (no dataset in
+``$CALIBPROMPT_HOME/datasets/<task>``), ``done`` (a finished run with the same settings is in the run
+store: it is reused) or ``todo``. :func:`reproduce` runs the todo cells (prompt tuning through
+:func:`calibprompt.runs.jobs.run_train_job`, zero-shot through
+:func:`calibprompt.runs.jobs.evaluate_zero_shot`, recorded as an ``evaluate`` run), then reduces them
+to a table: per (backbone, dataset, method) our mean and standard deviation over seeds of ECE and
+accuracy, the paper's values, the difference and whether it lies within a tolerance. An interrupted
+reproduction resumes where it stopped: every finished cell is in the store. A training cell matches
+a stored run with every setting of its :class:`~calibprompt.runs.jobs.TrainJob` equal (model, dataset,
+method, seed, shots, epochs, protocol, bins, loss parameters, ...; not the device), so runs made with
+``calibprompt train`` or the app count too. Zero-shot cells do not depend on the training protocol:
+both protocols share them (and ``calibprompt evaluate``'s zero-shot runs of the same split).
+
+The published values are package data (``paper_results.json`` next to this module), each with its
+source. All ECE and accuracy values in this module are in percent.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from calibprompt import defaults
+from calibprompt.data.layouts import few_shot_split
+from calibprompt.data.sources import get_registered_dataset
+from calibprompt.paths import datasets_dir
+from calibprompt.runs.compare import ZERO_SHOT, parse_methods
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, open_dataset, run_train_job
+from calibprompt.runs.store import RunRecord, RunStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PAPER_PAIRS", "DEMO_PAIRS", "SUITES", "PROTOCOLS", "DEFAULT_METHODS", "DEFAULT_SEEDS", "DEFAULT_TOLERANCE",
+    "CELL_STATUSES", "PAPER_RESULTS_FILE", "Cell", "Reproduction", "paper_results", "paper_value", "parse_seeds",
+    "dataset_available", "plan_cells", "reproduce", "build_table", "within_tolerance", "table_markdown",
+    "table_csv",
+]
+
+#: The paper's (backbone, dataset) pairs, as registry backbone names and task names.
+PAPER_PAIRS: tuple[tuple[str, str], ...] = (
+    ("medclip", "covid"), ("medclip", "rsna18"),
+    ("biomedclip", "covid"), ("biomedclip", "rsna18"),
+    ("plip", "kather"), ("plip", "pannuke"), ("plip", "digestpath"),
+    ("quiltnet-b32", "kather"), ("quiltnet-b32", "pannuke"), ("quiltnet-b32", "digestpath"),
+)
+#: The offline suite: the bundled demo backbone on the two demo tasks (generated on first use).
+DEMO_PAIRS: tuple[tuple[str, str], ...] = (("demo", "demo"), ("demo", "demo-binary"))
+SUITES: dict[str, tuple[tuple[str, str], ...]] = {"paper": PAPER_PAIRS, "demo": DEMO_PAIRS}
+#: ``paper``: the protocol the paper describes; ``authors-code``: the authors' published code's
+#: (:mod:`calibprompt.training.protocols`).
+try:
+    from calibprompt.training.protocols import list_protocols as _list_protocols
+except ImportError:  # a version without protocol variants
+    PROTOCOLS: tuple[str, ...] = ("paper", "authors-code")
+else:
+    PROTOCOLS = tuple(_list_protocols())
+DEFAULT_METHODS = (ZERO_SHOT, "coop", "calibprompt")
+DEFAULT_SEEDS = (1, 2, 3)
+DEFAULT_TOLERANCE = 1.5  #: ECE points (percent) within which our mean counts as matching the paper
+DEFAULT_N_BOOT = 200  #: bootstrap resamples of each stored evaluation (the table does not use them)
+#: ``missing-data``: no dataset; ``done``: a finished run is in the store; ``todo``: to run;
+#: ``unavailable``: the backbone's weights could not be loaded (set by :func:`reproduce` only).
+CELL_STATUSES = ("missing-data", "done", "todo", "unavailable")
+PAPER_RESULTS_FILE = Path(__file__).resolve().parent / "paper_results.json"
+ZERO_SHOT_HEAD = "zero-shot"  # the ``head`` param of zero-shot evaluate runs (as ``calibprompt evaluate``)
+
+
+# ------------------------------------------------------------------------------------- paper values
+
+@lru_cache(maxsize=1)
+def _paper_file() -> dict[str, Any]:
+    return json.loads(PAPER_RESULTS_FILE.read_text(encoding="utf-8"))
+
+
+def paper_results() -> list[dict[str, Any]]:
+    """The published values: ``{"backbone", "dataset", "method", "ece", ["accuracy"], "sources", ...}``
+    (percent), one per (backbone, dataset, method) a source reports; ``sources`` name entries of
+    :func:`paper_sources`."""
+    return [dict(entry) for entry in _paper_file()["results"]]
+
+
+def paper_sources() -> dict[str, str]:
+    """Where each published value comes from: source key -> description."""
+    return dict(_paper_file()["sources"])
+
+
+def paper_value(backbone: str, dataset: str, method: str) -> dict[str, Any] | None:
+    """The published entry for one (backbone, dataset, method), or None when no source gives one."""
+    for entry in _paper_file()["results"]:
+        if (entry["backbone"], entry["dataset"], entry["method"]) == (backbone, dataset, method):
+            return dict(entry)
+    return None
+
+
+# ------------------------------------------------------------------------------------------- cells
+
+@dataclass
+class Cell:
+    """One (backbone, dataset, method, seed) of a suite. ``epochs`` is None for zero-shot; ``paper_*``,
+    ``ece`` and ``accuracy`` are percent (``ece``/``accuracy``: ours, once the cell is done)."""
+
+    backbone: str
+    dataset: str
+    method: str
+    seed: int
+    protocol: str
+    shots: int
+    epochs: int | None
+    n_bins: int
+    status: str
+    paper_ece: float | None = None
+    paper_accuracy: float | None = None
+    paper_sources: tuple[str, ...] = ()
+    run_id: str | None = None
+    ece: float | None = None
+    accuracy: float | None = None
+    error: str | None = None
+
+    @property
+    def zero_shot(self) -> bool:
+        return self.method == ZERO_SHOT
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["paper_sources"] = list(self.paper_sources)
+        return out
+
+
+def parse_seeds(text: str | Iterable[int]) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (duplicates dropped); ValueError in plain words otherwise."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    seeds: list[int] = []
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                continue
+            try:
+                item = int(item.strip())
+            except ValueError:
+                raise ValueError(f"Seeds are comma-separated whole numbers, e.g. 1,2,3; got {text!r}.") from None
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"Seeds are whole numbers, e.g. 1,2,3; got {item!r}.")
+        if item not in seeds:
+            seeds.append(item)
+    if not seeds:
+        raise ValueError("Give at least one seed, e.g. --seeds 1,2,3.")
+    return seeds
+
+
+def dataset_available(name: str) -> bool:
+    """Whether a suite's dataset can be opened: a registered dataset (the demo's, generated on use) or
+    a folder ``$CALIBPROMPT_HOME/datasets/<name>``."""
+    return get_registered_dataset(name) is not None or (datasets_dir() / name).exists()
+
+
+def _protocol_supported() -> bool:
+    return "protocol" in TrainJob.__dataclass_fields__
+
+
+def _check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
+    return protocol
+
+
+def _suite_pairs(suite: str, model: str | None) -> list[tuple[str, str]]:
+    if suite not in SUITES:
+        raise ValueError(f"Unknown suite {suite!r}; choose one of: {', '.join(SUITES)}.")
+    pairs = list(SUITES[suite])
+    if model is not None:
+        backbones = list(dict.fromkeys(b for b, _ in pairs))
+        if model not in backbones:
+            raise ValueError(f"The {suite} suite has no backbone {model!r}; its backbones: {', '.join(backbones)}.")
+        pairs = [p for p in pairs if p[0] == model]
+    return pairs
+
+
+def _train_job(cell: Cell, device: str = "auto") -> TrainJob:
+    kwargs: dict[str, Any] = {}
+    if _protocol_supported():
+        kwargs["protocol"] = cell.protocol
+    return TrainJob(model=cell.backbone, dataset=cell.dataset, shots=cell.shots, seed=cell.seed, method=cell.method,
+                    epochs=cell.epochs, device=device, n_bins=cell.n_bins, **kwargs)
+
+
+def _field_default(name: str) -> Any:
+    f = TrainJob.__dataclass_fields__.get(name)
+    if f is None:
+        return "paper" if name == "protocol" else None
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+_IGNORED_PARAMS = ("device", "owner")  # where and for whom a run ran does not change its result
+
+
+def _same_training(record: RunRecord, wanted: Mapping[str, Any]) -> bool:
+    """Whether a done training run used every setting of ``wanted`` (a job's params); a setting the run
+    did not record (an older version) counts as that setting's default."""
+    params = record.params or {}
+    return all(params.get(key, _field_default(key)) == value
+               for key, value in wanted.items() if key not in _IGNORED_PARAMS)
+
+
+def _same_zero_shot(record: RunRecord, cell: Cell) -> bool:
+    params, metrics = record.params or {}, record.metrics or {}
+    return (params.get("head") == ZERO_SHOT_HEAD and params.get("model") == cell.backbone
+            and params.get("dataset") == cell.dataset and params.get("task", cell.dataset) == cell.dataset
+            and params.get("shots") == cell.shots and params.get("seed") == cell.seed
+            and metrics.get("n_bins") == cell.n_bins)
+
+
+def _set_done(cell: Cell, record: RunRecord) -> None:
+    cell.status, cell.run_id = "done", record.id
+    cell.ece = 100.0 * float(record.metrics["ece"])
+    cell.accuracy = 100.0 * float(record.metrics["accuracy"])
+
+
+def _find_run(cell: Cell, train_runs: Sequence[RunRecord], eval_runs: Sequence[RunRecord]) -> RunRecord | None:
+    """The newest done run that is this cell (the lists are newest first)."""
+    if cell.zero_shot:
+        return next((r for r in eval_runs if r.metrics and _same_zero_shot(r, cell)), None)
+    wanted = _train_job(cell).to_params()
+    wanted.setdefault("protocol", cell.protocol)  # a TrainJob without the field: only paper-protocol runs match
+    return next((r for r in train_runs if r.metrics and _same_training(r, wanted)), None)
+
+
+def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
+               seeds: str | Sequence[int] = DEFAULT_SEEDS, protocol: str = "paper", *,
+               shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
+               model: str | None = None, store: RunStore | None = None) -> list[Cell]:
+    """Every cell of ``suite`` (pairs in the suite's order, then methods, then seeds) with the paper's
+    values and its status. ``model`` restricts the suite to one backbone. Nothing is run; the run store
+    is only read. ValueError for an unknown suite, protocol, method or backbone, or a bad setting."""
+    _check_protocol(protocol)
+    methods = parse_methods(methods)
+    seeds = parse_seeds(seeds)
+    pairs = _suite_pairs(suite, model)
+    store = store or RunStore()
+    done = store.list_runs(status="done")
+    train_runs = [r for r in done if r.kind == "train"]
+    eval_runs = [r for r in done if r.kind == "evaluate"]
+    cells: list[Cell] = []
+    for backbone, dataset in pairs:
+        available = dataset_available(dataset)
+        for method in methods:
+            paper = paper_value(backbone, dataset, method) or {}
+            for seed in seeds:
+                cell = Cell(backbone=backbone, dataset=dataset, method=method, seed=seed, protocol=protocol,
+                            shots=int(shots), epochs=None if method == ZERO_SHOT else int(epochs),
+                            n_bins=int(n_bins), status="todo", paper_ece=paper.get("ece"),
+                            paper_accuracy=paper.get("accuracy"), paper_sources=tuple(paper.get("sources", ())))
+                if method != ZERO_SHOT:
+                    _train_job(cell)  # ValueError for out-of-range shots, epochs, seed or bins
+                if not available:
+                    cell.status = "missing-data"
+                else:
+                    record = _find_run(cell, train_runs, eval_runs)
+                    if record is not None:
+                        _set_done(cell, record)
+                cells.append(cell)
+    return cells
+
+
+# ------------------------------------------------------------------------------------------- table
+
+def within_tolerance(ours: float | None, paper: float | None, tolerance: float = DEFAULT_TOLERANCE) -> bool | None:
+    """Whether ``|ours - paper| <= tolerance`` (same units; a difference equal to the tolerance is
+    within); None when either value is missing."""
+    if ours is None or paper is None:
+        return None
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"The tolerance must be a finite number of at least 0; got {tolerance!r}.")
+    return abs(float(ours) - float(paper)) <= float(tolerance) + 1e-9
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def build_table(cells: Sequence[Cell], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
+    """One row per (backbone, dataset, method), in the cells' order: ``seeds`` (with a result),
+    ``ece_mean``/``ece_std``/``accuracy_mean``/``accuracy_std`` (ours, percent, None without a result),
+    ``paper_ece``, ``paper_accuracy``, ``ece_diff``/``accuracy_diff`` (ours - paper), ``within`` (the
+    ECE difference within ``tolerance`` points; None when either side is missing), ``status``
+    (``done``, ``partial``: some seeds lack a result, or the cells' common status), ``run_ids``."""
+    within_tolerance(0.0, 0.0, tolerance)  # validates the tolerance
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.backbone, cell.dataset, cell.method), []).append(cell)
+    table = []
+    for (backbone, dataset, method), group in groups.items():
+        finished = [c for c in group if c.ece is not None]
+        ece_mean, ece_std = _mean_std([c.ece for c in finished])
+        acc_mean, acc_std = _mean_std([c.accuracy for c in finished])
+        statuses = {c.status for c in group}
+        status = ("done" if len(finished) == len(group) else "partial" if finished
+                  else statuses.pop() if len(statuses) == 1 else "partial")
+        paper_ece, paper_acc = group[0].paper_ece, group[0].paper_accuracy
+        table.append({
+            "backbone": backbone, "dataset": dataset, "method": method, "protocol": group[0].protocol,
+            "seeds": [c.seed for c in finished], "ece_mean": ece_mean, "ece_std": ece_std,
+            "accuracy_mean": acc_mean, "accuracy_std": acc_std, "paper_ece": paper_ece, "paper_accuracy": paper_acc,
+            "ece_diff": None if ece_mean is None or paper_ece is None else ece_mean - paper_ece,
+            "accuracy_diff": None if acc_mean is None or paper_acc is None else acc_mean - paper_acc,
+            "within": within_tolerance(ece_mean, paper_ece, tolerance), "tolerance": float(tolerance),
+            "status": status, "run_ids": [c.run_id for c in finished],
+            "paper_sources": list(group[0].paper_sources),
+        })
+    return table
+
+
+def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "-" if mean is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _within_text(within: bool | None) -> str:
+    return "-" if within is None else ("yes" if within else "no")
+
+
+def table_markdown(table: Sequence[Mapping[str, Any]], tolerance: float | None = None) -> str:
+    """The table as GitHub markdown (ECE and accuracy in %, mean ± std over seeds)."""
+    tol = tolerance if tolerance is not None else (table[0]["tolerance"] if table else DEFAULT_TOLERANCE)
+    head = ["Backbone", "Dataset", "Method", "Seeds", "Acc (%)", "ECE (%)", "Paper ECE", "Δ ECE", "Paper Acc",
+            f"Within ±{tol:g}", "Status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * 3 + [":-:"] * (len(head) - 3)) + "|"]
+    for row in table:
+        cells = [row["backbone"], row["dataset"], row["method"], ",".join(map(str, row["seeds"])) or "-",
+                 _pm(row["accuracy_mean"], row["accuracy_std"]), _pm(row["ece_mean"], row["ece_std"]),
+                 _num(row["paper_ece"]), _num(row["ece_diff"], signed=True), _num(row["paper_accuracy"]),
+                 _within_text(row["within"]), row["status"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ("backbone", "dataset", "method", "protocol", "seeds", "accuracy_mean", "accuracy_std", "ece_mean",
+               "ece_std", "paper_ece", "paper_accuracy", "ece_diff", "accuracy_diff", "within", "tolerance", "status",
+               "run_ids", "paper_sources")
+
+
+def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
+    """The table as CSV text (lists joined with ``;``, missing values empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        out = {}
+        for key in CSV_COLUMNS:
+            value = row.get(key)
+            if isinstance(value, (list, tuple)):
+                value = ";".join(str(v) for v in value)
+            elif isinstance(value, float):
+                value = f"{value:.4f}"
+            out[key] = "" if value is None else value
+        writer.writerow(out)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------- reproduce
+
+@dataclass
+class Reproduction:
+    """What :func:`reproduce` did: the settings, every cell (with its final status) and the table."""
+
+    suite: str
+    protocol: str
+    methods: list[str]
+    seeds: list[int]
+    shots: int
+    epochs: int
+    tolerance: float
+    cells: list[Cell]
+    table: list[dict[str, Any]] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)  # run ids created by this call
+
+    @property
+    def missing_data(self) -> list[str]:
+        """The datasets (task names) without data, in suite order."""
+        return list(dict.fromkeys(c.dataset for c in self.cells if c.status == "missing-data"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "protocol": self.protocol, "methods": list(self.methods),
+                "seeds": list(self.seeds), "shots": self.shots, "epochs": self.epochs, "tolerance": self.tolerance,
+                "missing_data": self.missing_data, "missing_data_dirs": [str(datasets_dir() / d) for d in self.missing_data],
+                "ran": list(self.ran), "cells": [c.to_dict() for c in self.cells], "table": list(self.table),
+                "paper_sources": paper_sources()}
+
+    def markdown(self) -> str:
+        return table_markdown(self.table, self.tolerance)
+
+    def csv(self) -> str:
+        return table_csv(self.table)
+
+
+def _emit(progress: Callable[[dict[str, Any]], None] | None, event: str, cell: Cell, index: int, total: int,
+          todo: int, **extra: Any) -> None:
+    if progress is not None:
+        progress({"event": event, "cell": cell, "index": index, "total": total, "todo": todo, **extra})
+
+
+def _zero_shot_cell(cell: Cell, backbone, task, dataset, cache, store: RunStore, n_boot: int) -> RunRecord:
+    _, test = few_shot_split(dataset, cell.shots, cell.seed)
+    params = {"model": cell.backbone, "dataset": cell.dataset, "task": task.name, "head": ZERO_SHOT_HEAD,
+              "shots": cell.shots, "seed": cell.seed, "n_bins": cell.n_bins, "method": ZERO_SHOT,
+              "source": "reproduce"}
+    run_id = store.create_run("evaluate", params, slug=f"zeroshot-s{cell.seed}")
+    store.start_run(run_id, str(backbone.device))
+    try:
+        evaluation = evaluate_zero_shot(backbone, task, test, cache, n_bins=cell.n_bins, n_boot=n_boot)
+        store.finish_run(run_id, {**evaluation.report, "test_images": len(test), "task": task.name}, None,
+                         evaluation.rows)
+    except BaseException as exc:
+        if store.get_run(run_id).status in ("queued", "running"):
+            store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return store.get_run(run_id)
+
+
+def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
+              seeds: str | Sequence[int] = DEFAULT_SEEDS, protocol: str = "paper", *,
+              shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
+              model: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str = "auto",
+              n_boot: int = DEFAULT_N_BOOT, store: RunStore | None = None, dry_run: bool = False,
+              progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None
+              ) -> Reproduction:
+    """Run every todo cell of ``suite`` (see :func:`plan_cells`), reuse the done ones, and build the
+    table (:func:`build_table`). With ``dry_run`` nothing runs: the cells keep their planned status.
+
+    ``progress`` gets dicts ``{"event", "cell", "index", "total", "todo"}`` (``todo``: the cells to
+    run, fixed for the call), one per cell, with event ``reused``
+    (done before), ``missing-data``, ``start`` then ``done`` (run now; also ``"run_id"``), or
+    ``unavailable`` (the backbone could not be loaded; also ``"error"``). ``on_step`` is passed to
+    the training of each cell. A failed training run raises (its failure is recorded in the store);
+    running again resumes after the last finished cell."""
+    from calibprompt.backbones import BackboneUnavailableError, load_backbone
+    from calibprompt.training.features import FeatureCache
+
+    within_tolerance(0.0, 0.0, tolerance)
+    store = store or RunStore()
+    cells = plan_cells(suite, methods, seeds, protocol, shots=shots, epochs=epochs, n_bins=n_bins, model=model,
+                       store=store)
+    result = Reproduction(suite=suite, protocol=protocol, methods=parse_methods(methods), seeds=parse_seeds(seeds),
+                          shots=int(shots), epochs=int(epochs), tolerance=float(tolerance), cells=cells)
+    todo_training = [c for c in cells if c.status == "todo" and not c.zero_shot]
+    if not dry_run and protocol != "paper" and todo_training and not _protocol_supported():
+        raise ValueError(f"This version trains with the paper's protocol only; --protocol {protocol} is not available.")
+    total, todo = len(cells), sum(c.status == "todo" for c in cells)
+    loaded: dict[str, Any] = {}  # backbone name -> Backbone, or the BackboneUnavailableError text
+    opened: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # (backbone, dataset) -> task, dataset, cache
+    for index, cell in enumerate(cells):
+        if cell.status == "done":
+            _emit(progress, "reused", cell, index, total, todo, run_id=cell.run_id)
+            continue
+        if cell.status == "missing-data":
+            _emit(progress, "missing-data", cell, index, total, todo)
+            continue
+        if dry_run:
+            continue
+        if cell.backbone not in loaded:
+            for name in [n for n in loaded if not isinstance(loaded[n], str)]:
+                del loaded[name]  # one backbone in memory at a time (cells are grouped by backbone)
+                opened = {k: v for k, v in opened.items() if k[0] != name}
+            try:
+                loaded[cell.backbone] = load_backbone(cell.backbone, device=device)
+            except BackboneUnavailableError as exc:
+                loaded[cell.backbone] = str(exc)
+        backbone = loaded[cell.backbone]
+        if isinstance(backbone, str):
+            cell.status, cell.error = "unavailable", backbone
+            _emit(progress, "unavailable", cell, index, total, todo, error=backbone)
+            continue
+        _emit(progress, "start", cell, index, total, todo)
+        if cell.zero_shot:
+            key = (cell.backbone, cell.dataset)
+            if key not in opened:
+                task_obj, ds = open_dataset(cell.dataset)
+                opened[key] = (task_obj, ds, FeatureCache(backbone))
+            task_obj, ds, cache = opened[key]
+            record = _zero_shot_cell(cell, backbone, task_obj, ds, cache, store, n_boot)
+        else:
+            record = run_train_job(_train_job(cell, str(backbone.device)), store, backbone=backbone, on_step=on_step,
+                                   n_boot=n_boot)
+            if record.status != "done":
+                raise RuntimeError(f"Run {record.id} ({cell.backbone} {cell.dataset} {cell.method} seed {cell.seed}) "
+                                   f"ended {record.status}: {record.error}")
+        _set_done(cell, record)
+        result.ran.append(record.id)
+        _emit(progress, "done", cell, index, total, todo, run_id=record.id)
+    result.table = build_table(cells, tolerance)
+    return result
