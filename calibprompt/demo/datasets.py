@@ -83,7 +83,7 @@ def _check_params(task: str, train_per_class: int, test_per_class: int, shift: f
 
 
 def _new_partial_folder(out: Path) -> Path:
-    """A new hidden ``.{name}.partial-XXXXXXXX`` sibling of ``out``, with the usual permissions (umask), not
+    """A new hidden ``.{name}.partial-<8 hex digits>`` sibling of ``out``, with the usual permissions (umask), not
     the owner-only ones of :func:`tempfile.mkdtemp`, since it becomes the dataset folder."""
     while True:
         tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"

@@ -365,7 +365,8 @@ def cross_fitted_sets(probs: Any, labels: Any, alpha: float = 0.1, score: str = 
         alpha, score, **kwargs: as for :class:`ConformalClassifier`.
 
     Returns:
-        ``{"alpha", "score", "coverage", "mean_set_size", "folds"}`` where ``folds`` lists, for each
+        ``{"alpha", "score", "coverage", "mean_set_size", "sets", "folds"}`` where ``sets`` is the
+        ``(N, K)`` bool array of every sample's cross-fitted set and ``folds`` lists, for each
         direction, ``{"fit", "measure", "n_fit", "n_measure", "quantile", "coverage",
         "mean_set_size"}`` (``quantile`` a float or a list of K floats).
 
@@ -384,10 +385,12 @@ def cross_fitted_sets(probs: Any, labels: Any, alpha: float = 0.1, score: str = 
             f"{halves['even'].size} and {halves['odd'].size}. Use more labelled images or a larger alpha."
         )
     folds = []
+    all_sets = np.zeros(p.shape, dtype=bool)
     for fit, measure in (("even", "odd"), ("odd", "even")):
         a, b = halves[fit], halves[measure]
         cc = ConformalClassifier(alpha=alpha, score=score, **kwargs).fit(p[a], y[a])
         sets = cc.predict_sets(p[b])
+        all_sets[b] = sets
         q = cc.quantile_
         folds.append({
             "fit": fit, "measure": measure, "n_fit": int(a.size), "n_measure": int(b.size),
@@ -398,5 +401,6 @@ def cross_fitted_sets(probs: Any, labels: Any, alpha: float = 0.1, score: str = 
         "alpha": float(alpha), "score": cc.score,
         "coverage": float(np.mean([f["coverage"] for f in folds])),
         "mean_set_size": float(np.mean([f["mean_set_size"] for f in folds])),
+        "sets": all_sets,
         "folds": folds,
     }

@@ -266,13 +266,17 @@ class Core:
     def compare_api(self, image: Any, task: str | None = None) -> dict[str, dict[str, float]]:
         """Stateless: ``{method: {class: probability}}`` for one image on the app's default model and
         ``task`` (default: the app's default task), for the zero-shot, CoOp and CalibPrompt heads."""
+        state, available = self._api_session(image, task)
+        return self.compare(state, [image], available)[0].probs
+
+    def _api_session(self, image: Any, task: str | None) -> tuple[SessionState, list[str]]:
+        """A throwaway session for a stateless endpoint, and the default methods its task has."""
         if image is None:
             raise ValueError("Send an image (PNG, JPEG, TIFF or DICOM).")
         state = self.new_session()
         if task:
             state = self.set_task(state, task)
-        available = [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)]
-        return self.compare(state, [image], available)[0].probs
+        return state, [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)]
 
     # -- refer or answer ------------------------------------------------------------------------
     def calibration_source(self, state: SessionState) -> str | None:
@@ -357,12 +361,7 @@ class Core:
 
     def assess_api(self, image: Any, task: str | None = None) -> dict[str, Any]:
         """Stateless ``/assess``: advice for one image on the default model and ``task``."""
-        if image is None:
-            raise ValueError("Send an image (PNG, JPEG, TIFF or DICOM).")
-        state = self.new_session()
-        if task:
-            state = self.set_task(state, task)
-        available = [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)]
+        state, available = self._api_session(image, task)
         result = self.assess(state, [image], available)
         first = result["images"][0]
         return {"task": state.task_label,
@@ -502,7 +501,7 @@ class Core:
         paths = [str(p) for p in images.paths]
         ev = EvaluationSet(dataset, Path(images.root), task, paths, [_relative(Path(p), Path(images.root)) for p in paths],
                            np.asarray(images.labels), excluded)
-        stamp = file_digest(*paths) if len(paths) <= 20000 else str(len(paths))
+        stamp = file_digest(*paths)
         feats = self.evaluations.get_or_compute(("features", loaded.backbone.fingerprint, stamp),
                                                 lambda: loaded.features.plain(paths))
         ev.features = feats
@@ -592,23 +591,14 @@ class Core:
 
     @staticmethod
     def cross_fitted_sets(ev: EvaluationSet, alpha: float = defaults.ALPHA) -> dict[str, np.ndarray] | None:
-        """Each head's prediction sets (N, K) on the evaluation images, cross-fitted: sets of the odd-indexed
-        images from a conformal classifier fitted on the even-indexed ones, and the other way round.
-        None when there are too few images for ``alpha``."""
-        from calibprompt.evaluation.conformal import ConformalClassifier
+        """Each head's prediction sets (N, K) on the evaluation images, cross-fitted (even/odd halves, see
+        :func:`calibprompt.evaluation.conformal.cross_fitted_sets`); None when there are too few images."""
+        from calibprompt.evaluation.conformal import cross_fitted_sets
 
-        idx = np.arange(len(ev.labels))
-        halves = (idx % 2 == 0, idx % 2 == 1)
-        out = {}
-        for head, probs in ev.probs.items():
-            sets = np.zeros(probs.shape, dtype=bool)
-            try:
-                for fit, apply in (halves, halves[::-1]):
-                    sets[apply] = ConformalClassifier(alpha=alpha).fit(probs[fit], ev.labels[fit]).predict_sets(probs[apply])
-            except ValueError:
-                return None
-            out[head] = sets
-        return out
+        try:
+            return {head: cross_fitted_sets(probs, ev.labels, alpha)["sets"] for head, probs in ev.probs.items()}
+        except ValueError:
+            return None
 
     # -- review -------------------------------------------------------------------------------
     def review_cases(self, state: SessionState, dataset: str, heads: Sequence[str] = (), *,
