@@ -42,7 +42,9 @@ def upload_dir() -> Path:
 
 def build_demo(core) -> gr.Blocks:
     """The interface over a shared :class:`Core`; every user gets a session state of their own."""
-    os.environ["GRADIO_TEMP_DIR"] = str(upload_dir())  # read when components are made: set it first
+    # Gradio reads its upload folder from the process environment; the app's entry point sets it to the data
+    # directory's (calibprompt.app.launch); a second app in the same process keeps the first one's.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(upload_dir()))
     start = core.new_session()
     with gr.Blocks(title="CalibPrompt", delete_cache=(3600, 24 * 3600)) as demo:
         state = gr.State(None)

@@ -61,13 +61,14 @@ def main(argv=None) -> None:
         os.environ["CALIBPROMPT_HOME"] = str(Path(args.data_dir).expanduser().resolve())
 
     import calibprompt.demo
-    from calibprompt.app import build_demo
+    from calibprompt.app import build_demo, upload_dir
     from calibprompt.app.theme import launch_kwargs
     from calibprompt.paths import SAMPLE_IMAGES_DIR
     from calibprompt.service.core import Core
     from calibprompt.service.startup import choose_backbone
 
     calibprompt.demo.register()
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_dir())  # uploads live in the data directory, not in /tmp
     backbone, banner = choose_backbone(args.model)
     demo = build_demo(Core(backbone, banner))
     if auth is None and args.host not in ("127.0.0.1", "localhost") or args.share and auth is None:
