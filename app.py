@@ -4,10 +4,21 @@
                   [--auth USER:PASSWORD ...]
 
 The entry point only; the interface lives in :mod:`calibprompt.app` (one module per tab) over the
-shared core :class:`calibprompt.service.core.Core`.
+shared core :class:`calibprompt.service.core.Core`. ``build_demo`` is re-exported for tests and
+Spaces, and imported (with Gradio) on first access, so ``--help`` and argument errors answer at once.
 """
-from calibprompt.app import build_demo  # noqa: F401  (re-exported for tests and Spaces)
+from typing import Any
+
 from calibprompt.app.launch import main
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_demo":
+        from calibprompt.app import build_demo
+
+        return build_demo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ Target: ratio <= 1.2.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -30,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from calibprompt import Engine, PromptLearner, load_backbone, load_task  # noqa: E402
+from calibprompt.fileio import atomic_write_json  # noqa: E402
 
 
 def _images(n: int, size: int = 256, seed: int = 0) -> list[Image.Image]:
@@ -106,8 +106,7 @@ def main(argv=None) -> int:
     print(f"zero-shot alone {zs_s:.3f} s; zero-shot + CoOp + CalibPrompt {three_s:.3f} s; "
           f"ratio {result['ratio']:.3f} (target <= 1.2); one image pass per head would be {result['naive_ratio']:.2f}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -21,7 +21,6 @@ classes and the two accuracies can be compared.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from calibprompt.data import load_image  # noqa: E402
+from calibprompt.fileio import atomic_write_json  # noqa: E402
 from calibprompt.training.features import FeatureCache, train_transform  # noqa: E402
 from calibprompt.training.losses import build_objective  # noqa: E402
 from calibprompt.backbones import BACKBONES, load_backbone  # noqa: E402
@@ -57,8 +57,10 @@ def make_images(folder: Path, classes: int, per_class: int, size: int, seed: int
     return paths, labels
 
 
-def reference_training(backbone, classnames, paths, labels, config: TrainConfig) -> PromptLearner:
-    """CoOp's loop: decode, augment and encode every batch; prompts at full context length."""
+def reference_training(backbone, classnames, paths, labels, config: TrainConfig,
+                       max_steps: int | None = None) -> PromptLearner:
+    """CoOp's loop: decode, augment and encode every batch; prompts at full context length (stopped
+    after ``max_steps`` steps when given, to time a few of them)."""
     objective = build_objective(config.method, backbone_family=backbone.family)
     generator = torch.Generator().manual_seed(config.seed)
     learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, generator=generator, trim=False)
@@ -72,6 +74,8 @@ def reference_training(backbone, classnames, paths, labels, config: TrainConfig)
             group["lr"] = learning_rate(epoch, config)
         order = torch.randperm(n, generator=generator)
         for step in range(n // batch):
+            if max_steps is not None and epoch * (n // batch) + step >= max_steps:
+                return learner
             idx = order[step * batch:(step + 1) * batch]
             pixels = torch.stack([augment(load_image(paths[i])) for i in idx])
             image = backbone.encode_pixels(pixels, normalize=True).to(backbone.device)
@@ -152,8 +156,7 @@ def main(argv=None) -> int:
     print(f"  speedup {result['speedup']:.1f}x (target >= 10); counting the feature cache fill: "
           f"{result['cold_speedup']:.1f}x")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

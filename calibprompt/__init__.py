@@ -11,103 +11,163 @@ The flat public API::
     engine.add_prompt("calibprompt", "runs/calibprompt-seed1.json")
     out = engine.predict([image])                        # {head: Prediction(probs, logits)}
     cp.calibration_report(out["zero-shot"].probs, labels)
+
+Importing the package is cheap: it imports none of its submodules (nor torch, Gradio or the demo
+world). Each public name is looked up in :data:`_EXPORTS` and imported from its submodule on first
+access (PEP 562), so ``cp.Engine`` and ``from calibprompt import Engine`` load only what ``Engine``
+needs. The core subpackages (``cp.data``, ``cp.evaluation``, ...) load on first access too.
 """
-from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
-from calibprompt.runs.compare import run_comparison, summarize
-from calibprompt.runs.reproduce import PAPER_PAIRS, plan_cells, reproduce
-from calibprompt.data import (
-    SUPPORTED_IMAGE_SUFFIXES,
-    Dataset,
-    LabeledImages,
-    extract_zip,
-    few_shot_split,
-    is_image_file,
-    load_dataset,
-    load_image,
-    sample_few_shot,
-)
-from calibprompt.devices import available_devices, resolve_device
-from calibprompt.prompting.engine import Engine, Head, Prediction
-from calibprompt.evaluation.report import Evaluation, evaluate_head, evaluate_probs
-from calibprompt.training.features import FeatureCache
-from calibprompt.runs.jobs import JobRunner, TrainJob, open_dataset, run_train_job
-from calibprompt.training.losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
-from calibprompt.evaluation.metrics import (
-    accuracy,
-    adaptive_calibration_error,
-    apply_temperature,
-    bootstrap_interval,
-    brier_score,
-    calibration_report,
-    classwise_ece,
-    ece_interval,
-    expected_calibration_error,
-    fit_temperature,
-    macro_f1,
-    maximum_calibration_error,
-    mean_confidence,
-    negative_log_likelihood,
-    reliability_bins,
-)
-from calibprompt.backbones import (
-    BACKBONES,
-    Backbone,
-    BackboneSpec,
-    BackboneUnavailableError,
-    list_backbones,
-    load_backbone,
-    save_backbone,
-)
-from calibprompt.prompting.learner import PromptLearner
-from calibprompt.runs.store import RunRecord, RunStore
-from calibprompt.prompting.tasks import Task, list_tasks, load_task
-from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
-from calibprompt.training.protocols import PROTOCOLS, Protocol, get_protocol, list_protocols
-from calibprompt.data.sources import DatasetSource, list_registered_datasets, register_dataset
-from calibprompt.data.resolve import dataset_choices
-from calibprompt.evaluation.agreement import cohen_kappa
-from calibprompt.evaluation.report import CalibrationReport
-from calibprompt.prompting.library import register_bundled_prompt
-from calibprompt.prompting.interpret import interpret_prompt
-from calibprompt.runs.requests import check_train_request
-from calibprompt.evaluation.ood import KNNDistance, modality_mismatch, unknown_words
-from calibprompt.data.metadata import image_metadata
-from calibprompt.evaluation.conformal import ConformalClassifier, mean_set_size, set_coverage
-from calibprompt.evaluation.selective import (
-    accuracy_at_confidence,
-    risk_coverage,
-    selective_accuracy,
-    threshold_for_accuracy,
-)
-from calibprompt.evaluation.card import (
-    debiased_ece,
-    kde_ece,
-    paired_bootstrap,
-    per_class_ece,
-    seed_difference,
-    smooth_ece,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKBONES", "Backbone", "BackboneSpec", "BackboneUnavailableError", "list_backbones", "load_backbone",
-    "save_backbone", "PromptLearner", "Engine", "Head", "Prediction", "Task", "list_tasks", "load_task",
-    "LOSSES", "METHODS", "get_loss", "get_method", "list_methods", "build_objective", "save_prompt",
-    "load_prompt", "read_prompt_metadata", "load_image", "is_image_file", "SUPPORTED_IMAGE_SUFFIXES",
-    "resolve_device", "available_devices", "accuracy", "expected_calibration_error", "maximum_calibration_error",
-    "adaptive_calibration_error", "classwise_ece", "negative_log_likelihood", "brier_score", "macro_f1",
-    "mean_confidence", "reliability_bins", "bootstrap_interval", "ece_interval", "calibration_report",
-    "fit_temperature", "apply_temperature", "Dataset", "LabeledImages", "load_dataset", "few_shot_split",
-    "sample_few_shot", "extract_zip", "FeatureCache", "TrainConfig", "StepInfo", "TrainingCancelled", "train_prompts",
-    "Evaluation", "evaluate_probs", "evaluate_head", "RunStore", "RunRecord", "TrainJob", "JobRunner",
-    "run_train_job", "open_dataset", "run_comparison", "summarize", "__version__",
-    "DatasetSource", "register_dataset", "list_registered_datasets", "dataset_choices", "cohen_kappa",
-    "CalibrationReport", "register_bundled_prompt", "check_train_request", "interpret_prompt",
-    "ConformalClassifier", "set_coverage", "mean_set_size", "risk_coverage", "selective_accuracy",
-    "threshold_for_accuracy", "accuracy_at_confidence",
-    "KNNDistance", "modality_mismatch", "unknown_words", "image_metadata",
-    "Protocol", "PROTOCOLS", "list_protocols", "get_protocol",
-    "reproduce", "plan_cells", "PAPER_PAIRS",
-    "per_class_ece", "kde_ece", "smooth_ece", "debiased_ece", "paired_bootstrap", "seed_difference",
-]
+#: Where each public name lives: the module it is imported from on first access.
+_EXPORTS: dict[str, str] = {
+    name: module
+    for module, names in {
+        "calibprompt.backbones": ("BACKBONES", "Backbone", "BackboneSpec", "BackboneUnavailableError",
+                                  "list_backbones", "load_backbone", "save_backbone"),
+        "calibprompt.data": ("SUPPORTED_IMAGE_SUFFIXES", "Dataset", "LabeledImages", "extract_zip", "few_shot_split",
+                             "is_image_file", "load_dataset", "load_image", "sample_few_shot"),
+        "calibprompt.data.metadata": ("image_metadata",),
+        "calibprompt.data.resolve": ("dataset_choices",),
+        "calibprompt.data.sources": ("DatasetSource", "list_registered_datasets", "register_dataset"),
+        "calibprompt.devices": ("available_devices", "resolve_device"),
+        "calibprompt.evaluation.agreement": ("cohen_kappa",),
+        "calibprompt.evaluation.card": ("debiased_ece", "kde_ece", "paired_bootstrap", "per_class_ece",
+                                        "seed_difference", "smooth_ece"),
+        "calibprompt.evaluation.conformal": ("ConformalClassifier", "mean_set_size", "set_coverage"),
+        "calibprompt.evaluation.metrics": ("accuracy", "adaptive_calibration_error", "apply_temperature",
+                                           "bootstrap_interval", "brier_score", "calibration_report", "classwise_ece",
+                                           "ece_interval", "expected_calibration_error", "fit_temperature", "macro_f1",
+                                           "maximum_calibration_error", "mean_confidence", "negative_log_likelihood",
+                                           "reliability_bins"),
+        "calibprompt.evaluation.ood": ("KNNDistance", "modality_mismatch", "unknown_words"),
+        "calibprompt.evaluation.report": ("CalibrationReport", "Evaluation", "evaluate_head", "evaluate_probs"),
+        "calibprompt.evaluation.selective": ("accuracy_at_confidence", "risk_coverage", "selective_accuracy",
+                                             "threshold_for_accuracy"),
+        "calibprompt.prompting.checkpoint": ("load_prompt", "read_prompt_metadata", "save_prompt"),
+        "calibprompt.prompting.engine": ("Engine", "Head", "Prediction"),
+        "calibprompt.prompting.interpret": ("interpret_prompt",),
+        "calibprompt.prompting.learner": ("PromptLearner",),
+        "calibprompt.prompting.library": ("register_bundled_prompt",),
+        "calibprompt.prompting.tasks": ("Task", "list_tasks", "load_task"),
+        "calibprompt.runs.batch": ("run_train_jobs",),
+        "calibprompt.runs.compare": ("run_comparison", "summarize"),
+        "calibprompt.runs.jobs": ("JobRunner", "TrainJob", "open_dataset", "run_train_job"),
+        "calibprompt.runs.reproduce": ("PAPER_PAIRS", "plan_cells", "reproduce"),
+        "calibprompt.runs.requests": ("check_train_request",),
+        "calibprompt.runs.store": ("RunRecord", "RunStore"),
+        "calibprompt.training.batched": ("RunInputs", "train_many"),
+        "calibprompt.training.features": ("FeatureCache",),
+        "calibprompt.training.losses": ("LOSSES", "METHODS", "build_objective", "get_loss", "get_method",
+                                        "list_methods"),
+        "calibprompt.training.protocols": ("PROTOCOLS", "Protocol", "get_protocol", "list_protocols"),
+        "calibprompt.training.trainer": ("StepInfo", "TrainConfig", "TrainingCancelled", "train_prompts"),
+    }.items()
+    for name in names
+}
+
+#: The core subpackages, reachable as attributes (``cp.evaluation.metrics``) without importing them first.
+#: The app and the demo world are not among them: ``import calibprompt.demo`` says it.
+_SUBPACKAGES = frozenset({"backbones", "cluster", "data", "defaults", "devices", "errors", "evaluation", "fileio", "paths",
+                          "prompting", "runs", "service", "training"})
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; kept equal to _EXPORTS (tests/test_layout.py)
+    from calibprompt.backbones import (
+        BACKBONES,
+        Backbone,
+        BackboneSpec,
+        BackboneUnavailableError,
+        list_backbones,
+        load_backbone,
+        save_backbone,
+    )
+    from calibprompt.data import (
+        SUPPORTED_IMAGE_SUFFIXES,
+        Dataset,
+        LabeledImages,
+        extract_zip,
+        few_shot_split,
+        is_image_file,
+        load_dataset,
+        load_image,
+        sample_few_shot,
+    )
+    from calibprompt.data.metadata import image_metadata
+    from calibprompt.data.resolve import dataset_choices
+    from calibprompt.data.sources import DatasetSource, list_registered_datasets, register_dataset
+    from calibprompt.devices import available_devices, resolve_device
+    from calibprompt.evaluation.agreement import cohen_kappa
+    from calibprompt.evaluation.card import (
+        debiased_ece,
+        kde_ece,
+        paired_bootstrap,
+        per_class_ece,
+        seed_difference,
+        smooth_ece,
+    )
+    from calibprompt.evaluation.conformal import ConformalClassifier, mean_set_size, set_coverage
+    from calibprompt.evaluation.metrics import (
+        accuracy,
+        adaptive_calibration_error,
+        apply_temperature,
+        bootstrap_interval,
+        brier_score,
+        calibration_report,
+        classwise_ece,
+        ece_interval,
+        expected_calibration_error,
+        fit_temperature,
+        macro_f1,
+        maximum_calibration_error,
+        mean_confidence,
+        negative_log_likelihood,
+        reliability_bins,
+    )
+    from calibprompt.evaluation.ood import KNNDistance, modality_mismatch, unknown_words
+    from calibprompt.evaluation.report import CalibrationReport, Evaluation, evaluate_head, evaluate_probs
+    from calibprompt.evaluation.selective import (
+        accuracy_at_confidence,
+        risk_coverage,
+        selective_accuracy,
+        threshold_for_accuracy,
+    )
+    from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
+    from calibprompt.prompting.engine import Engine, Head, Prediction
+    from calibprompt.prompting.interpret import interpret_prompt
+    from calibprompt.prompting.learner import PromptLearner
+    from calibprompt.prompting.library import register_bundled_prompt
+    from calibprompt.prompting.tasks import Task, list_tasks, load_task
+    from calibprompt.runs.batch import run_train_jobs
+    from calibprompt.runs.compare import run_comparison, summarize
+    from calibprompt.runs.jobs import JobRunner, TrainJob, open_dataset, run_train_job
+    from calibprompt.runs.reproduce import PAPER_PAIRS, plan_cells, reproduce
+    from calibprompt.runs.requests import check_train_request
+    from calibprompt.runs.store import RunRecord, RunStore
+    from calibprompt.training.batched import RunInputs, train_many
+    from calibprompt.training.features import FeatureCache
+    from calibprompt.training.losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
+    from calibprompt.training.protocols import PROTOCOLS, Protocol, get_protocol, list_protocols
+    from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a core subpackage) from where it lives, on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBPACKAGES)

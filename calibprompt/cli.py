@@ -11,6 +11,7 @@ import json
 import logging
 import sqlite3
 import sys
+import time
 from typing import Sequence
 
 from calibprompt import defaults
@@ -371,10 +372,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(method=row["method"], seed=row["seed"], acc=f"{row['accuracy']:.3f}", ece=f"{row['ece']:.3f}")
 
+    steps = _StepCounter(bar)
+
     try:
         rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task, shots=args.shots,
                               epochs=args.epochs, n_bins=args.bins, device=args.device, loss_params=_loss_params(args),
-                              on_result=on_result, protocol=args.protocol, precision=args.precision)
+                              on_result=on_result, protocol=args.protocol, precision=args.precision,
+                              max_batch_prompts=args.max_batch_prompts, resume=args.resume,
+                              ray=_ray_options(args, n_boot=200), on_event=_ray_event, on_step=steps.update)
     finally:
         bar.close()
     table = summarize(rows)
@@ -416,14 +421,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=event["todo"], desc="reproduce", unit="cell", file=sys.stderr, leave=False)
+                steps.bar = bar
             bar.set_postfix(cell=f"{cell.backbone}/{cell.dataset}/{cell.method}/s{cell.seed}")
         elif event["event"] == "done" and bar is not None:
             bar.update(1)
 
+    steps = _StepCounter()
+
     try:
         result = reproduce(args.suite, args.methods, args.seeds, args.protocol, shots=args.shots, epochs=args.epochs,
                            n_bins=args.bins, model=args.model, tolerance=args.tolerance, device=args.device,
-                           dry_run=args.dry_run, progress=progress)
+                           dry_run=args.dry_run, progress=progress, max_batch_prompts=args.max_batch_prompts,
+                           ray=None if args.dry_run else _ray_options(args, n_boot=200), on_event=_ray_event,
+                           on_step=steps.update if not args.dry_run else None)
     finally:
         if bar is not None:
             bar.close()
@@ -454,6 +464,55 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   "of the paper")
     for name in result.missing_data:
         print(f"missing data: {name} (put it in {datasets_dir() / name}: images/train|test/<class>/ + classnames.txt)")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import calibprompt.demo
+    from calibprompt.cluster.features import extract_features, list_images
+
+    folder = Path(args.dataset).expanduser()
+    if folder.is_dir():
+        images = list_images(folder)
+    else:  # a registered dataset or task name: all its images
+        from calibprompt.runs.jobs import open_dataset
+
+        _, dataset = open_dataset(args.dataset)
+        images = [p for split in (dataset.train, dataset.test) if split is not None for p in split.paths]
+    if not images:
+        raise ValueError(f"No images in {args.dataset} (PNG, JPEG, TIFF, BMP, WebP or DICOM files).")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1.")
+    if args.ray:
+        from calibprompt.cluster.connect import connect
+
+        if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
+            raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
+        connect(args.ray)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(images), desc="features", unit="image", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = extract_features(images, args.model, use_ray=bool(args.ray), device=args.device,
+                                   precision=args.precision, batch_size=args.batch_size,
+                                   cpus_per_actor=args.ray_cpus_per_task, gpus_per_actor=args.ray_gpus_per_task,
+                                   setup=(calibprompt.demo.register,), env_vars=_local_env(args.ray or ""),
+                                   progress=progress)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(f"{summary.images} images of {args.dataset}: {summary.cached_before} already cached, {summary.encoded} "
+              f"encoded now in {summary.seconds:.1f} s ({summary.engine}); cache: {summary.cache_folder}")
     return 0
 
 
@@ -505,6 +564,91 @@ def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
     p.add_argument("--task", help="task name or .json file supplying class names and templates")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
+
+
+def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-batch-prompts", type=_positive_int, default=defaults.MAX_BATCH_PROMPTS, metavar="N",
+                   help="the runs of one backbone and dataset train together, at most N class prompts per "
+                        f"text-encoder pass (more runs are trained in chunks; bounds the memory; default "
+                        f"{defaults.MAX_BATCH_PROMPTS})")
+
+
+class _StepCounter:
+    """``on_step(run_id, info)`` for a runs bar: shows the training steps done over all runs."""
+
+    def __init__(self, bar=None):
+        self.bar = bar
+        self.steps: dict[str, tuple[int, int]] = {}
+        self.last = 0.0
+
+    def update(self, run_id: str, info) -> None:
+        self.steps[run_id] = (info.global_step, info.total_steps)
+        now = time.monotonic()
+        if self.bar is not None and now - self.last >= 0.5:
+            self.last = now
+            done, total = (sum(v) for v in zip(*self.steps.values()))
+            self.bar.set_postfix_str(f"training steps {done}/{total} over {len(self.steps)} runs")
+
+
+def _add_ray_arguments(p: argparse.ArgumentParser, what: str = "each group of runs of one backbone and dataset") -> None:
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help=f"run {what} as a Ray task: 'local' starts a Ray cluster on this machine, anything else "
+                        "joins one (e.g. auto, ray://head:10001); needs pip install -e \".[ray]\"")
+    p.add_argument("--ray-gpus-per-task", type=float, default=0.0, metavar="G",
+                   help="GPUs each Ray task asks for (default 0: train on the workers' CPUs)")
+    p.add_argument("--ray-cpus-per-task", type=float, default=1.0, metavar="C",
+                   help="CPUs each Ray task asks for (also its torch threads; default 1)")
+
+
+def _ray_options(args: argparse.Namespace, n_boot: int | None = None):
+    """Connect to the cluster of ``--ray`` and the options of its tasks (None without ``--ray``)."""
+    if not getattr(args, "ray", None):
+        return None
+    import calibprompt.demo
+    from calibprompt.cluster.connect import connect
+    from calibprompt.cluster.runs import RayOptions
+
+    if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
+        raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
+    connect(args.ray)
+    extra = {} if n_boot is None else {"n_boot": n_boot}
+    return RayOptions(gpus_per_task=args.ray_gpus_per_task, cpus_per_task=args.ray_cpus_per_task,
+                      max_batch_prompts=args.max_batch_prompts, setup=(calibprompt.demo.register,),
+                      env_vars=_local_env(args.ray), **extra)
+
+
+def _local_env(address: str) -> dict[str, str]:
+    """On a local cluster the workers share this process's data directory (and Hugging Face cache)."""
+    import os
+
+    from calibprompt.cluster.connect import LOCAL
+    from calibprompt.paths import data_dir
+
+    if address.strip() != LOCAL:
+        return {}
+    env = {"CALIBPROMPT_HOME": str(data_dir())}
+    for name in ("HF_HOME", "HF_HUB_OFFLINE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def _ray_event(event: dict) -> None:
+    if event["event"] == "retry":
+        print(f"Ray task {event['group']} restarted on {event['host']} (attempt {event['attempt']}): its worker "
+              "was lost", file=sys.stderr)
+    elif event["event"] == "failed":
+        print(event["error"], file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
@@ -595,6 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float)
     p.add_argument("--beta", type=float)
     _add_protocol_arguments(p)
+    _add_batch_arguments(p)
+    _add_ray_arguments(p, "the training runs")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished runs with the same settings from the run store instead of training them again")
     p.add_argument("--json", help="write one row per method and seed to this JSON file")
     p.add_argument("--csv", help="write the same rows as CSV")
     p.set_defaults(func=cmd_compare)
@@ -614,10 +762,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--dry-run", action="store_true", help="list the cells, the paper's values and missing data; run nothing")
+    _add_batch_arguments(p)
+    _add_ray_arguments(p)
     p.add_argument("--json", help="write the settings, every cell and the table to this JSON file")
     p.add_argument("--csv", help="write the table (with --dry-run: the cells) as CSV")
     p.add_argument("--markdown", help="write the table as markdown")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("features", help="image features of a folder into the feature cache (optionally on Ray)")
+    p.add_argument("--dataset", required=True, help="a folder of images (searched recursively) or a dataset name")
+    p.add_argument("--model", required=True, help="backbone name (calibprompt backbones lists them)")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (without --ray, or for Ray workers)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="image-encoder precision (autocast); each has its own cache (default fp32)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_ray_arguments(p, "the extraction through Ray Data (an actor pool that loads the model once per worker)")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo dataset (train/ and test/ class folders)")
     p.add_argument("--task", required=True, choices=["demo", "demo-binary"])

@@ -6,7 +6,7 @@ bootstrap size from here, and checks user-supplied values against :data:`LIMITS`
 from __future__ import annotations
 
 __all__ = ["SHOTS", "SEED", "EPOCHS", "N_BINS", "N_BOOT", "N_BOOT_INTERACTIVE", "N_VIEWS", "BATCH_SIZE", "LR",
-           "N_CTX", "ALPHA", "HIGH_CONFIDENCE", "DEFAULT_HEADS", "LIMITS", "PROTOCOL"]
+           "N_CTX", "MAX_BATCH_PROMPTS", "ALPHA", "HIGH_CONFIDENCE", "DEFAULT_HEADS", "LIMITS", "PROTOCOL"]
 
 SHOTS = 8  #: labelled training images per class (the paper's k)
 SEED = 1  #: the split and training seed
@@ -18,6 +18,7 @@ N_VIEWS = 10  #: cached augmented views per training image
 BATCH_SIZE = 16
 LR = 0.002
 N_CTX = 16  #: learned context tokens
+MAX_BATCH_PROMPTS = 512  #: prompts per text-encoder pass when runs train together (bounds the memory)
 PROTOCOL = "paper"  #: training protocol (calibprompt.training.protocols): "paper" or "authors-code"
 ALPHA = 0.1  #: conformal miscoverage: prediction sets cover the true class 90 % of the time on average
 HIGH_CONFIDENCE = 0.8  #: a confidence at or above this is "highly confident"

@@ -67,6 +67,8 @@ def test_compare_tab_shows_all_three_methods(page):
     for head in ("zero-shot", "coop", "calibprompt"):
         assert "prediction set" in page.inner_text(f"#method-{head}")
     _shot(page, "compare")
+    page.locator("#sample-gallery button").nth(2).click()  # a sample thumbnail picks that sample
+    page.wait_for_function("document.querySelector('#sample-picker input').value.includes('.png')", timeout=10_000)
 
 
 @needs_browser

@@ -57,8 +57,8 @@ def build(core, shared) -> None:
                                 file_types=["image", ".dcm", ".dicom", ".tif", ".tiff"], elem_id="compare-files")
                 sample = gr.Dropdown([(f"{Path(p).name} ({c})", p) for p, c in samples], label="…or a sample image",
                                      value=None, elem_id="sample-picker")
-                gr.Gallery([(p, c) for p, c in samples], label="Sample images", columns=6, height=180,
-                           allow_preview=False)
+                thumbnails = gr.Gallery([(p, c) for p, c in samples], label="Sample images (click one to pick it)",
+                                        columns=6, height=180, allow_preview=False, elem_id="sample-gallery")
                 coverage = gr.Slider(50, 99, value=100 * (1 - defaults.ALPHA), step=1, elem_id="compare-coverage",
                                      label="Prediction-set coverage (%)")
                 button = gr.Button("Compare", variant="primary", elem_id="compare-button")
@@ -125,6 +125,10 @@ def build(core, shared) -> None:
         refer flag, the out-of-distribution check, and the overall refer recommendation with reasons."""
         return handler(core.assess_api)(file_paths(image)[0] if image else None, (task or "").strip() or None)
 
+    def pick_sample(event: gr.SelectData):
+        return samples[event.index][0] if 0 <= event.index < len(samples) else None
+
+    thumbnails.select(pick_sample, None, sample, api_visibility="private")
     button.click(run_compare, [shared.state, files, sample, shared.prompts, coverage],
                  [shared.state, result, preview, *labels, *cards, advice, calibration, table],
                  api_visibility="private")

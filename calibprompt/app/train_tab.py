@@ -36,7 +36,7 @@ def progress_html(status: dict) -> str:
 def build(core, shared):
     datasets = core.dataset_choices()
     start_state = core.new_session()
-    params = core.method_defaults(start_state, "calibprompt", core.loaded(start_state).backbone.family)
+    params = core.method_defaults(start_state, "calibprompt", core.model_family(start_state.model))
     with gr.Tab("Train"):
         with gr.Row():
             with gr.Column():
@@ -74,7 +74,7 @@ def build(core, shared):
     @handler
     def method_defaults(state, method, request: gr.Request):
         state = session_for(core, state, request)
-        values = core.method_defaults(state, method, core.loaded(state).backbone.family)
+        values = core.method_defaults(state, method, core.model_family(state.model))
         return (gr.update(value=values.get("alpha"), interactive="alpha" in values),
                 gr.update(value=values.get("beta"), interactive="beta" in values))
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from calibprompt.fileio import atomic_write, atomic_write_json
 from calibprompt.prompting.learner import PromptLearner
 
-__all__ = ["FORMAT", "save_prompt", "read_prompt_metadata", "load_prompt", "checkpoint_paths"]
+__all__ = ["FORMAT", "save_prompt", "save_context", "read_prompt_metadata", "load_prompt", "checkpoint_paths"]
 
 FORMAT = "calibprompt-prompt/1"
 
@@ -35,10 +35,18 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def save_prompt(path: str | os.PathLike, learner: PromptLearner, *, backbone: str,
                 metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``learner``'s context and description; returns the JSON path."""
+    return save_context(path, learner.ctx, learner.config(), backbone=backbone, metadata=metadata)
+
+
+def save_context(path: str | os.PathLike, ctx: torch.Tensor, prompt_config: Mapping[str, Any], *, backbone: str,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write context vectors ``ctx`` ((M, W), or (K, M, W) class-specific) with the prompt layout
+    ``prompt_config`` (:meth:`PromptLearner.config`); returns the JSON path. What :func:`save_prompt`
+    does for a learner, for a context that travelled without one (from a worker process, say)."""
     weights, meta_path = checkpoint_paths(path)
-    ctx = learner.ctx.detach().to("cpu", torch.float32).contiguous()
+    ctx = ctx.detach().to("cpu", torch.float32).contiguous()
     atomic_write(weights, lambda tmp: save_file({"ctx": ctx}, tmp))
-    meta = {"format": FORMAT, "backbone": backbone, **learner.config(), "ctx_shape": list(ctx.shape)}
+    meta = {"format": FORMAT, "backbone": backbone, **dict(prompt_config), "ctx_shape": list(ctx.shape)}
     meta.update(dict(metadata or {}))
     meta["weights"] = weights.name
     atomic_write_json(meta_path, meta)

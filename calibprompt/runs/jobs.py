@@ -9,18 +9,19 @@ one transaction. The CLI calls it directly; :class:`JobRunner` calls it from a w
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 import numbers
-import os
 import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from calibprompt import defaults
-from calibprompt.prompting.checkpoint import save_prompt
+from calibprompt.prompting.checkpoint import save_context
 from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
@@ -38,7 +39,9 @@ from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS"]
+__all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS",
+           "PreparedJob", "JobOutcome", "prepare_job", "evaluate_trained", "record_outcome", "same_training",
+           "find_done_run"]
 
 DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
 
@@ -103,6 +106,35 @@ class TrainJob:
         return asdict(self)
 
 
+def _field_default(name: str) -> Any:
+    f = TrainJob.__dataclass_fields__.get(name)
+    if f is None:
+        return None
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+_IGNORED_PARAMS = ("device", "owner")  # where and for whom a run ran does not change its result
+
+
+def same_training(record: RunRecord, wanted: dict[str, Any]) -> bool:
+    """Whether a training run used every setting of ``wanted`` (a job's :meth:`TrainJob.to_params`); a
+    setting the run did not record (an older version) counts as that setting's default."""
+    params = record.params or {}
+    return all(params.get(key, _field_default(key)) == value
+               for key, value in wanted.items() if key not in _IGNORED_PARAMS)
+
+
+def find_done_run(store: RunStore, job: TrainJob) -> RunRecord | None:
+    """The newest finished training run in ``store`` with every setting of ``job`` (not the device)."""
+    wanted = job.to_params()
+    return next((r for r in store.list_runs(status="done", kind="train") if r.metrics and same_training(r, wanted)),
+                None)
+
+
 def _zero_shot_engine(backbone, task: Task) -> Engine:
     engine = Engine(backbone)
     engine.add_zero_shot("zero-shot", task)
@@ -140,55 +172,116 @@ def _recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInf
     return step
 
 
+@dataclass
+class PreparedJob:
+    """A job's data, ready to train on: its task, seeded split and image features."""
+
+    job: TrainJob
+    task: Task
+    dataset_root: str
+    train: LabeledImages
+    test: LabeledImages
+    train_features: Any  # (N, V, D) cached views, or a FreshViews source (fresh augmentation)
+    test_features: Any  # (M, D)
+    zero_shot: Engine  # the task's zero-shot head ("zero-shot"), for the methods that need its logits
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def zero_shot_text(self):
+        return self.zero_shot.heads["zero-shot"].text_features
+
+
+@dataclass
+class JobOutcome:
+    """A trained and evaluated run before anything is written: the context vectors (CPU tensor), the
+    prompt layout, the checkpoint's metadata, the metrics and the per-image predictions.
+    :func:`record_outcome` writes it."""
+
+    run_id: str
+    backbone: str
+    ctx: Any  # torch.Tensor, float32 on the CPU
+    prompt_config: dict[str, Any]
+    checkpoint_metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]]
+
+
+def prepare_job(job: TrainJob, backbone, cache: FeatureCache | None = None) -> PreparedJob:
+    """Open the job's dataset, draw its seeded k-shot split and get the image features (cached views
+    of the training images, or a fresh-augmentation source under such a protocol; plain test views)."""
+    t0 = time.perf_counter()
+    task, dataset = open_dataset(job.dataset, job.task)
+    train, test = few_shot_split(dataset, job.shots, job.seed)
+    timings = {"load_seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    cache = cache or FeatureCache(backbone)
+    if get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"]:
+        train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
+    else:
+        train_feats = cache.augmented(train.paths, job.n_views)  # n_views cached views per image
+    test_feats = cache.plain(test.paths)
+    timings["feature_seconds"] = time.perf_counter() - t0
+    return PreparedJob(job, task, str(dataset.root), train, test, train_feats, test_feats,
+                       _zero_shot_engine(backbone, task), timings)
+
+
+def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_boot: int = defaults.N_BOOT,
+                     extra_timings: dict[str, float] | None = None) -> JobOutcome:
+    """Evaluate a trained prompt (a :class:`~calibprompt.training.trainer.TrainResult`) on the job's test
+    split and assemble what :func:`record_outcome` writes; nothing is written here."""
+    job, task = prepared.job, prepared.task
+    timings = {**prepared.timings, "train_seconds": result.seconds, **dict(extra_timings or {})}
+    engine = Engine(backbone)
+    engine.add_prompt(job.method, result.learner)
+    evaluation = evaluate_head(engine, job.method, prepared.test_features, prepared.test.labels,
+                               [str(p) for p in prepared.test.paths], task.classnames, n_bins=job.n_bins, n_boot=n_boot)
+    metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
+               "train_images": len(prepared.train), "test_images": len(prepared.test), "task": task.name,
+               "protocol": job.protocol, "protocol_settings": result.settings}
+    metadata = {
+        "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
+        "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": prepared.dataset_root,
+        "protocol": job.protocol, "precision": result.settings["precision"], "protocol_settings": result.settings,
+        "split": {"train": _split_record(prepared.train), "test_images": len(prepared.test)},
+        "metrics": evaluation.summary, "timings": timings, "device": result.device,
+    }
+    return JobOutcome(run_id, backbone.name, result.learner.ctx.detach().to("cpu", torch.float32).clone(),
+                      result.learner.config(), metadata, metrics, list(evaluation.rows))
+
+
+def record_outcome(store: RunStore, outcome: JobOutcome) -> RunRecord:
+    """Write a finished run: the prompt checkpoint (atomically, under the runs folder), then its metrics
+    and predictions in one store transaction. A run whose checkpoint is written but not recorded stays
+    ``running`` and is later marked interrupted; nothing half-written is ever ``done``."""
+    checkpoint = save_context(runs_dir() / outcome.run_id / "prompt", outcome.ctx, outcome.prompt_config,
+                              backbone=outcome.backbone, metadata=outcome.checkpoint_metadata)
+    store.finish_run(outcome.run_id, outcome.metrics, str(checkpoint), outcome.predictions)
+    return store.get_run(outcome.run_id)
+
+
 def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, backbone=None,
                   on_step: Callable[[StepInfo], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, n_boot: int = defaults.N_BOOT) -> RunRecord:
     """Run one prompt-tuning job and record it in ``store``; returns the finished run.
 
     The run ends ``done`` (checkpoint and metrics written), ``cancelled`` (``should_stop`` turned true;
-    no checkpoint) or ``failed`` (the exception is recorded, then re-raised).
+    no checkpoint) or ``failed`` (the exception is recorded, then re-raised). Several jobs on one
+    backbone train faster together: :func:`calibprompt.runs.batch.run_train_jobs`.
     """
     run_id = run_id or store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}")
     device = resolve_device(job.device)
     store.start_run(run_id, str(device))
     try:
-        timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if backbone is None or backbone.device != device:
             backbone = load_backbone(job.model, device=device)
-        task, dataset = open_dataset(job.dataset, job.task)
-        train, test = few_shot_split(dataset, job.shots, job.seed)
-        timings["load_seconds"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        cache = FeatureCache(backbone)
-        if get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"]:
-            train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
-        else:
-            train_feats = cache.augmented(train.paths, job.n_views)  # n_views cached views per image
-        test_feats = cache.plain(test.paths)
-        timings["feature_seconds"] = time.perf_counter() - t0
-
-        engine = _zero_shot_engine(backbone, task)
-        result = train_prompts(backbone, task.classnames, train_feats, train.labels, job.config(), task=task,
-                               zero_shot_text=engine.heads["zero-shot"].text_features,
+        load_seconds = time.perf_counter() - t0
+        prepared = prepare_job(job, backbone)
+        prepared.timings["load_seconds"] += load_seconds
+        result = train_prompts(backbone, prepared.task.classnames, prepared.train_features, prepared.train.labels,
+                               job.config(), task=prepared.task, zero_shot_text=prepared.zero_shot_text,
                                on_step=_recording_progress(store, run_id, on_step), should_stop=should_stop)
-        timings["train_seconds"] = result.seconds
-
-        engine.add_prompt(job.method, result.learner)
-        evaluation = evaluate_head(engine, job.method, test_feats, test.labels, [str(p) for p in test.paths],
-                                   task.classnames, n_bins=job.n_bins, n_boot=n_boot)
-        metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
-                   "train_images": len(train), "test_images": len(test), "task": task.name,
-                   "protocol": job.protocol, "protocol_settings": result.settings}
-        checkpoint = save_prompt(runs_dir() / run_id / "prompt", result.learner, backbone=backbone.name, metadata={
-            "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
-            "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": str(dataset.root),
-            "protocol": job.protocol, "precision": result.settings["precision"], "protocol_settings": result.settings,
-            "split": {"train": _split_record(train), "test_images": len(test)},
-            "metrics": evaluation.summary, "timings": timings, "device": result.device,
-        })
-        store.finish_run(run_id, metrics, str(checkpoint), evaluation.rows)
+        record_outcome(store, evaluate_trained(prepared, result, backbone, run_id, n_boot=n_boot))
     except TrainingCancelled:
         store.cancel_run(run_id)
     except BaseException as exc:

@@ -4,7 +4,7 @@ published numbers.
 :func:`plan_cells` lists the cells of a suite and what each needs: ``missing-data`` (no dataset in
 ``$CALIBPROMPT_HOME/datasets/<task>``), ``done`` (a finished run with the same settings is in the run
 store: it is reused) or ``todo``. :func:`reproduce` runs the todo cells (prompt tuning through
-:func:`calibprompt.runs.jobs.run_train_job`, zero-shot through
+:func:`calibprompt.runs.batch.run_train_jobs`, the cells of one backbone and dataset trained together, zero-shot through
 :func:`calibprompt.runs.jobs.evaluate_zero_shot`, recorded as an ``evaluate`` run), then reduces them
 to a table: per (backbone, dataset, method) our mean and standard deviation over seeds of ECE and
 accuracy, the paper's values, the difference and whether it lies within a tolerance. An interrupted
@@ -36,7 +36,8 @@ from calibprompt.data.layouts import few_shot_split
 from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
 from calibprompt.runs.compare import ZERO_SHOT, parse_methods
-from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, open_dataset, run_train_job
+from calibprompt.runs.batch import run_train_jobs
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, open_dataset, same_training
 from calibprompt.runs.store import RunRecord, RunStore
 
 logger = logging.getLogger(__name__)
@@ -195,28 +196,6 @@ def _train_job(cell: Cell, device: str = "auto") -> TrainJob:
                     epochs=cell.epochs, device=device, n_bins=cell.n_bins, **kwargs)
 
 
-def _field_default(name: str) -> Any:
-    f = TrainJob.__dataclass_fields__.get(name)
-    if f is None:
-        return "paper" if name == "protocol" else None
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
-
-
-_IGNORED_PARAMS = ("device", "owner")  # where and for whom a run ran does not change its result
-
-
-def _same_training(record: RunRecord, wanted: Mapping[str, Any]) -> bool:
-    """Whether a done training run used every setting of ``wanted`` (a job's params); a setting the run
-    did not record (an older version) counts as that setting's default."""
-    params = record.params or {}
-    return all(params.get(key, _field_default(key)) == value
-               for key, value in wanted.items() if key not in _IGNORED_PARAMS)
-
-
 def _same_zero_shot(record: RunRecord, cell: Cell) -> bool:
     params, metrics = record.params or {}, record.metrics or {}
     return (params.get("head") == ZERO_SHOT_HEAD and params.get("model") == cell.backbone
@@ -237,7 +216,7 @@ def _find_run(cell: Cell, train_runs: Sequence[RunRecord], eval_runs: Sequence[R
         return next((r for r in eval_runs if r.metrics and _same_zero_shot(r, cell)), None)
     wanted = _train_job(cell).to_params()
     wanted.setdefault("protocol", cell.protocol)  # a TrainJob without the field: only paper-protocol runs match
-    return next((r for r in train_runs if r.metrics and _same_training(r, wanted)), None)
+    return next((r for r in train_runs if r.metrics and same_training(r, wanted)), None)
 
 
 def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
@@ -444,17 +423,25 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
               shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
               model: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str = "auto",
               n_boot: int = DEFAULT_N_BOOT, store: RunStore | None = None, dry_run: bool = False,
-              progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None
-              ) -> Reproduction:
+              progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None,
+              max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, ray=None,
+              on_event: Callable[[dict], None] | None = None) -> Reproduction:
     """Run every todo cell of ``suite`` (see :func:`plan_cells`), reuse the done ones, and build the
     table (:func:`build_table`). With ``dry_run`` nothing runs: the cells keep their planned status.
 
     ``progress`` gets dicts ``{"event", "cell", "index", "total", "todo"}`` (``todo``: the cells to
     run, fixed for the call), one per cell, with event ``reused``
     (done before), ``missing-data``, ``start`` then ``done`` (run now; also ``"run_id"``), or
-    ``unavailable`` (the backbone could not be loaded; also ``"error"``). ``on_step`` is passed to
-    the training of each cell. A failed training run raises (its failure is recorded in the store);
-    running again resumes after the last finished cell."""
+    ``unavailable`` (the backbone could not be loaded; also ``"error"``). The training cells of one
+    backbone and dataset are trained together (:func:`calibprompt.runs.batch.run_train_jobs`, at most
+    ``max_batch_prompts`` prompts per text-encoder pass): they all ``start``, then each is ``done`` when
+    recorded. ``on_step(run_id, info)`` gets their steps. A failed training run raises (its failure is
+    recorded in the store); running again resumes after the last finished cell.
+
+    ``ray``: a :class:`calibprompt.cluster.runs.RayOptions`; every (backbone, dataset) group of training
+    cells then becomes one Ray task on the connected cluster, all submitted at once and recorded here
+    as they return (zero-shot cells are evaluated here); ``on_event`` gets the tasks' start, retry and
+    failure events."""
     from calibprompt.backbones import BackboneUnavailableError, load_backbone
     from calibprompt.training.features import FeatureCache
 
@@ -470,6 +457,40 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     total, todo = len(cells), sum(c.status == "todo" for c in cells)
     loaded: dict[str, Any] = {}  # backbone name -> Backbone, or the BackboneUnavailableError text
     opened: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # (backbone, dataset) -> task, dataset, cache
+    group: list[tuple[int, Cell]] = []  # training cells of the current (backbone, dataset), trained together
+    by_run: dict[str, tuple[int, Cell]] = {}
+    on_ray = []  # with ray: the groups, trained on the cluster after the loop
+
+    def done(record: RunRecord) -> None:
+        index, cell = by_run[record.id]
+        if record.status != "done":
+            raise RuntimeError(f"Run {record.id} ({cell.backbone} {cell.dataset} {cell.method} seed {cell.seed}) "
+                               f"ended {record.status}: {record.error}")
+        _set_done(cell, record)
+        result.ran.append(record.id)
+        _emit(progress, "done", cell, index, total, todo, run_id=record.id)
+
+    def train_group() -> None:
+        if not group:
+            return
+        backbone = loaded[group[0][1].backbone]
+        for index, cell in group:
+            _emit(progress, "start", cell, index, total, todo)
+        jobs = [_train_job(cell, str(backbone.device)) for _, cell in group]
+        run_ids = [store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}") for job in jobs]
+        by_run.update(zip(run_ids, list(group)))
+        group.clear()
+        if ray is not None:
+            from calibprompt.cluster.runs import JobGroup
+
+            on_ray.append(JobGroup(jobs, run_ids))
+            return
+        records = run_train_jobs(jobs, store, run_ids=run_ids, backbone=backbone, max_batch_prompts=max_batch_prompts,
+                                 on_step=on_step, on_done=done, n_boot=n_boot)
+        for record in records:
+            if record.status != "done":
+                done(record)  # raises, naming the cell
+
     for index, cell in enumerate(cells):
         if cell.status == "done":
             _emit(progress, "reused", cell, index, total, todo, run_id=cell.run_id)
@@ -479,6 +500,8 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
             continue
         if dry_run:
             continue
+        if group and (group[0][1].backbone, group[0][1].dataset) != (cell.backbone, cell.dataset):
+            train_group()
         if cell.backbone not in loaded:
             for name in [n for n in loaded if not isinstance(loaded[n], str)]:
                 del loaded[name]  # one backbone in memory at a time (cells are grouped by backbone)
@@ -492,22 +515,23 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
             cell.status, cell.error = "unavailable", backbone
             _emit(progress, "unavailable", cell, index, total, todo, error=backbone)
             continue
+        if not cell.zero_shot:
+            group.append((index, cell))
+            continue
         _emit(progress, "start", cell, index, total, todo)
-        if cell.zero_shot:
-            key = (cell.backbone, cell.dataset)
-            if key not in opened:
-                task_obj, ds = open_dataset(cell.dataset)
-                opened[key] = (task_obj, ds, FeatureCache(backbone))
-            task_obj, ds, cache = opened[key]
-            record = _zero_shot_cell(cell, backbone, task_obj, ds, cache, store, n_boot)
-        else:
-            record = run_train_job(_train_job(cell, str(backbone.device)), store, backbone=backbone, on_step=on_step,
-                                   n_boot=n_boot)
-            if record.status != "done":
-                raise RuntimeError(f"Run {record.id} ({cell.backbone} {cell.dataset} {cell.method} seed {cell.seed}) "
-                                   f"ended {record.status}: {record.error}")
+        key = (cell.backbone, cell.dataset)
+        if key not in opened:
+            task_obj, ds = open_dataset(cell.dataset)
+            opened[key] = (task_obj, ds, FeatureCache(backbone))
+        task_obj, ds, cache = opened[key]
+        record = _zero_shot_cell(cell, backbone, task_obj, ds, cache, store, n_boot)
         _set_done(cell, record)
         result.ran.append(record.id)
         _emit(progress, "done", cell, index, total, todo, run_id=record.id)
+    train_group()
+    if on_ray:
+        from calibprompt.cluster.runs import train_groups_on_ray
+
+        train_groups_on_ray(on_ray, store, ray, on_step=on_step, on_done=done, on_event=on_event)
     result.table = build_table(cells, tolerance)
     return result

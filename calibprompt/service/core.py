@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from calibprompt import defaults
+from calibprompt.backbones import get_backbone_spec
 from calibprompt.data.archives import extract_zip
 from calibprompt.data.layouts import Dataset, LabeledImages
 from calibprompt.data.resolve import dataset_choices, open_dataset, resolve_choice
+from calibprompt.devices import resolve_device
 from calibprompt.evaluation.metrics import apply_temperature, fit_temperature
 from calibprompt.evaluation.report import evaluate_probs
 from calibprompt.paths import SAMPLE_IMAGES_DIR, uploads_dir
@@ -28,13 +32,15 @@ from calibprompt.prompting.checkpoint import checkpoint_paths, load_prompt
 from calibprompt.prompting.engine import Head
 from calibprompt.prompting.library import bundled_prompt_for
 from calibprompt.prompting.tasks import Task, list_tasks, load_task
-from calibprompt.runs.jobs import JobRunner, TrainJob
 from calibprompt.runs.store import RunStore
 from calibprompt.service.assess import CalibrationData, assess_predictions, fit_calibration
 from calibprompt.service.pool import BackbonePool, ContentCache, LoadedBackbone, file_digest, task_key
 from calibprompt.service.session import SessionState, new_session
 from calibprompt.service.startup import default_task_for
 from calibprompt.training.losses import build_objective, get_method, list_methods
+
+if TYPE_CHECKING:  # the job pipeline imports torchvision: loaded with the first job, not with the page
+    from calibprompt.runs.jobs import JobRunner
 
 logger = logging.getLogger(__name__)
 
@@ -90,26 +96,104 @@ class Core:
     """Shared resources and per-session actions.
 
     Args:
-        backbone: the model the app starts on (kept loaded).
+        backbone: the model the app starts on (kept loaded): a loaded backbone, or the name of a registered
+            one, which then loads on first use, or in the background from :meth:`preload` on (requests wait
+            for that load), so the app can serve its page before the model is in memory.
         banner: the start-up banner (which model is active and why).
         store: the run store (default: the data directory's).
         pool: the backbone pool (default: two models in memory).
         models: the backbones users may switch to (default: every registered one but the test twins).
+        device: where a backbone given by name runs (default: the best available); ignored for a loaded one.
     """
 
     def __init__(self, backbone, banner: str = "", *, store: RunStore | None = None,
-                 pool: BackbonePool | None = None, models: Sequence[str] | None = None):
+                 pool: BackbonePool | None = None, models: Sequence[str] | None = None, device: Any = None):
+        # an unknown name or device fails here, before the store is opened or anything loads
+        spec = get_backbone_spec(backbone) if isinstance(backbone, str) else None
+        device = str(resolve_device(device)) if spec is not None else None
         self.store = store or RunStore()
         self.pool = pool or BackbonePool()
-        self.pool.add(backbone, pin=True)
-        self.default_model = backbone.name
-        self.default_device = str(backbone.device)
-        self.default_task = default_task_for(backbone.family)
-        self.banner = banner or f"Model: {backbone.name}. {backbone.description}"
-        self.runner = JobRunner(self.store, backbone_loader=lambda model, device: self.pool.get(model, device).backbone)
+        if spec is not None:
+            self.default_model, self.default_device = backbone, device
+            self.default_family, description = spec.family, spec.description
+            self.pool.pin(self.default_model, self.default_device)
+        else:
+            self.pool.add(backbone, pin=True)
+            self.default_model, self.default_device = backbone.name, str(backbone.device)
+            self.default_family, description = backbone.family, backbone.description
+        self.default_task = default_task_for(self.default_family)
+        self.banner = banner or f"Model: {self.default_model}. {description}"
         self.heads = ContentCache(512)
         self.evaluations = ContentCache(64)
         self._models = list(models) if models is not None else None
+        self._runner: JobRunner | None = None
+        self._runner_lock = threading.Lock()
+        self._ready: Future[LoadedBackbone] | None = None
+        self._ready_lock = threading.Lock()
+
+    # -- start-up -----------------------------------------------------------------------------
+    @property
+    def runner(self) -> JobRunner:
+        """The background job runner, made on first use (the training pipeline it imports is not needed
+        to serve the page or a prediction)."""
+        with self._runner_lock:
+            if self._runner is None:
+                from calibprompt.runs.jobs import JobRunner
+
+                self._runner = JobRunner(self.store,
+                                         backbone_loader=lambda model, device: self.pool.get(model, device).backbone)
+            return self._runner
+
+    def preload(self, warm: bool = True) -> Future[LoadedBackbone]:
+        """Load the default model in a background thread (once; later calls return the same future).
+
+        Requests for the default model wait for this load. With ``warm``, the default session's heads
+        (text features of the default task's zero-shot, CoOp and CalibPrompt prompts) are computed and
+        the image encoder runs once on a blank image, so the first request pays for neither; the future
+        is done once that is over too. A failed load is logged and set on the future (requests then try
+        the load again and report its error); a failed warm-up is only logged.
+        """
+        with self._ready_lock:
+            if self._ready is not None:
+                return self._ready
+            self._ready = ready = Future()
+        ready.set_running_or_notify_cancel()
+
+        def start() -> None:
+            try:
+                loaded = self.pool.get(self.default_model, self.default_device)
+            except BaseException as exc:  # noqa: BLE001 - reported on the future and in the log
+                logger.exception("Loading the app's model %s failed", self.default_model)
+                ready.set_exception(exc)
+                return
+            if warm:
+                try:
+                    self._warm_up(loaded)
+                except Exception:  # noqa: BLE001 - the first request computes what is missing
+                    logger.exception("Warming up the app's model %s failed", self.default_model)
+            logger.info("The app's model %s is ready", self.default_model)
+            ready.set_result(loaded)
+
+        threading.Thread(target=start, name=f"calibprompt-start-{self.default_model}", daemon=True).start()
+        return ready
+
+    def _warm_up(self, loaded: LoadedBackbone) -> None:
+        """Compute the default session's heads and run the image encoder once (its first pass sets up
+        the kernels), without touching the engine's image cache or counters."""
+        from PIL import Image
+
+        state = self.new_session()
+        self.resolve_heads(state, [h for h in defaults.DEFAULT_HEADS if h in self.prompt_choices(state)])
+        loaded.backbone.encode_image([Image.new("RGB", (224, 224), (128, 128, 128))])
+
+    def model_family(self, name: str) -> str:
+        """A model's family (for its defaults), without loading it when it is the default or a registered model."""
+        if name == self.default_model:
+            return self.default_family
+        from calibprompt.backbones import BACKBONES
+
+        spec = BACKBONES.get(name)
+        return spec.family if spec is not None else self.pool.get(name).backbone.family
 
     # -- sessions, models, tasks ------------------------------------------------------------
     def new_session(self, username: str | None = None) -> SessionState:
@@ -420,6 +504,7 @@ class Core:
                        device: str = "auto") -> tuple[SessionState, str]:
         """Queue a prompt-tuning job on this session's model and task, owned by this session; returns
         the new state (with the job) and the run id. Every bound is checked before anything is queued."""
+        from calibprompt.runs.jobs import TrainJob
         from calibprompt.runs.requests import check_train_request, class_counts_for_split
 
         if state.classes:

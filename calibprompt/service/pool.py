@@ -15,13 +15,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
-from calibprompt.backbones import load_backbone
 from calibprompt.devices import resolve_device
-from calibprompt.prompting.engine import Engine
-from calibprompt.prompting.tasks import Task
-from calibprompt.training.features import FeatureCache
+
+if TYPE_CHECKING:
+    from calibprompt.prompting.engine import Engine
+    from calibprompt.prompting.tasks import Task
+    from calibprompt.training.features import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,29 @@ class LoadedBackbone:
     def name(self) -> str:
         return self.backbone.name
 
+    @classmethod
+    def wrap(cls, backbone) -> "LoadedBackbone":
+        """``backbone`` with a fresh engine and feature cache (imported here: they pull in torchvision,
+        which the app's page does not need)."""
+        from calibprompt.prompting.engine import Engine
+        from calibprompt.training.features import FeatureCache
+
+        return cls(backbone, Engine(backbone), FeatureCache(backbone))
+
+
+def _load_backbone(name: str, device: Any):
+    from calibprompt.backbones import load_backbone
+
+    return load_backbone(name, device=device)
+
 
 class BackbonePool:
     """Backbones keyed by ``(name, device)``, each loaded once, at most ``max_loaded`` in memory.
 
-    Concurrent requests for a model that is loading wait for that one load. The least recently used
-    model is dropped when the pool is full, except the ``pinned`` ones (the app's default model).
+    Concurrent requests for a model that is loading wait for that one load (whichever thread started
+    it: a request, or the app's background start, :meth:`calibprompt.service.core.Core.preload`). The
+    least recently used model is dropped when the pool is full, except the ``pinned`` ones (the app's
+    default model, pinned with :meth:`pin` before it loads).
 
     Args:
         max_loaded: how many backbones to keep in memory.
@@ -56,7 +74,7 @@ class BackbonePool:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be at least 1, got {max_loaded}.")
         self.max_loaded = int(max_loaded)
-        self._loader = loader or (lambda name, device: load_backbone(name, device=device))
+        self._loader = loader or _load_backbone
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], LoadedBackbone] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -69,7 +87,7 @@ class BackbonePool:
     def add(self, backbone, *, pin: bool = False) -> LoadedBackbone:
         """Put an already loaded backbone in the pool (the app's start-up model)."""
         key = self._key(backbone.name, backbone.device)
-        entry = LoadedBackbone(backbone, Engine(backbone), FeatureCache(backbone))
+        entry = LoadedBackbone.wrap(backbone)
         with self._lock:
             self._loaded[key] = entry
             if pin:
@@ -93,12 +111,18 @@ class BackbonePool:
                     return entry
             logger.info("Loading backbone %s on %s", *key)
             backbone = self._loader(key[0], key[1])
-            entry = LoadedBackbone(backbone, Engine(backbone), FeatureCache(backbone))
+            entry = LoadedBackbone.wrap(backbone)
             with self._lock:
                 self._loaded[key] = entry
                 self._loading.pop(key, None)
                 self._evict()
             return entry
+
+    def pin(self, name: str, device: Any = None) -> None:
+        """Never unload ``name`` on ``device`` once it is loaded (the app's default model, before it loads)."""
+        key = self._key(name, device)
+        with self._lock:
+            self._pinned.add(key)
 
     def loaded(self) -> list[tuple[str, str]]:
         with self._lock:

@@ -1,13 +1,19 @@
 """Which model the app starts on: BiomedCLIP when it can be had, else the bundled demo model, with a
-banner that says which and why."""
+banner that says which and why.
+
+:func:`choose_model` decides without loading a bundled model (it always loads, offline), so the app
+can serve its page while that model loads in the background (:meth:`calibprompt.service.core.Core.preload`);
+:func:`choose_backbone` decides and loads.
+"""
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from calibprompt.backbones import BACKBONES, hub_is_offline, hub_reachable, load_backbone, missing_hub_files
 
-__all__ = ["choose_backbone", "DEFAULT_TASK", "DISCLAIMER", "default_task_for"]
+__all__ = ["choose_backbone", "choose_model", "StartupModel", "DEFAULT_TASK", "DISCLAIMER", "default_task_for"]
 
 DISCLAIMER = ("For research and review only, not for diagnosis. The probabilities come from a vision-language "
               "model and can be confidently wrong.")
@@ -20,21 +26,42 @@ def default_task_for(family: str) -> str:
     return DEFAULT_TASK.get(family, "kather")
 
 
-def choose_backbone(requested: str = "auto", *, download_timeout: float = 45.0):
-    """Load the model the app starts on; returns ``(backbone, banner)``.
+@dataclass(frozen=True)
+class StartupModel:
+    """The model the app starts on: its registered ``name``, the ``banner`` that says which and why, and
+    the ``backbone`` when choosing it meant loading it (BiomedCLIP, or a model named on the command line
+    that is not bundled); None for a bundled model, which loads later."""
 
-    ``auto`` uses BiomedCLIP when it is in the local Hugging Face cache, or when it downloads within
-    ``download_timeout`` seconds (the download goes on in the background otherwise); else the bundled
-    demo model, with a banner that says why and how to switch. ``HF_HUB_OFFLINE=1`` skips the attempt.
+    name: str
+    banner: str
+    backbone: Any = None
+
+
+def _bundled(name: str) -> bool:
+    spec = BACKBONES.get(name)
+    return spec is not None and spec.local_dir is not None
+
+
+def choose_model(requested: str = "auto", *, download_timeout: float = 45.0) -> StartupModel:
+    """Pick the model the app starts on, loading it only where the choice depends on that.
+
+    ``auto`` uses BiomedCLIP when it is in the local Hugging Face cache (and loads), or when it downloads
+    within ``download_timeout`` seconds (the download goes on in the background otherwise); else the
+    bundled demo model, with a banner that says why and how to switch. ``HF_HUB_OFFLINE=1`` skips the
+    attempt. Any other ``requested`` name is loaded now (so a model that cannot be had stops the app at
+    once with its reason), except a bundled one.
     """
     if requested != "auto":
+        if _bundled(requested):
+            return StartupModel(requested, f"Model: {requested}. {BACKBONES[requested].description}")
         backbone = load_backbone(requested)
-        return backbone, f"Model: {backbone.name}. {backbone.description}"
+        return StartupModel(backbone.name, f"Model: {backbone.name}. {backbone.description}", backbone)
     spec = BACKBONES["biomedclip"]
     why = ""
     if not missing_hub_files(spec):
         try:
-            return load_backbone("biomedclip"), "Model: BiomedCLIP (from the local Hugging Face cache)."
+            return StartupModel("biomedclip", "Model: BiomedCLIP (from the local Hugging Face cache).",
+                                load_backbone("biomedclip"))
         except Exception as exc:  # a damaged cache must not stop the app
             why = f"BiomedCLIP is in the cache but failed to load ({exc})"
     elif hub_is_offline():
@@ -56,11 +83,18 @@ def choose_backbone(requested: str = "auto", *, download_timeout: float = 45.0):
             thread.start()
             thread.join(download_timeout)
             if "backbone" in result:
-                return result["backbone"], "Model: BiomedCLIP (downloaded from the Hugging Face Hub)."
+                return StartupModel("biomedclip", "Model: BiomedCLIP (downloaded from the Hugging Face Hub).",
+                                    result["backbone"])
             why = (f"BiomedCLIP could not be downloaded ({result['error']})" if "error" in result else
                    f"BiomedCLIP did not download within {download_timeout:.0f} s (it goes on in the background)")
-    backbone = load_backbone("demo")
     banner = (f"Model: the bundled demo model, because {why}. It knows only a synthetic histology world "
               "(tasks 'demo' and 'demo-binary'). To use a real Med-VLM, connect to the internet and pick "
               "BiomedCLIP or QuiltNet as the model.")
-    return backbone, banner
+    return StartupModel("demo", banner)
+
+
+def choose_backbone(requested: str = "auto", *, download_timeout: float = 45.0):
+    """Load the model the app starts on; returns ``(backbone, banner)``: :func:`choose_model`'s choice,
+    loaded."""
+    choice = choose_model(requested, download_timeout=download_timeout)
+    return (choice.backbone if choice.backbone is not None else load_backbone(choice.name)), choice.banner

@@ -37,7 +37,7 @@ from calibprompt.prompting.learner import PromptLearner
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate",
-           "resolve_settings", "FeatureSource"]
+           "resolve_settings", "FeatureSource", "RunSetup", "setup_run", "autocast"]
 
 #: A feature source the trainer calls every step: ``views(step, indices) -> (len(indices), D)``.
 FeatureSource = Callable[[int, torch.Tensor], torch.Tensor]
@@ -143,11 +143,84 @@ def learning_rate(epoch: int, config: TrainConfig, family: str | None = None) ->
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     """``torch.autocast`` in fp16/bf16 on the run's device; nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+@dataclass
+class RunSetup:
+    """Everything one run needs before its first step (what :func:`setup_run` checks and builds).
+
+    ``features`` is (N, V, D) on the run's device, or a feature source (``fresh``); ``generator`` has
+    already drawn the context initialisation, so the batch orders and view choices come next."""
+
+    config: TrainConfig  # with the warm-up lr and precision that run
+    settings: dict[str, Any]
+    objective: Objective
+    learner: PromptLearner
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    features: Union[torch.Tensor, FeatureSource]
+    fresh: bool
+    labels: torch.Tensor  # (N,)
+    n_views: int
+    zero_shot_text: torch.Tensor | None  # (K, D), L2-normalised
+    batch: int
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+
+def setup_run(backbone, classnames: Sequence[str], features: Union[torch.Tensor, FeatureSource],
+              labels: Sequence[int] | torch.Tensor, config: TrainConfig | None = None, *,
+              objective: Objective | None = None, task=None, zero_shot_text: torch.Tensor | None = None) -> RunSetup:
+    """Check a run's inputs and build its learner, optimiser and seeded generator (the arguments are
+    those of :func:`train_prompts`). Raises ``ValueError`` for inconsistent inputs."""
+    config = config or TrainConfig()
+    settings = resolve_settings(config, backbone.family)
+    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"])  # what ran
+    objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
+                                             mmce_scale=settings["mmce_scale"], **config.loss_params)
+    device = backbone.device
+    if device.type == "cpu" and settings["precision"] == "fp16":
+        logger.warning("Training in fp16 autocast on the CPU: this may be slow (CPUs lack fast fp16 kernels).")
+    labels_t = torch.as_tensor(labels, dtype=torch.long, device=device)
+    fresh = callable(features)  # a feature source: every step encodes its batch anew
+    if fresh:
+        n, n_views = labels_t.shape[0], 1
+        if hasattr(features, "__len__") and len(features) != n:
+            raise ValueError(f"The feature source has {len(features)} images but there are {n} labels.")
+    else:
+        features = features.to(device, torch.float32)
+        if features.dim() == 2:
+            features = features.unsqueeze(1)
+        n, n_views = features.shape[0], features.shape[1]
+    if labels_t.shape != (n,):
+        raise ValueError(f"Got {n} feature rows but {labels_t.numel()} labels.")
+    if n == 0:
+        raise ValueError("No training images.")
+    if int(labels_t.min()) < 0 or int(labels_t.max()) >= len(classnames):
+        raise ValueError(f"Labels must lie in [0, {len(classnames)}).")
+    zs_text = None
+    if objective.method.needs_zero_shot:
+        if zero_shot_text is None:
+            raise ValueError(f"Method {objective.method.name!r} needs the zero-shot class features (zero_shot_text).")
+        zs_text = F.normalize(zero_shot_text.to(device, torch.float32), dim=-1)
+
+    generator = torch.Generator().manual_seed(int(config.seed))
+    learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
+                            class_specific=config.class_specific, class_token_position=config.class_token_position,
+                            generator=generator, double_embedding=settings["double_embedding"])
+    optimizer = torch.optim.SGD(learner.parameters(), lr=learning_rate(0, config), momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    batch = min(config.batch_size, n)
+    return RunSetup(config, settings, objective, learner, optimizer, generator, features, fresh, labels_t, n_views,
+                    zs_text, batch, n // batch)  # incomplete last batches are dropped, as in the reference
 
 
 def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Tensor, FeatureSource],
@@ -172,48 +245,15 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
         zero_shot_text: (K, D) zero-shot class features, needed by the ZS-Norm / ZS-penalty methods.
         on_step: called after every step with a :class:`StepInfo`.
         should_stop: polled before every step; when it returns true, :class:`TrainingCancelled` is raised.
-    """
-    config = config or TrainConfig()
-    settings = resolve_settings(config, backbone.family)
-    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"])  # what ran
-    objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
-                                             mmce_scale=settings["mmce_scale"], **config.loss_params)
-    device = backbone.device
-    if device.type == "cpu" and settings["precision"] == "fp16":
-        logger.warning("Training in fp16 autocast on the CPU: this may be slow (CPUs lack fast fp16 kernels).")
-    labels_t = torch.as_tensor(labels, dtype=torch.long, device=device)
-    fresh = callable(features)  # a feature source: every step encodes its batch anew
-    if fresh:
-        n, n_views = labels_t.shape[0], 1
-        if hasattr(features, "__len__") and len(features) != n:
-            raise ValueError(f"The feature source has {len(features)} images but there are {n} labels.")
-    else:
-        feats = features.to(device, torch.float32)
-        if feats.dim() == 2:
-            feats = feats.unsqueeze(1)
-        n, n_views = feats.shape[0], feats.shape[1]
-    if labels_t.shape != (n,):
-        raise ValueError(f"Got {n} feature rows but {labels_t.numel()} labels.")
-    if n == 0:
-        raise ValueError("No training images.")
-    if int(labels_t.min()) < 0 or int(labels_t.max()) >= len(classnames):
-        raise ValueError(f"Labels must lie in [0, {len(classnames)}).")
-    zs_text = None
-    if objective.method.needs_zero_shot:
-        if zero_shot_text is None:
-            raise ValueError(f"Method {objective.method.name!r} needs the zero-shot class features (zero_shot_text).")
-        zs_text = F.normalize(zero_shot_text.to(device, torch.float32), dim=-1)
 
-    generator = torch.Generator().manual_seed(int(config.seed))
-    learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-                            class_specific=config.class_specific, class_token_position=config.class_token_position,
-                            generator=generator, double_embedding=settings["double_embedding"])
-    optimizer = torch.optim.SGD(learner.parameters(), lr=learning_rate(0, config), momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scale = backbone.logit_scale
-    batch = min(config.batch_size, n)
-    steps_per_epoch = n // batch  # incomplete last batches are dropped, as in the reference
-    total_steps = steps_per_epoch * config.epochs
+    Many runs on one backbone train faster together: :func:`calibprompt.training.batched.train_many`.
+    """
+    run = setup_run(backbone, classnames, features, labels, config, objective=objective, task=task,
+                    zero_shot_text=zero_shot_text)
+    config, settings, learner, optimizer, generator = run.config, run.settings, run.learner, run.optimizer, run.generator
+    device, scale = backbone.device, backbone.logit_scale
+    labels_t, batch, steps_per_epoch, total_steps = run.labels, run.batch, run.steps_per_epoch, run.total_steps
+    n = labels_t.shape[0]
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     global_step = 0
@@ -223,7 +263,7 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
         for group in optimizer.param_groups:
             group["lr"] = lr
         order = torch.randperm(n, generator=generator)
-        views = torch.randint(n_views, (n,), generator=generator)
+        views = torch.randint(run.n_views, (n,), generator=generator)
         sums: dict[str, float] = {}
         correct = 0
         for step in range(steps_per_epoch):
@@ -231,17 +271,17 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
                 raise TrainingCancelled(f"Stopped by request at epoch {epoch + 1}, step {step + 1}.")
             idx = order[step * batch:(step + 1) * batch]
             target = labels_t[idx.to(device)]
-            with _autocast(device, settings["precision"]):
-                if fresh:
-                    image = features(global_step, idx).to(device, torch.float32)
+            with autocast(device, settings["precision"]):
+                if run.fresh:
+                    image = run.features(global_step, idx).to(device, torch.float32)
                 else:
-                    image = feats[idx.to(device), views[idx].to(device)]
+                    image = run.features[idx.to(device), views[idx].to(device)]
                 text = learner.encode_text(normalize=True)
                 logits = scale * image @ text.T
-                zs_logits = scale * image @ zs_text.T if zs_text is not None else None
+                zs_logits = scale * image @ run.zero_shot_text.T if run.zero_shot_text is not None else None
             logits, text = logits.float(), text.float()  # the loss in fp32, whatever the compute precision
             zs_logits = zs_logits.float() if zs_logits is not None else None
-            loss, parts = objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
+            loss, parts = run.objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -260,5 +300,5 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
         epoch_row.update(epoch=epoch + 1, lr=lr, train_accuracy=correct / (steps_per_epoch * batch))
         history.append(epoch_row)
     learner.eval()
-    return TrainResult(learner, config, dict(objective.params), history, time.perf_counter() - start, global_step,
+    return TrainResult(learner, config, dict(run.objective.params), history, time.perf_counter() - start, global_step,
                        str(device), settings)
