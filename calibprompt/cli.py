@@ -486,11 +486,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1.")
     if args.ray:
-        from calibprompt.cluster.connect import connect
-
-        if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
-            raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
-        connect(args.ray)
+        _connect_ray(args)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(images), desc="features", unit="image", file=sys.stderr, leave=False)
@@ -605,16 +601,22 @@ def _ray_options(args: argparse.Namespace, n_boot: int | None = None):
     if not getattr(args, "ray", None):
         return None
     import calibprompt.demo
-    from calibprompt.cluster.connect import connect
     from calibprompt.cluster.runs import RayOptions
 
-    if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
-        raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
-    connect(args.ray)
+    _connect_ray(args)
     extra = {} if n_boot is None else {"n_boot": n_boot}
     return RayOptions(gpus_per_task=args.ray_gpus_per_task, cpus_per_task=args.ray_cpus_per_task,
                       max_batch_prompts=args.max_batch_prompts, setup=(calibprompt.demo.register,),
                       env_vars=_local_env(args.ray), **extra)
+
+
+def _connect_ray(args: argparse.Namespace) -> None:
+    """Check the per-task resources of ``--ray``, then start or join that cluster."""
+    from calibprompt.cluster.connect import connect
+
+    if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
+        raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
+    connect(args.ray)
 
 
 def _local_env(address: str) -> dict[str, str]:

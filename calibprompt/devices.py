@@ -1,9 +1,13 @@
 """Choosing the torch device: ``auto`` means CUDA, then Apple's MPS, then the CPU."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["DEVICE_CHOICES", "resolve_device", "available_devices"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "available_devices", "autocast"]
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
@@ -46,3 +50,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if index >= torch.cuda.device_count():
             raise ValueError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """``torch.autocast`` in fp16/bf16 on ``device`` (``"fp16"``, ``"bf16"``); nothing for ``"fp32"``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])

@@ -305,34 +305,11 @@ def test_unknown_words_no_claim_for_other_tokenizers():
 # =============================================================================
 
 def _dicom(pixels: np.ndarray, *, frames: bool = False, **elements) -> bytes:
-    """A minimal uncompressed Secondary Capture DICOM (bytes) holding ``pixels``."""
-    pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    """A 12-bit MONOCHROME2 DICOM (bytes) holding ``pixels``, with no modality unless one is given."""
+    from test_data_images import make_dicom
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    if frames:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return make_dicom(np.asarray(pixels, dtype=np.uint16), bits_stored=12, frames=frames,
+                      **{"Modality": "", **elements})
 
 
 def test_image_metadata_of_a_ct_dicom(tmp_path):

@@ -72,14 +72,13 @@ class _Encoder:
         import torch
 
         from calibprompt.data import load_image
-        from calibprompt.training.trainer import autocast
+        from calibprompt.training.features import encode_pixels
 
         blobs = [bytes(b) for b in batch["bytes"]]
         pixels = torch.stack([self.backbone.preprocess(load_image(blob)) for blob in blobs])
-        with torch.inference_mode(), autocast(self.backbone.device, self.precision):
-            feats = self.backbone.encode_pixels(pixels, normalize=True, batch_size=len(blobs))
+        feats = encode_pixels(self.backbone, pixels, self.precision, batch_size=len(blobs))
         return {"key": np.array([hashlib.sha256(b).hexdigest() for b in blobs]),
-                "features": feats.float().numpy(),
+                "features": feats.numpy(),
                 "fingerprint": np.array([self.backbone.fingerprint] * len(blobs))}
 
 

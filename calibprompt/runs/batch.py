@@ -16,42 +16,16 @@ from typing import Callable, Sequence
 
 from calibprompt import defaults
 from calibprompt.backbones import load_backbone
-from calibprompt.data.layouts import few_shot_split
-from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
-from calibprompt.runs.jobs import (JobOutcome, TrainJob, _recording_progress, evaluate_trained, prepare_job,
+from calibprompt.runs.jobs import (JobOutcome, TrainJob, recording_progress, evaluate_trained, prepare_jobs,
                                   record_outcome)
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.training.batched import RunInputs, layout_key, train_many
-from calibprompt.training.features import FeatureCache
-from calibprompt.training.protocols import get_protocol
 from calibprompt.training.trainer import StepInfo, TrainingCancelled, resolve_settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_train_jobs", "train_jobs", "fill_feature_cache"]
-
-
-def fill_feature_cache(jobs: Sequence[TrainJob], backbone, cache: FeatureCache) -> float:
-    """Compute, in one pass per kind, the features of every image the jobs train or are tested on:
-    the cached augmented views of all training images (jobs that augment afresh every step need
-    none) and the plain view of all test images. Returns the seconds it took."""
-    start = time.perf_counter()
-    train_paths: dict[str, None] = {}
-    test_paths: dict[str, None] = {}
-    views = 0
-    for job in jobs:
-        _, dataset = open_dataset(job.dataset, job.task)
-        train, test = few_shot_split(dataset, job.shots, job.seed)
-        if not get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"]:
-            train_paths.update(dict.fromkeys(map(str, train.paths)))
-            views = max(views, job.n_views)
-        test_paths.update(dict.fromkeys(map(str, test.paths)))
-    if train_paths:
-        cache.augmented(list(train_paths), views)
-    if test_paths:
-        cache.plain(list(test_paths))
-    return time.perf_counter() - start
+__all__ = ["run_train_jobs", "train_jobs"]
 
 
 def _group_key(prepared, backbone) -> tuple:
@@ -65,20 +39,19 @@ def train_jobs(jobs: Sequence[TrainJob], run_ids: Sequence[str], backbone, *,
                on_step: Callable[[str, StepInfo], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                on_outcome: Callable[[JobOutcome], None] | None = None,
-               n_boot: int = defaults.N_BOOT) -> list[JobOutcome]:
+               n_boot: int = defaults.N_BOOT, load_seconds: float = 0.0) -> list[JobOutcome]:
     """Train and evaluate ``jobs`` on ``backbone`` together, writing nothing but the feature cache;
     returns each run's :class:`~calibprompt.runs.jobs.JobOutcome` (``run_ids[i]`` names job ``i``'s).
     ``on_outcome`` gets each outcome as soon as its group of stackable runs is done. This is the part
-    of :func:`run_train_jobs` that can run anywhere (a Ray worker, say); writing is the caller's."""
+    of :func:`run_train_jobs` that can run anywhere (a Ray worker, say); writing is the caller's.
+    ``load_seconds`` (loading the backbone) is shared out among the jobs' timings."""
     jobs, run_ids = list(jobs), list(run_ids)
     if len(run_ids) != len(jobs):
         raise ValueError(f"Got {len(run_ids)} run ids for {len(jobs)} jobs.")
     t0 = time.perf_counter()
-    cache = FeatureCache(backbone)
-    shared_seconds = fill_feature_cache(jobs, backbone, cache) / len(jobs)  # each job's share of the pass
-    prepared = [prepare_job(job, backbone, cache) for job in jobs]
+    prepared = prepare_jobs(jobs, backbone)  # one split per (dataset, shots, seed), one feature pass per kind
     for p in prepared:
-        p.timings["feature_seconds"] += shared_seconds
+        p.timings["load_seconds"] += load_seconds / len(jobs)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prepared):
         groups.setdefault(_group_key(p, backbone), []).append(i)
@@ -145,15 +118,10 @@ def run_train_jobs(jobs: Sequence[TrainJob], store: RunStore, *, run_ids: Sequen
             backbone = load_backbone(jobs[0].model, device=device)
         load_seconds = time.perf_counter() - t0
 
-        def add_load_time(outcome: JobOutcome) -> None:
-            outcome.metrics["load_seconds"] += load_seconds / len(jobs)
-            outcome.checkpoint_metadata["timings"]["load_seconds"] += load_seconds / len(jobs)
-            record(outcome)
-
-        progress = {run_id: _recording_progress(store, run_id, _bound(on_step, run_id)) for run_id in run_ids}
+        progress = {run_id: recording_progress(store, run_id, _bound(on_step, run_id)) for run_id in run_ids}
         train_jobs(jobs, run_ids, backbone, max_batch_prompts=max_batch_prompts,
                    on_step=lambda run_id, info: progress[run_id](info), should_stop=should_stop,
-                   on_outcome=add_load_time, n_boot=n_boot)
+                   on_outcome=record, n_boot=n_boot, load_seconds=load_seconds)
     except TrainingCancelled:
         for run_id in run_ids:
             if run_id not in finished and store.get_run(run_id).status in ("queued", "running"):

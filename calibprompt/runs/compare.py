@@ -108,7 +108,8 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
         add(row)
 
     if resume:  # finished runs with the same settings count as done
-        reused = {id(job): find_done_run(store, job) for job in jobs}
+        finished = store.list_runs(status="done", kind="train")
+        reused = {id(job): find_done_run(finished, job) for job in jobs}
         for record in (r for r in reused.values() if r is not None):
             done(record)
         jobs = [job for job in jobs if reused[id(job)] is None]
@@ -118,11 +119,8 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
         run_ids = [store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}") for job in jobs]
         train_groups_on_ray([JobGroup(jobs, run_ids)], store, ray, on_step=on_step, on_done=done, on_event=on_event)
     elif jobs and batched:
-        records = run_train_jobs(jobs, store, backbone=backbone, max_batch_prompts=max_batch_prompts, n_boot=n_boot,
-                                 on_step=on_step, on_done=done)
-        for record in records:
-            if record.status != "done":
-                raise RuntimeError(f"Run {record.id} ended {record.status}: {record.error}")
+        run_train_jobs(jobs, store, backbone=backbone, max_batch_prompts=max_batch_prompts, n_boot=n_boot,
+                       on_step=on_step, on_done=done)  # a failure raises; nothing cancels it
     else:
         for job in jobs:
             done(run_train_job(job, store, backbone=backbone, n_boot=n_boot))

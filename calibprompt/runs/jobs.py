@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -40,7 +40,7 @@ from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelle
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS",
-           "PreparedJob", "JobOutcome", "prepare_job", "evaluate_trained", "record_outcome", "same_training",
+           "PreparedJob", "JobOutcome", "prepare_job", "prepare_jobs", "recording_progress", "evaluate_trained", "record_outcome", "same_training",
            "find_done_run"]
 
 DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
@@ -128,11 +128,11 @@ def same_training(record: RunRecord, wanted: dict[str, Any]) -> bool:
                for key, value in wanted.items() if key not in _IGNORED_PARAMS)
 
 
-def find_done_run(store: RunStore, job: TrainJob) -> RunRecord | None:
-    """The newest finished training run in ``store`` with every setting of ``job`` (not the device)."""
+def find_done_run(runs: Sequence[RunRecord], job: TrainJob) -> RunRecord | None:
+    """The first finished training run of ``runs`` (``store.list_runs(status="done", kind="train")``:
+    newest first) with every setting of ``job`` (not the device)."""
     wanted = job.to_params()
-    return next((r for r in store.list_runs(status="done", kind="train") if r.metrics and same_training(r, wanted)),
-                None)
+    return next((r for r in runs if r.metrics and same_training(r, wanted)), None)
 
 
 def _zero_shot_engine(backbone, task: Task) -> Engine:
@@ -155,7 +155,7 @@ def evaluate_zero_shot(backbone, task: Task, test: LabeledImages, cache: Feature
                          n_bins=n_bins, n_boot=n_boot)
 
 
-def _recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInfo], None] | None,
+def recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInfo], None] | None,
                         every: float = 1.0) -> Callable[[StepInfo], None]:
     """``on_step`` that also writes the latest step to the store (at most once a second, and the last
     step), so other processes (the app, ``calibprompt runs``) see a job's progress."""
@@ -209,20 +209,53 @@ class JobOutcome:
 def prepare_job(job: TrainJob, backbone, cache: FeatureCache | None = None) -> PreparedJob:
     """Open the job's dataset, draw its seeded k-shot split and get the image features (cached views
     of the training images, or a fresh-augmentation source under such a protocol; plain test views)."""
-    t0 = time.perf_counter()
-    task, dataset = open_dataset(job.dataset, job.task)
-    train, test = few_shot_split(dataset, job.shots, job.seed)
-    timings = {"load_seconds": time.perf_counter() - t0}
-    t0 = time.perf_counter()
+    return prepare_jobs([job], backbone, cache)[0]
+
+
+def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None = None) -> list[PreparedJob]:
+    """:func:`prepare_job` for many jobs on one backbone, each piece of work done once: a dataset is
+    opened and a (shots, seed) split drawn once however many methods use it, the features of every
+    training image any job needs come from one pass (at the largest view count; each job takes its
+    first ``n_views``), those of every test image from another, and each task's zero-shot head is
+    encoded once. A job's ``load_seconds`` and ``feature_seconds`` are its share of the shared work."""
+    jobs = list(jobs)
     cache = cache or FeatureCache(backbone)
-    if get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"]:
-        train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
-    else:
-        train_feats = cache.augmented(train.paths, job.n_views)  # n_views cached views per image
-    test_feats = cache.plain(test.paths)
-    timings["feature_seconds"] = time.perf_counter() - t0
-    return PreparedJob(job, task, str(dataset.root), train, test, train_feats, test_feats,
-                       _zero_shot_engine(backbone, task), timings)
+    t0 = time.perf_counter()
+    splits: dict[tuple, tuple[Task, Any, LabeledImages, LabeledImages]] = {}
+    for job in jobs:
+        key = (job.dataset, job.task, job.shots, job.seed)
+        if key not in splits:
+            task, dataset = open_dataset(job.dataset, job.task)
+            splits[key] = (task, dataset, *few_shot_split(dataset, job.shots, job.seed))
+    load_seconds = (time.perf_counter() - t0) / len(jobs)
+
+    t0 = time.perf_counter()
+    fresh = {id(job): get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"] for job in jobs}
+    cached = [job for job in jobs if not fresh[id(job)]]
+    train_paths = list(dict.fromkeys(str(p) for job in cached
+                                     for p in splits[(job.dataset, job.task, job.shots, job.seed)][2].paths))
+    test_paths = list(dict.fromkeys(str(p) for _, _, _, test in splits.values() for p in test.paths))
+    views = cache.augmented(train_paths, max(job.n_views for job in cached)) if train_paths else None
+    plain = cache.plain(test_paths)
+    train_row = {p: i for i, p in enumerate(train_paths)}
+    test_row = {p: i for i, p in enumerate(test_paths)}
+    feature_seconds = (time.perf_counter() - t0) / len(jobs)
+
+    engines: dict[str, Engine] = {}
+    prepared = []
+    for job in jobs:
+        task, dataset, train, test = splits[(job.dataset, job.task, job.shots, job.seed)]
+        if fresh[id(job)]:
+            train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
+        else:
+            train_feats = views[[train_row[str(p)] for p in train.paths], :job.n_views]  # cached views
+        test_feats = plain[[test_row[str(p)] for p in test.paths]]
+        if task.name not in engines:
+            engines[task.name] = _zero_shot_engine(backbone, task)
+        prepared.append(PreparedJob(job, task, str(dataset.root), train, test, train_feats, test_feats,
+                                    engines[task.name],
+                                    {"load_seconds": load_seconds, "feature_seconds": feature_seconds}))
+    return prepared
 
 
 def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_boot: int = defaults.N_BOOT,
@@ -280,7 +313,7 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
         prepared.timings["load_seconds"] += load_seconds
         result = train_prompts(backbone, prepared.task.classnames, prepared.train_features, prepared.train.labels,
                                job.config(), task=prepared.task, zero_shot_text=prepared.zero_shot_text,
-                               on_step=_recording_progress(store, run_id, on_step), should_stop=should_stop)
+                               on_step=recording_progress(store, run_id, on_step), should_stop=should_stop)
         record_outcome(store, evaluate_trained(prepared, result, backbone, run_id, n_boot=n_boot))
     except TrainingCancelled:
         store.cancel_run(run_id)

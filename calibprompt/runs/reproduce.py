@@ -37,8 +37,9 @@ from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
 from calibprompt.runs.compare import ZERO_SHOT, parse_methods
 from calibprompt.runs.batch import run_train_jobs
-from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, open_dataset, same_training
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, find_done_run, open_dataset
 from calibprompt.runs.store import RunRecord, RunStore
+from calibprompt.training.protocols import get_protocol, list_protocols
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,7 @@ DEMO_PAIRS: tuple[tuple[str, str], ...] = (("demo", "demo"), ("demo", "demo-bina
 SUITES: dict[str, tuple[tuple[str, str], ...]] = {"paper": PAPER_PAIRS, "demo": DEMO_PAIRS}
 #: ``paper``: the protocol the paper describes; ``authors-code``: the authors' published code's
 #: (:mod:`calibprompt.training.protocols`).
-try:
-    from calibprompt.training.protocols import list_protocols as _list_protocols
-except ImportError:  # a version without protocol variants
-    PROTOCOLS: tuple[str, ...] = ("paper", "authors-code")
-else:
-    PROTOCOLS = tuple(_list_protocols())
+PROTOCOLS: tuple[str, ...] = tuple(list_protocols())
 DEFAULT_METHODS = (ZERO_SHOT, "coop", "calibprompt")
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_TOLERANCE = 1.5  #: ECE points (percent) within which our mean counts as matching the paper
@@ -166,16 +162,6 @@ def dataset_available(name: str) -> bool:
     return get_registered_dataset(name) is not None or (datasets_dir() / name).exists()
 
 
-def _protocol_supported() -> bool:
-    return "protocol" in TrainJob.__dataclass_fields__
-
-
-def _check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
-    return protocol
-
-
 def _suite_pairs(suite: str, model: str | None) -> list[tuple[str, str]]:
     if suite not in SUITES:
         raise ValueError(f"Unknown suite {suite!r}; choose one of: {', '.join(SUITES)}.")
@@ -189,11 +175,8 @@ def _suite_pairs(suite: str, model: str | None) -> list[tuple[str, str]]:
 
 
 def _train_job(cell: Cell, device: str = "auto") -> TrainJob:
-    kwargs: dict[str, Any] = {}
-    if _protocol_supported():
-        kwargs["protocol"] = cell.protocol
     return TrainJob(model=cell.backbone, dataset=cell.dataset, shots=cell.shots, seed=cell.seed, method=cell.method,
-                    epochs=cell.epochs, device=device, n_bins=cell.n_bins, **kwargs)
+                    epochs=cell.epochs, device=device, n_bins=cell.n_bins, protocol=cell.protocol)
 
 
 def _same_zero_shot(record: RunRecord, cell: Cell) -> bool:
@@ -214,9 +197,7 @@ def _find_run(cell: Cell, train_runs: Sequence[RunRecord], eval_runs: Sequence[R
     """The newest done run that is this cell (the lists are newest first)."""
     if cell.zero_shot:
         return next((r for r in eval_runs if r.metrics and _same_zero_shot(r, cell)), None)
-    wanted = _train_job(cell).to_params()
-    wanted.setdefault("protocol", cell.protocol)  # a TrainJob without the field: only paper-protocol runs match
-    return next((r for r in train_runs if r.metrics and same_training(r, wanted)), None)
+    return find_done_run(train_runs, _train_job(cell))
 
 
 def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
@@ -226,7 +207,7 @@ def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METH
     """Every cell of ``suite`` (pairs in the suite's order, then methods, then seeds) with the paper's
     values and its status. ``model`` restricts the suite to one backbone. Nothing is run; the run store
     is only read. ValueError for an unknown suite, protocol, method or backbone, or a bad setting."""
-    _check_protocol(protocol)
+    protocol = get_protocol(protocol).name  # ValueError naming the protocols
     methods = parse_methods(methods)
     seeds = parse_seeds(seeds)
     pairs = _suite_pairs(suite, model)
@@ -451,9 +432,6 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
                        store=store)
     result = Reproduction(suite=suite, protocol=protocol, methods=parse_methods(methods), seeds=parse_seeds(seeds),
                           shots=int(shots), epochs=int(epochs), tolerance=float(tolerance), cells=cells)
-    todo_training = [c for c in cells if c.status == "todo" and not c.zero_shot]
-    if not dry_run and protocol != "paper" and todo_training and not _protocol_supported():
-        raise ValueError(f"This version trains with the paper's protocol only; --protocol {protocol} is not available.")
     total, todo = len(cells), sum(c.status == "todo" for c in cells)
     loaded: dict[str, Any] = {}  # backbone name -> Backbone, or the BackboneUnavailableError text
     opened: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # (backbone, dataset) -> task, dataset, cache
@@ -485,11 +463,8 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
 
             on_ray.append(JobGroup(jobs, run_ids))
             return
-        records = run_train_jobs(jobs, store, run_ids=run_ids, backbone=backbone, max_batch_prompts=max_batch_prompts,
-                                 on_step=on_step, on_done=done, n_boot=n_boot)
-        for record in records:
-            if record.status != "done":
-                done(record)  # raises, naming the cell
+        run_train_jobs(jobs, store, run_ids=run_ids, backbone=backbone, max_batch_prompts=max_batch_prompts,
+                       on_step=on_step, on_done=done, n_boot=n_boot)  # a failure raises; nothing cancels it
 
     for index, cell in enumerate(cells):
         if cell.status == "done":

@@ -33,9 +33,10 @@ from typing import Callable, Sequence, Union
 import torch
 
 from calibprompt import defaults
+from calibprompt.devices import autocast
 from calibprompt.training.losses import Objective
 from calibprompt.training.trainer import (FeatureSource, RunSetup, StepInfo, TrainConfig, TrainingCancelled,
-                                          TrainResult, autocast, learning_rate, setup_run)
+                                          TrainResult, learning_rate, setup_run)
 
 __all__ = ["RunInputs", "train_many", "chunk_runs", "layout_key"]
 

@@ -29,18 +29,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from calibprompt.data import load_image
+from calibprompt.devices import autocast
 from calibprompt.fileio import atomic_write
 from calibprompt.paths import features_dir
+from calibprompt.training.protocols import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureCache", "FreshViews", "train_transform", "file_hash", "AUGMENTATION"]
+__all__ = ["FeatureCache", "FreshViews", "encode_pixels", "train_transform", "file_hash", "AUGMENTATION"]
 
 AUGMENTATION = {"crop_scale": (0.08, 1.0), "flip": True, "version": 1}
 _CHUNK_BYTES = 1 << 20
@@ -152,6 +154,15 @@ class _Pictures(torch.utils.data.Dataset):
         return torch.stack([self.augment(image, _view_seed(key, v)) for v in views])
 
 
+def encode_pixels(backbone, pixels: torch.Tensor, precision: str = "fp32", batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised image features (N, D), float32 on the CPU, of preprocessed pixels (N, 3, H, W):
+    the image encoder under ``torch.inference_mode`` and the ``precision``'s autocast. What every
+    feature pass (this cache's, a Ray Data actor's) runs."""
+    with torch.inference_mode(), autocast(backbone.device, precision):
+        feats = backbone.encode_pixels(pixels, normalize=True, batch_size=batch_size)
+    return feats.float().clone()  # a normal tensor again (inference tensors cannot enter autograd)
+
+
 def _default_workers(device: torch.device, n_items: int) -> int:
     """Decoding workers for a feature pass: none on a CPU (the encoder needs every core, and decoding a
     view costs ~1/50 of encoding it), up to 8 on an accelerator for passes of more than 64 images
@@ -182,8 +193,6 @@ class FeatureCache:
 
     def __init__(self, backbone, root: str | os.PathLike | None = None, batch_size: int | None = None,
                  precision: str = "fp32", num_workers: int | None = None):
-        from calibprompt.training.protocols import PRECISIONS
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
         self.backbone = backbone
@@ -235,12 +244,7 @@ class FeatureCache:
                                                 multiprocessing_context="spawn", prefetch_factor=4))
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised features (N, D), float32 on the CPU, of preprocessed pixels (N, 3, H, W)."""
-        from calibprompt.training.trainer import autocast
-
-        with torch.inference_mode(), autocast(self.backbone.device, self.precision):
-            feats = self.backbone.encode_pixels(pixels, normalize=True, batch_size=self.batch_size)
-        return feats.float().clone()  # a normal tensor again (inference tensors cannot enter autograd)
+        return encode_pixels(self.backbone, pixels, self.precision, self.batch_size)
 
     def _run(self, items: list[tuple[str, str, Sequence[int] | None]], done: Callable[[int, torch.Tensor], None],
              progress: Callable[[int, int], None] | None) -> None:
@@ -272,8 +276,16 @@ class FeatureCache:
             flush()
 
     def has_plain(self, key: str) -> bool:
-        """Whether the plain features of the image whose SHA-256 is ``key`` are cached."""
-        return "plain" in self._read(key)
+        """Whether the plain features of the image whose SHA-256 is ``key`` are cached (reads only the
+        file's header; a damaged file counts as missing)."""
+        path = self._file(key)
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return "plain" in handle.keys()
+        except (SafetensorError, OSError, ValueError):
+            return False
 
     def put_plain(self, key: str, feature: torch.Tensor) -> None:
         """Store the plain features (D,) computed elsewhere for the image whose SHA-256 is ``key``

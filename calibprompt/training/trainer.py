@@ -19,7 +19,6 @@ instead of a feature tensor, and each step encodes its batch anew.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from calibprompt import defaults
+from calibprompt.devices import autocast
 from calibprompt.training.losses import Objective, build_objective
 from calibprompt.training.protocols import PRECISIONS, get_protocol
 from calibprompt.prompting.learner import PromptLearner
@@ -37,11 +37,10 @@ from calibprompt.prompting.learner import PromptLearner
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate",
-           "resolve_settings", "FeatureSource", "RunSetup", "setup_run", "autocast"]
+           "resolve_settings", "FeatureSource", "RunSetup", "setup_run"]
 
 #: A feature source the trainer calls every step: ``views(step, indices) -> (len(indices), D)``.
 FeatureSource = Callable[[int, torch.Tensor], torch.Tensor]
-_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TrainingCancelled(Exception):
@@ -141,13 +140,6 @@ def learning_rate(epoch: int, config: TrainConfig, family: str | None = None) ->
     if epoch < config.warmup_epochs:
         return resolve_settings(config, family)["warmup_lr"]
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
-
-
-def autocast(device: torch.device, precision: str):
-    """``torch.autocast`` in fp16/bf16 on the run's device; nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 @dataclass
