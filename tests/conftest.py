@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
+
+#: Debian's Chromium, driven by Playwright in the browser tests (playwright cannot download browsers here)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"]
 
 # Tests never reach the Hugging Face Hub: an empty, private cache and no telemetry.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -70,3 +76,14 @@ def app_url(tmp_path_factory):
         os.environ.pop("CALIBPROMPT_HOME", None)
     else:
         os.environ["CALIBPROMPT_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (each test opens its own contexts and pages)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield launched
+        launched.close()

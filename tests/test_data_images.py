@@ -9,6 +9,7 @@ import io
 import struct
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 
@@ -25,6 +26,7 @@ from calibprompt.data import (
 )
 
 pydicom = pytest.importorskip("pydicom")
+import pydicom.data  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
@@ -371,6 +373,35 @@ def test_multipage_tiff_and_animated_gif_give_first_frame(tmp_path):
     assert tuple(as_array(load_image(gif))[0, 0]) == (255, 0, 0)
 
 
+def test_frame_choice_in_tiff_gif_and_pil_images(tmp_path):
+    frames = [Image.new("L", (6, 6), v) for v in (30, 220, 120)]
+    tiff = tmp_path / "stack.tiff"
+    frames[0].save(tiff, save_all=True, append_images=frames[1:])
+    assert [int(gray(load_image(tiff, frame=i))[0, 0]) for i in range(3)] == [30, 220, 120]
+    with pytest.raises(ValueError, match=r"stack\.tiff has 3 frames, numbered 0 to 2 .*no frame 3\. Choose a frame from 0 to 2"):
+        load_image(tiff, frame=3)
+
+    colours = [Image.new("RGB", (6, 6), c) for c in ((255, 0, 0), (0, 255, 0))]
+    gif = encode(colours[0], "GIF", save_all=True, append_images=colours[1:], duration=50)
+    assert tuple(as_array(load_image(gif, frame=1))[0, 0]) == (0, 255, 0)
+
+    multi = Image.open(tiff)
+    multi.seek(2)
+    assert gray(load_image(multi, frame=1))[0, 0] == 220
+    assert multi.tell() == 2  # the caller's frame is kept
+
+
+def test_frame_of_single_frame_sources():
+    image = Image.new("L", (3, 3), 90)
+    assert gray(load_image(image, frame=0))[0, 0] == 90
+    with pytest.raises(ValueError, match=r"^The image has a single frame, so there is no frame 1\. Choose frame 0"):
+        load_image(image, frame=1)
+    with pytest.raises(ValueError, match=r"^The array has a single frame"):
+        load_image(np.zeros((3, 3), np.uint8), frame=2)
+    with pytest.raises(ValueError, match=r"^The frame of the uploaded data must be a whole number counted from 0"):
+        load_image(encode(image, "PNG"), frame="first")
+
+
 # --------------------------------------------------------------------------
 # numpy arrays
 # --------------------------------------------------------------------------
@@ -498,6 +529,76 @@ def test_dicom_multiframe_gives_first_frame():
     assert (values[:, :4] == 0).all() and (values[:, 4:] == 255).all()
 
 
+def test_dicom_frame_choice(tmp_path):
+    frames = np.zeros((3, 6, 8), np.uint16)
+    for index in range(3):
+        frames[index, :, 2 * (index + 1):] = 1000  # frame i is dark up to column 2 * (i + 1)
+    path = tmp_path / "cine.dcm"
+    path.write_bytes(make_dicom(frames, frames=True, bits_stored=12))
+    for index in range(3):
+        values = gray(load_image(path, frame=index))
+        edge = 2 * (index + 1)
+        assert (values[:, :edge] == 0).all() and (values[:, edge:] == 255).all()
+    assert gray(load_image(path, frame=np.int32(2)))[0, 5] == 0
+    for bad in (3, -1, 10**9):
+        with pytest.raises(ValueError) as info:
+            load_image(path, frame=bad)
+        assert str(info.value) == (
+            f"The file cine.dcm has 3 frames, numbered 0 to 2 (0 is the first); there is no "
+            f"frame {bad}. Choose a frame from 0 to 2."
+        )
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"NumberOfFrames": b"1A"}, r"'Number of Frames' \(0028,0008\) holds '1A', which is not a whole number"),
+        ({"NumberOfFrames": b"-2"}, r"'Number of Frames' \(0028,0008\) holds '-2', which is not a count of frames"),
+        ({"Rows": None}, r"is incomplete: it lacks the DICOM element 'Rows' \(0028,0010\)"),
+        ({"BitsAllocated": None}, r"lacks the DICOM element 'Bits Allocated' \(0028,0100\)"),
+        ({"PhotometricInterpretation": None}, r"lacks the DICOM element 'Photometric Interpretation'"),
+    ],
+)
+def test_dicom_with_bad_or_missing_elements_is_refused_in_words(change, expected, tmp_path):
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(low=0, high=4095), bits_stored=12)))
+    ds.NumberOfFrames = 11
+    for keyword, value in change.items():
+        if value is None:
+            delattr(ds, keyword)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    if "NumberOfFrames" in change:  # a value pydicom would not write, as a damaged file holds it
+        element = b"\x28\x00\x08\x00IS\x02\x00"
+        assert data.count(element + b"11") == 1
+        data = data.replace(element + b"11", element + change["NumberOfFrames"])
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid IS value
+        with pytest.raises(ValueError, match=expected) as info:
+            load_image(path)
+    message = str(info.value)
+    assert message.startswith("The file damaged.dcm is ")
+    assert "Export it again from your PACS or viewer" in message
+    assert "invalid literal" not in message and "Missing required" not in message
+
+
+def test_dicom_mismatched_pixel_length_is_refused_in_words():
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(low=0, high=4095), bits_stored=12)))
+    ds.PixelData = ds.PixelData + b"\x00" * 4096  # more bytes than 16 x 256 x 2
+    ds.Rows = 64  # now it describes 32,768 bytes where 12,288 are present
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ValueError) as info:
+        load_image(buffer.getvalue())
+    assert str(info.value).startswith(
+        "The uploaded data has damaged or incomplete image data: it holds 12,288 bytes of pixels "
+        "where its header describes 32,768"
+    )
+    assert "less than expected" not in str(info.value)
+
+
 def test_dicom_rgb_and_ybr(tmp_path):
     rgb = np.zeros((4, 6, 3), np.uint8)
     rgb[:, :3] = (200, 30, 10)
@@ -585,14 +686,43 @@ def test_dicom_without_pixel_data():
         load_image(buffer.getvalue())
 
 
-def test_dicom_with_missing_decoder_says_what_to_do():
+def test_dicom_with_missing_decoder_says_what_to_do(monkeypatch):
+    """A broken install (the pylibjpeg plugins missing) is explained, not a traceback."""
     data = make_dicom(np.zeros((4, 4), np.uint16), transfer_syntax=JPEGLosslessSV1)
-    decoder = pydicom.pixels.get_decoder(JPEGLosslessSV1)
-    if decoder.is_available:
-        pytest.skip("a JPEG Lossless decoder is installed here")
+
+    class NoPlugins:
+        is_available = False
+        missing_dependencies = [
+            "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1",
+            "gdcm - requires gdcm>=3.0.10",
+        ]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda syntax: NoPlugins())
     with pytest.raises(ValueError, match=r"lossless JPEG compression.*not installed.*PNG") as info:
         load_image(data)
-    assert "pylibjpeg" in str(info.value)
+    assert "pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1 or python-gdcm>=3.0.10" in str(info.value)
+
+
+def test_dicom_jpeg_lossless_decodes_with_the_installed_plugins():
+    """The pylibjpeg plugins are dependencies: JPEG Lossless (what PACS exports) just works."""
+    assert pydicom.pixels.get_decoder(JPEGLosslessSV1).is_available
+    path = pydicom.data.get_testdata_file("SC_rgb_jpeg_gdcm.dcm")  # JPEG Lossless SV1, colour bars
+    result = as_array(load_image(path))
+    assert result.shape == (100, 100, 3)
+    assert tuple(result[0, 0]) == (255, 0, 0)
+
+
+def test_undecodable_compressed_dicom_is_refused_in_words():
+    data = make_dicom(np.zeros((16, 16), np.uint8), transfer_syntax=JPEGBaseline8Bit)  # dummy codestream
+    with pytest.raises(ValueError) as info:
+        load_image(data)
+    message = str(info.value)
+    assert message.startswith(
+        "The uploaded data has damaged or non-standard image data: its JPEG compressed pixels "
+        "(JPEG Baseline (Process 1)) could not be decoded by any installed decoder (tried: "
+    )
+    assert "Export it again" in message and "exceptions were raised" not in message
+    assert info.value.__cause__ is not None
 
 
 def test_dcm_suffix_without_dicom_marker(tmp_path):
@@ -607,6 +737,8 @@ def test_truncated_dicom():
     with pytest.raises(ValueError, match="damaged or incomplete image data") as info:
         load_image(data[: len(data) - 3000])
     assert info.value.__cause__ is not None
+    assert "holds 5,192 bytes of pixels where its header describes 8,192" in str(info.value)
+    assert "less than expected" not in str(info.value)  # pydicom's words stay in __cause__
     with pytest.raises(ValueError, match="no pixel data.*cut off"):
         load_image(data[:400])
 
@@ -679,6 +811,8 @@ def test_truncated_files(fmt, rgb_image):
     with pytest.raises(ValueError, match="incomplete or damaged") as info:
         load_image(data[: len(data) // 2])
     assert info.value.__cause__ is not None
+    assert str(info.value.__cause__) not in str(info.value)  # no Pillow exception text
+    assert "try again" in str(info.value)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 

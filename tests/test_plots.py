@@ -835,3 +835,154 @@ def test_figure_html_is_self_contained(reports):
         P.figure_html(figs, tables={"t": [[1, 2]]})
     with pytest.raises(ValueError, match="title"):
         P.figure_html(figs, title=None)
+
+
+# ---------------------------------------------------------------------------
+# Phones and dark mode: one shared layout (plots._base_layout)
+# ---------------------------------------------------------------------------
+
+
+def every_figure(reports):
+    """Every kind of figure the module draws, the risk-coverage curves included."""
+    from calibprompt.evaluation.selective import risk_coverage
+
+    p, y = random_probs(9)
+    curves = {name: risk_coverage(p, y) for name in ("coop", "calibprompt")}
+    return all_figures(reports) + [P.risk_coverage_curves(curves, 0.8)]
+
+
+def luminance(colour: str) -> float:
+    """WCAG relative luminance of a #rrggbb colour."""
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a: str, b: str) -> float:
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def axes_of(fig: go.Figure) -> list:
+    return [fig.layout[key] for key in fig.layout if key.startswith(("xaxis", "yaxis"))]
+
+
+def test_figures_are_transparent_with_lines_and_text_legible_on_light_and_dark(reports):
+    for fig in every_figure(reports):
+        layout = fig.layout
+        assert layout.paper_bgcolor == P.TRANSPARENT and layout.plot_bgcolor == P.TRANSPARENT
+        assert layout.legend.bgcolor == P.TRANSPARENT and layout.modebar.bgcolor == P.TRANSPARENT
+        assert layout.font.color == P.TEXT_COLOUR  # drawn light by the app's CSS in dark mode
+        for axis in axes_of(fig):
+            assert axis.gridcolor == P.GRID_COLOUR and axis.linecolor == P.AXIS_LINE_COLOUR
+        for note in layout.annotations:  # no white box left behind a note
+            assert note.bgcolor in (None, P.NOTE_BACKGROUND)
+    assert contrast(P.TEXT_COLOUR, "#ffffff") >= 7
+    dark_block, white = "#27272a", "#ffffff"  # Gradio's dark block background (zinc 800), and white
+    for colour in (P.DIAGONAL_COLOUR,):  # lines drawn on the transparent background: 3:1 on both
+        assert contrast(colour, white) >= 3 and contrast(colour, dark_block) >= 3
+    for rgba in (P.GRID_COLOUR, P.AXIS_LINE_COLOUR, P.NOTE_BACKGROUND):
+        r, g, b, a = (float(v) for v in rgba[5:-1].split(","))
+        assert r == g == b == 128 and 0 < a < 1  # mid grey, translucent: neither white nor black
+
+
+def test_legends_sit_below_the_plot_horizontally(reports):
+    for fig in every_figure(reports):
+        legend = fig.layout.legend
+        assert legend.orientation == "h"
+        assert (legend.yref, legend.y, legend.yanchor) == ("container", 0.0, "bottom")
+        assert (legend.x, legend.xanchor) == (0.0, "left")
+        assert fig.layout.margin.l <= 60 and fig.layout.margin.r <= 20
+        for note in fig.layout.annotations:  # nothing placed right of the axes (it would squeeze a phone's plot)
+            assert note.xref not in ("paper",) or note.x <= 1.0
+
+
+def test_numeric_axes_have_at_most_six_ticks_and_class_names_are_all_kept(reports):
+    for fig in every_figure(reports):
+        for axis in axes_of(fig):
+            if axis.type == "category":
+                continue
+            assert axis.dtick is None and axis.tickmode == "auto"
+            assert 0 < axis.nticks <= P.MAX_TICKS == 6
+    names = ["adipose tissue", "normal colon mucosa", "colorectal adenocarcinoma epithelium"]
+    fig = P.classwise_ece_bars({"coop": [0.1, 0.2, 0.3]}, names)
+    assert fig.layout.xaxis.type == "category" and fig.layout.xaxis.nticks is None  # never thinned out
+    assert list(fig.data[0].x) == names
+    longest = len(names[-1])  # room under the bars for the longest name, slanted or (on a phone) upright
+    assert fig.layout.height >= P.FIGURE_HEIGHT + 4 * longest
+    assert fig.layout.meta["responsive"]["narrow"]["height"] >= P.FIGURE_HEIGHT + 7 * longest
+
+
+def test_untitled_figures_have_no_title_object(reports):
+    """Gradio reserves 100 px above any figure whose layout has a title, even an empty one."""
+    assert "title" not in json.loads(P.reliability_grid(reports).to_json())["layout"]
+    assert json.loads(P.reliability_diagram(reports["coop"], title="CoOp").to_json())["layout"]["title"]["text"] == "CoOp"
+
+
+def test_every_figure_carries_a_narrow_layout_that_its_wide_one_undoes(reports):
+    for fig in every_figure(reports):
+        responsive = fig.layout.meta["responsive"]
+        assert responsive["below"] >= P.NARROW_WIDTH  # a phone's plot (about 310 px) is always narrow
+        narrow, wide = responsive["narrow"], responsive["wide"]
+        assert set(narrow) == set(wide) and "height" in narrow
+        assert narrow["height"] > wide["height"] == fig.layout.height  # room for the legend's rows
+        for key, value in wide.items():  # "wide" is the figure as drawn
+            assert P._layout_value(fig, key) == value
+        assert json.loads(json.dumps(responsive)) == responsive  # plain JSON for the page's script
+
+
+def test_a_grid_stacks_its_panels_on_a_phone(reports):
+    fig = P.reliability_grid(reports, n_cols=3)
+    assert fig.layout.meta["responsive"]["below"] == 3 * 240  # panels narrower than 240 px are stacked
+    narrow = fig.layout.meta["responsive"]["narrow"]
+    n = len(reports)
+    x_domains = [v for k, v in narrow.items() if k.startswith("xaxis") and k.endswith(".domain")]
+    y_domains = [v for k, v in narrow.items() if k.startswith("yaxis") and k.endswith(".domain")]
+    assert len(x_domains) == len(y_domains) == n
+    assert all(d == [0.0, 1.0] for d in x_domains)  # one full-width column
+    for upper, lower in zip(y_domains, y_domains[1:]):  # top to bottom, never overlapping
+        assert lower[1] < upper[0]
+    plot_height = narrow["height"] - 200  # less margins, titles and the legend's rows: still >= 250 px a panel
+    assert all((top - bottom) * plot_height >= 250 for bottom, top in y_domains)
+    for i, (bottom, top) in enumerate(y_domains):  # each panel's title moves with it
+        assert narrow[f"annotations[{i}].y"] == top and narrow[f"annotations[{i}].x"] == 0.5
+    assert all(narrow[k] == "Accuracy" for k in narrow if k.endswith(".title.text") and k.startswith("yaxis"))
+    single = P.reliability_grid({"coop": reports["coop"]})  # one panel: nothing to stack
+    assert not any(k.endswith(".domain") for k in single.layout.meta["responsive"]["narrow"])
+
+
+def test_long_titles_break_into_lines_on_a_phone(reports):
+    from calibprompt.evaluation.selective import risk_coverage
+
+    p, y = random_probs(9)
+    fig = P.risk_coverage_curves({"coop": risk_coverage(p, y)}, 0.8)
+    narrow = fig.layout.meta["responsive"]["narrow"]
+    for key, most in (("title.text", 30), ("xaxis.title.text", 34)):
+        lines = narrow[key].split("<br>")
+        assert len(lines) >= 2 and all(len(line) <= most for line in lines)
+        assert " ".join(lines) == P._layout_value(fig, key)  # the same words
+    assert "title.text" not in P.reliability_diagram(reports["coop"], title="CoOp").layout.meta["responsive"]["narrow"]
+
+
+def test_the_ece_note_sits_inside_the_axes(reports):
+    (note,) = P.reliability_diagram(reports["coop"]).layout.annotations
+    assert (note.xref, note.yref) == ("x domain", "y domain") and 0 <= note.x <= 1 and 0 <= note.y <= 1
+
+
+def test_exports_are_painted_white_and_the_figure_is_left_transparent(reports):
+    fig = P.reliability_grid(reports)
+    white = P.on_white(fig)
+    assert white.layout.paper_bgcolor == white.layout.plot_bgcolor == P.EXPORT_BACKGROUND == "#ffffff"
+    assert fig.layout.paper_bgcolor == P.TRANSPARENT  # the original is untouched
+    assert white.layout.font.color == P.TEXT_COLOUR
+
+
+def test_exported_png_is_dark_text_on_white(reports, browser, tmp_path):
+    from PIL import Image
+
+    out = P.export_figure(P.reliability_diagram(reports["coop"], title="CoOp"), tmp_path / "coop.png")
+    image = Image.open(out).convert("RGBA")
+    assert image.getpixel((3, 3)) == (255, 255, 255, 255)  # an opaque white corner
+    title = np.asarray(image.crop((0, 0, 200, 60)))[..., :3].astype(int)  # where the title's text is
+    darkest = int(title.sum(axis=-1).min())
+    assert darkest < 3 * 80

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from calibprompt.evaluation.agreement import cohen_kappa
+from calibprompt.evaluation.agreement import cohen_kappa, pair_agreement, percent_agreement
 from calibprompt.runs import store as store_mod
 from calibprompt.runs.reviews import REVIEW_CSV_COLUMNS, VERDICTS, csv_cell
 from calibprompt.runs.store import RunStore
@@ -251,7 +251,208 @@ def test_reader_agreement(store):
         review(store, reader="dr e", dataset="same", image=image, verdict="agree")
         review(store, reader="dr f", dataset="same", image=image, verdict="agree")
     assert store.reader_agreement(dataset="same") == [{"reader_a": "dr e", "reader_b": "dr f", "cases": 2,
-                                                       "kappa": None}]
+                                                       "agreed": 2, "percent": 1.0, "kappa": None, "few": True}]
+
+
+def test_two_readers_agreeing_on_2_of_3_cases_get_67_percent_beside_kappa():
+    # b said "agree" to all three: p_o = 2/3, p_e = (2/3)(3/3) + (1/3)(0/3) = 2/3, kappa = 0 / (1/3) = 0.
+    stats = pair_agreement(["agree", "agree", "disagree"], ["agree", "agree", "agree"], labels=VERDICTS)
+    assert stats == {"cases": 3, "agreed": 2, "percent": pytest.approx(2 / 3), "kappa": pytest.approx(0.0),
+                     "few": True}
+    # a: agree 2, disagree 1; b: agree 1, disagree 2; p_o = 2/3, p_e = (2/3)(1/3) + (1/3)(2/3) = 4/9,
+    # kappa = (6/9 - 4/9) / (5/9) = 0.4
+    a, b = ["agree", "disagree", "agree"], ["agree", "disagree", "disagree"]
+    assert pair_agreement(a, b)["kappa"] == pytest.approx(0.4) == cohen_kappa_score(a, b)
+    assert percent_agreement(a, b) == pytest.approx(2 / 3)
+    assert pair_agreement(["agree"], ["unsure"]) == {"cases": 1, "agreed": 0, "percent": 0.0, "kappa": None,
+                                                     "few": True}
+    many = pair_agreement(a * 7, b * 7)
+    assert many["cases"] == 21 and not many["few"] and many["kappa"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="same cases"):
+        percent_agreement(["agree"], [])
+
+
+def test_reader_agreement_reports_percent_and_few_cases(store):
+    for image, va, vb in (("a.png", "agree", "agree"), ("b.png", "agree", "agree"), ("c.png", "disagree", "agree")):
+        review(store, reader="dr a", image=image, verdict=va)
+        review(store, reader="dr b", image=image, verdict=vb)
+    [pair] = store.reader_agreement()
+    assert (pair["cases"], pair["agreed"], pair["few"]) == (3, 2, True)
+    assert pair["percent"] == pytest.approx(2 / 3) and pair["kappa"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------ listing, paging and filters
+
+def _evaluation(n: int = 900, seed: int = 0):
+    """A synthetic evaluation of two methods on ``n`` images of the 9-class demo task."""
+    import numpy as np
+
+    from calibprompt.prompting.tasks import load_task
+    from calibprompt.service.evaluation import EvaluationSet
+
+    rng = np.random.default_rng(seed)
+    task = load_task("demo")
+    labels = rng.integers(0, 9, size=n)
+    probs = {h: rng.dirichlet(np.full(9, 0.3), size=n) for h in ("zero-shot", "coop")}
+    images = [f"{task.class_ids[y]}/{i:04d}.png" for i, y in enumerate(labels)]
+    return EvaluationSet(dataset="demo", root=Path("/nonexistent"), task=task, paths=[f"/nonexistent/{x}" for x in images],
+                         images=images, labels=labels, probs=probs)
+
+
+class _FakeCore:
+    """What the review service uses of the Core: a store, evaluate and prediction sets."""
+
+    def __init__(self, store, ev):
+        self.store, self.ev = store, ev
+
+    def evaluate(self, state, dataset, heads=()):
+        return self.ev
+
+    @staticmethod
+    def cross_fitted_sets(ev, alpha):
+        return None
+
+
+def _state(reader="dr a"):
+    from calibprompt.service.session import SessionState
+
+    return SessionState(model="demo", task="demo", reader=reader)
+
+
+def test_every_confidently_wrong_case_is_counted_ranked_and_named():
+    import numpy as np
+
+    from calibprompt.service.reviews import rank_cases
+
+    ev = _evaluation()
+    cases = rank_cases(ev, None, min_confidence=0.0)
+    wrong = {h: ev.probs[h].argmax(1) != ev.labels for h in ev.probs}
+    assert len(cases) == int((wrong["zero-shot"] | wrong["coop"]).sum()) > 400  # a true count, not a cap of 48
+    assert [c["rank"] for c in cases] == list(range(1, len(cases) + 1))
+    assert [c["score"] for c in cases] == sorted((c["score"] for c in cases), reverse=True)
+    case = cases[0]
+    assert case["true_name"] == ev.task.classnames[ev.task.class_ids.index(case["true"])]
+    assert set(case["prediction_names"].values()) <= set(ev.task.classnames)  # names, not folder ids
+    only_zero = rank_cases(ev, None, method="zero-shot", min_confidence=0.5)
+    expected = int((wrong["zero-shot"] & (ev.probs["zero-shot"].max(1) >= 0.5)).sum())
+    assert len(only_zero) == expected and all(c["method"] == "zero-shot" for c in only_zero)
+    by_name = rank_cases(ev, None, true_class="mucus")
+    assert by_name and by_name == rank_cases(ev, None, true_class="MUC")
+    assert all(c["true"] == "MUC" and c["true_name"] == "mucus" for c in by_name)
+    assert len(by_name) == int(((wrong["zero-shot"] | wrong["coop"]) & (ev.labels == 4)).sum())
+    with pytest.raises(ValueError, match="minimum confidence"):
+        rank_cases(ev, None, min_confidence=float("nan"))
+    with pytest.raises(ValueError, match="not among the chosen prompts"):
+        rank_cases(ev, None, method="calibprompt")
+    assert np.isclose(cases[-1]["score"], min(c["score"] for c in cases))
+
+
+@pytest.mark.parametrize("total, page, expected", [
+    (412, 0, {"page": 0, "pages": 18, "start": 0, "stop": 24}),
+    (412, 1, {"page": 1, "pages": 18, "start": 24, "stop": 48}),  # "cases 25-48 of 412"
+    (412, 17, {"page": 17, "pages": 18, "start": 408, "stop": 412}),
+    (412, 99, {"page": 17, "pages": 18, "start": 408, "stop": 412}),  # clamped
+    (412, -3, {"page": 0, "pages": 18, "start": 0, "stop": 24}),
+    (48, 1, {"page": 1, "pages": 2, "start": 24, "stop": 48}),
+    (0, 0, {"page": 0, "pages": 1, "start": 0, "stop": 0}),
+])
+def test_pages_reach_every_case(total, page, expected):
+    from calibprompt.service.reviews import page_of
+
+    assert page_of(total, page) == expected
+
+
+def test_paging_covers_every_case_once():
+    from calibprompt.service.reviews import page_of
+
+    seen = []
+    pages = page_of(412, 0)["pages"]
+    for p in range(pages):
+        window = page_of(412, p)
+        seen += range(window["start"], window["stop"])
+    assert seen == list(range(412))
+    with pytest.raises(ValueError, match="per_page"):
+        page_of(10, 0, per_page=0)
+
+
+def test_reader_filters_mine_todo_and_disagreements(store):
+    from calibprompt.service.reviews import filter_cases, find_cases, progress, refresh_cases, save_review
+
+    core = _FakeCore(store, _evaluation(200))
+    ann, bob = _state("ann"), _state("bob")
+    found = find_cases(core, ann, "demo", min_confidence=0.0)
+    assert found.cases == found.wrong and len(found.wrong) > 48
+    first, second, third = found.wrong[:3]
+    save_review(core, ann, "demo", first, first["method"], "agree", "clear <b>case</b>")
+    save_review(core, ann, "demo", second, second["method"], "unsure")
+    save_review(core, bob, "demo", first, first["method"], "disagree")  # differs from ann: a disagreement
+    save_review(core, bob, "demo", second, second["method"], "unsure")  # same as ann
+    save_review(core, bob, "demo", third, third["method"], "agree")  # only bob
+
+    row = store.reviews(reader="ann", image=first["image"])[0]
+    assert row["true_class"] == first["true_name"] and row["prediction"] in _evaluation().task.classnames
+    assert row["note"] == "clear <b>case</b>"  # stored as typed; the tab escapes it
+
+    again = find_cases(core, ann, "demo", min_confidence=0.0)
+    assert [c["image"] for c in filter_cases(again.wrong, "mine")] == [first["image"], second["image"]]
+    todo = find_cases(core, ann, "demo", min_confidence=0.0, reader_filter="todo").cases
+    assert len(todo) == len(again.wrong) - 2 and first["image"] not in {c["image"] for c in todo}
+    assert [c["image"] for c in filter_cases(again.wrong, "disagreements")] == [first["image"]]
+    assert progress(again.wrong) == {"reviewed": 2, "listed": len(again.wrong)}
+    assert progress(find_cases(core, bob, "demo", min_confidence=0.0).cases)["reviewed"] == 3
+    # the list of one Find, refreshed after another reader's verdict
+    save_review(core, bob, "demo", third, third["method"], "disagree")
+    shown = refresh_cases(core, ann, "demo", again.wrong, "disagreements")
+    assert [c["image"] for c in shown] == [first["image"]]
+    with pytest.raises(ValueError, match="Enter your name as the reader first"):
+        find_cases(core, _state(""), "demo", reader_filter="mine")
+    with pytest.raises(ValueError, match="Unknown reader filter"):
+        filter_cases(again.wrong, "everything")
+    with pytest.raises(ValueError, match="Select a case first"):
+        save_review(core, ann, "demo", None, "coop", "agree")
+
+
+def test_disagreements_list_readers_and_verdicts(store):
+    from calibprompt.service.reviews import disagreements, find_cases, save_review
+
+    core = _FakeCore(store, _evaluation(120))
+    found = find_cases(core, _state("ann"), "demo", min_confidence=0.0)
+    case = found.wrong[0]
+    save_review(core, _state("ann"), "demo", case, case["method"], "agree", "fine")
+    save_review(core, _state("bob"), "demo", case, case["method"], "disagree", "no")
+    save_review(core, _state("bob"), "demo", found.wrong[1], found.wrong[1]["method"], "agree")
+    [item] = disagreements(core, "demo", found.root, found.wrong)
+    assert item["image"] == case["image"] and item["method"] == case["method"]
+    assert item["true_class"] == case["true_name"] and item["path"] == case["path"]
+    assert item["readers"] == [{"reader": "ann", "verdict": "agree", "note": "fine"},
+                               {"reader": "bob", "verdict": "disagree", "note": "no"}]
+    [unknown] = disagreements(core, "demo")  # without the listing: names as stored, no file
+    assert unknown["path"] is None and unknown["true_class"] == case["true_name"]
+
+
+def test_the_tab_escapes_reader_names_and_notes_and_blinds_cases():
+    from calibprompt.app import review_tab
+
+    pairs = [{"reader_a": "<img src=x onerror=alert(1)>", "reader_b": "dr b", "cases": 3, "agreed": 2,
+              "percent": 2 / 3, "kappa": 0.0, "few": True}]
+    text = review_tab.agreement_html(pairs)
+    assert "<img" not in text and "&lt;img src=x" in text
+    assert "agreed on 2 of 3 shared cases (67 %)" in text and "Cohen's kappa 0.00" in text
+    assert "fewer than 20 shared cases" in text
+    case = {"rank": 7, "image": "MUC/<b>1</b>.png", "true": "MUC", "true_name": "mucus", "method": "coop",
+            "predictions": {"coop": ("ADI", 0.97), "zero-shot": ("MUC", 0.6)},
+            "prediction_names": {"coop": "adipose tissue", "zero-shot": "mucus"}, "sets": {}, "referred": True,
+            "verdicts": {}, "readers": {}}
+    listing = {"shown": [case], "selected": 0, "seq": 3}
+    blind = review_tab.case_html(listing, blinded=True)
+    assert "adipose tissue" in blind and "mucus" not in blind and "97" not in blind and "<b>1" not in blind
+    case["verdicts"] = {"coop": {"verdict": "agree", "note": "<script>x</script>"}}
+    shown = review_tab.case_html(listing, blinded=True)  # revealed once this reader gave a verdict
+    assert "True class: <strong>mucus</strong>" in shown and "97.0 %" in shown
+    assert "<script>" not in shown and "&lt;script&gt;" in shown
+    assert "ADI" not in shown and "MUC</" not in shown  # class names, not folder ids
+    assert review_tab.caption(case, blinded=False) == "#7 · 97.0 % adipose tissue · true: mucus · ✓ agree"
+    assert review_tab.caption({**case, "verdicts": {}}, blinded=True) == "#7"
 
 
 # ------------------------------------------------------------------------------------------ migration

@@ -1,18 +1,32 @@
-"""The Calibration tab: reliability diagrams, confidence histograms, metrics with intervals, per-class
-ECE and post-hoc temperature scaling, on the images none of the chosen prompts trained on."""
+"""The Calibration tab: reliability diagrams, confidence histograms, metrics with intervals, per-class and
+classwise ECE, post-hoc temperature scaling, a paired significance test between any two evaluated prompts,
+and what referring below a confidence threshold gives, on the images none of the chosen prompts trained on.
+The HTML report is made from what the tab shows at the moment (the current threshold and pair of prompts)."""
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 import gradio as gr
 import pandas as pd
 
 from calibprompt import defaults
-from calibprompt.app.common import handler, session_for
+from calibprompt.app.common import escape_markdown, format_p, handler, percent, prompt_label, session_for
 from calibprompt.evaluation import plots
+from calibprompt.service.evaluation import SELECTIVE_COVERAGES, significance_pair
 
 PERCENT_KEYS = ("accuracy", "ece", "mce", "ace")
+PER_CLASS = "per-class ECE (top-label within true class, authors')"
+CLASSWISE = "classwise ECE (Kull)"
+METRICS_LABEL = "Metrics in % (95 % bootstrap intervals; NLL and Brier score as they are; T: the fitted temperature)"
+ESTIMATORS_LABEL = ("Other ECE estimates, in %: KDE-ECE as the authors compute it; smECE (Błasiok & Nakkiran); debiased "
+                    f"ECE (Kumar et al.); {PER_CLASS}: the top-label ECE within each true class, averaged; {CLASSWISE}: "
+                    "each class's probability against how often it is the true class, one-vs-rest, averaged (the "
+                    "panel above shows it class by class)")
+DISPLAY = {"calibprompt": "CalibPrompt", "coop": "CoOp", "zero-shot": "Zero-shot"}
 
 
 def metrics_table(reports: dict) -> pd.DataFrame:
+    """Accuracy, ECE, MCE, ACE (in %), NLL and Brier with their bootstrap intervals, per method."""
     rows = []
     for name, r in reports.items():
         intervals = r.get("intervals") or {}
@@ -22,31 +36,132 @@ def metrics_table(reports: dict) -> pd.DataFrame:
             lo, hi = intervals.get(key, (None, None))
             row[key] = f"{scale * r[key]:.2f}" + (f" [{scale * lo:.2f}, {scale * hi:.2f}]" if lo is not None else "")
         row["mean conf."] = f"{100 * r['mean_confidence']:.1f}"
-        card = r.get("card") or {}
-        for key, label in (("kde_ece", "KDE-ECE"), ("smooth_ece", "smECE"), ("debiased_ece", "debiased ECE"),
-                           ("per_class_ece_true", "per-class ECE")):
-            if key in card:
-                row[label] = f"{100 * card[key]:.2f}"
-        if "temperature" in r:
-            row["T"] = f"{r['temperature']:.2f}"
+        row["T"] = f"{r['temperature']:.2f}" if "temperature" in r else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def significance_text(core, ev) -> str:
-    """Whether CalibPrompt's difference from CoOp on these images is real (paired bootstrap)."""
-    found = core.significance(ev)
-    if found is None:
-        return "Choose both coop and calibprompt to test whether their difference is real."
+def estimators_table(reports: dict) -> pd.DataFrame:
+    """The other ECE estimates (in %), each column named by its definition; "—" where not computed."""
+    rows = []
+    for name, r in reports.items():
+        card = r.get("card") or {}
+        row = {"method": name}
+        for key, label in (("kde_ece", "KDE-ECE"), ("smooth_ece", "smECE"), ("debiased_ece", "debiased ECE"),
+                           ("per_class_ece_true", PER_CLASS)):
+            row[label] = f"{100 * card[key]:.2f}" if key in card else "—"
+        classwise = card.get("classwise_ece", r.get("classwise_ece_mean"))
+        row[CLASSWISE] = f"{100 * classwise:.2f}" if classwise is not None else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def threshold_table(rows: list[dict]) -> pd.DataFrame:
+    """What refusing to answer below the threshold gives, per method (rows of ``Core.selective``), in %."""
+    at = " / ".join(f"{100 * c:.0f} %" for c in SELECTIVE_COVERAGES)
+    return pd.DataFrame([{
+        "method": r["method"], "refer below": percent(r["threshold"], 0),
+        "answered": f"{percent(r['answered'])} ({r['n_answered']} of {r['n']})",
+        "accuracy when answering": percent(r["accuracy"]), "AURC": percent(r["aurc"], 2),
+        f"accuracy at {at} coverage": " / ".join(percent(r["accuracy_at"][c]) for c in SELECTIVE_COVERAGES),
+    } for r in rows])
+
+
+def display_name(head: str, labels: dict[str, str] | None = None) -> str:
+    """How a head is named in prose: CalibPrompt, CoOp, Zero-shot, or a run's label."""
+    return DISPLAY.get(head) or (labels or {}).get(head) or head
+
+
+def significance_rows(found: dict, a: str, b: str, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """The paired test as a table (for the report): one row per metric."""
+    rows = []
+    for metric, label in (("ece", "ECE"), ("accuracy", "accuracy")):
+        r = found[metric]
+        lo, hi = r["interval"]
+        rows.append({"metric": label, "A": display_name(a, labels), "B": display_name(b, labels),
+                     "A (%)": f"{100 * r['value_a']:.2f}", "B (%)": f"{100 * r['value_b']:.2f}",
+                     "A minus B (points)": f"{100 * r['difference']:+.2f}",
+                     "95 % interval": f"[{100 * lo:+.2f}, {100 * hi:+.2f}]", "p": format_p(r["p_value"], r["n_boot"]),
+                     "verdict": "a real difference" if r["significant"] else "not distinguishable from no difference"})
+    return pd.DataFrame(rows)
+
+
+def significance_sentence(found: dict, name_a: str, name_b: str, bold: bool = False) -> str:
+    """One sentence of the paired test's results; ``bold`` puts Markdown emphasis on the names (which the
+    caller has escaped)."""
     parts = []
     for metric, label in (("ece", "ECE"), ("accuracy", "accuracy")):
         r = found[metric]
         lo, hi = r["interval"]
         verdict = "a real difference" if r["significant"] else "not distinguishable from no difference"
         parts.append(f"{label} {100 * r['difference']:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], "
-                     f"p = {r['p_value']:.3f}: {verdict}")
-    return ("**CalibPrompt minus CoOp** on the same images (paired bootstrap, 1000 resamples, 95 % interval): "
-            + "; ".join(parts) + ".")
+                     f"{format_p(r['p_value'], r['n_boot'])}: {verdict}")
+    subject = f"{name_a} minus {name_b}"
+    return (f"{f'**{subject}**' if bold else subject} on the same images (paired bootstrap, "
+            f"{found['ece']['n_boot']} resamples, 95 % interval): " + "; ".join(parts) + ".")
+
+
+def significance_text(found: dict | None, a: str | None, b: str | None, labels: dict[str, str] | None = None) -> str:
+    """Whether the difference between prompts ``a`` and ``b`` on these images is real (paired bootstrap),
+    as Markdown (run names escaped)."""
+    if found is None or not a or not b:
+        return "Choose two evaluated prompts to test whether their difference on these images is real."
+    return significance_sentence(found, *(escape_markdown(display_name(h, labels)) for h in (a, b)), bold=True)
+
+
+def report_details(kept: dict, ev, threshold: float, pair: tuple[str | None, str | None], found: dict | None,
+                   now: datetime | None = None) -> dict[str, str]:
+    """What a report records about itself: model, task, dataset, images, prompts and their run ids, the
+    settings, the significance result, the date and the package version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("calibprompt")
+    except PackageNotFoundError:
+        package = "unknown (not installed as a package)"
+    labels = kept.get("labels") or {}
+    settings = kept["settings"]
+    runs = ", ".join(f"{display_name(h, labels)}: {ev.run_ids[h]}" for h in ev.probs if h in ev.run_ids)
+    a, b = pair
+    details = {
+        "Model": settings["model"], "Task": ev.task.name, "Dataset": ev.dataset,
+        "Images": f"{len(ev.paths)} test images" + (f" ({ev.excluded} left out: a chosen prompt trained on them)"
+                                                     if ev.excluded else ""),
+        "Prompts": ", ".join(display_name(h, labels) for h in ev.probs),
+        "Run ids": runs or "none recorded",
+        "Settings": (f"{settings['bins']} bins; temperature scaling {'on' if settings['scaling'] else 'off'}; "
+                     f"refer below {percent(threshold, 0)} confidence; selective accuracy at "
+                     + ", ".join(f"{100 * c:.0f} %" for c in SELECTIVE_COVERAGES) + " coverage; "
+                     f"intervals: 95 % bootstrap ({defaults.N_BOOT_INTERACTIVE} resamples)"),
+        "Significance": (significance_sentence(found, display_name(a, labels), display_name(b, labels))
+                         if found is not None else "not computed (choose two different prompts)"),
+        "Date": (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
+        "CalibPrompt version": package,
+    }
+    return details
+
+
+def report_html(kept: dict, ev, threshold: float, pair: tuple[str | None, str | None], found: dict | None,
+                curves: dict, rows: list[dict], now: datetime | None = None) -> str:
+    """The calibration report of the current view: the figures and tables shown, at ``threshold``."""
+    figures = {**kept["figures"], "Risk-coverage": plots.risk_coverage_curves(curves, float(threshold))}
+    tables = {"Metrics (%)": kept["metrics"], "Other ECE estimates (%)": kept["estimators"],
+              f"Refer below {percent(threshold, 0)}": threshold_table(rows)}
+    if found is not None:
+        tables["Significance (paired bootstrap)"] = significance_rows(found, *pair, kept.get("labels"))
+    return plots.figure_html(figures, "CalibPrompt calibration report", tables,
+                             details=report_details(kept, ev, threshold, pair, found, now))
+
+
+def _fraction(cut) -> float:
+    """The threshold slider's percentage as a fraction (a clear error for an empty or odd value)."""
+    try:
+        value = float(cut)
+    except (TypeError, ValueError):
+        raise ValueError(f"The threshold must be a percentage from 0 to 100, got {cut!r}.") from None
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"The threshold must be a percentage from 0 to 100, got {cut}.")
+    return value / 100.0
 
 
 def _export_folder(root):
@@ -57,33 +172,46 @@ def _export_folder(root):
     return folder
 
 
+def _layout(datasets):
+    with gr.Row():
+        dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Test set",
+                              elem_id="calibration-dataset")
+        n_bins = gr.Slider(5, 20, value=defaults.N_BINS, step=1, label="Bins", elem_id="calibration-bins")
+        ts = gr.Checkbox(True, label="Temperature scaling (post hoc)", elem_id="calibration-ts")
+        layout = gr.Radio(["side by side", "overlaid"], value="side by side", label="Diagrams",
+                          elem_id="calibration-layout")
+        button = gr.Button("Show calibration", variant="primary", elem_id="calibration-button")
+    note = gr.Markdown(elem_id="calibration-note")
+    reliability = gr.Plot(label="Reliability diagrams", elem_id="reliability-plot")
+    with gr.Row():
+        histogram = gr.Plot(label="Confidence", elem_id="confidence-plot")
+        classwise = gr.Plot(label="Classwise ECE (Kull)", elem_id="classwise-plot")
+    metrics = gr.Dataframe(label=METRICS_LABEL, elem_id="calibration-metrics")
+    estimators = gr.Dataframe(label=ESTIMATORS_LABEL, elem_id="calibration-estimators")
+    with gr.Row():
+        first = gr.Dropdown([], label="Significance: prompt A", elem_id="calibration-compare-a")
+        second = gr.Dropdown([], label="minus prompt B", elem_id="calibration-compare-b")
+    significance = gr.Markdown(elem_id="calibration-significance")
+    threshold = gr.Slider(0, 100, value=round(100 * defaults.HIGH_CONFIDENCE), step=1, elem_id="threshold",
+                          label="Refer below this confidence, in % (answer at or above it)")
+    risk = gr.Plot(label="Risk-coverage", elem_id="risk-coverage-plot")
+    selective = gr.Dataframe(label="What this threshold gives on these images (%)", elem_id="threshold-table")
+    with gr.Row():
+        export_report = gr.Button("Report of this view (HTML: tables, interactive figures, settings)",
+                                  elem_id="calibration-report")
+        export_images = gr.Button("Reliability diagram as PNG, SVG and PDF", elem_id="calibration-export")
+    exported = gr.File(label="Exported files", file_count="multiple", elem_id="calibration-files")
+    return (dataset, n_bins, ts, layout, button, note, reliability, histogram, classwise, metrics, estimators, first,
+            second, significance, threshold, risk, selective, export_report, export_images, exported)
+
+
 def build(core, shared, export_dir):
-    datasets = core.dataset_choices()
     with gr.Tab("Calibration"):
-        with gr.Row():
-            dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Test set")
-            n_bins = gr.Slider(5, 20, value=defaults.N_BINS, step=1, label="Bins")
-            ts = gr.Checkbox(True, label="Temperature scaling (post hoc)")
-            layout = gr.Radio(["side by side", "overlaid"], value="side by side", label="Diagrams")
-            button = gr.Button("Show calibration", variant="primary", elem_id="calibration-button")
-        note = gr.Markdown(elem_id="calibration-note")
-        reliability = gr.Plot(label="Reliability diagrams", elem_id="reliability-plot")
-        with gr.Row():
-            histogram = gr.Plot(label="Confidence")
-            classwise = gr.Plot(label="Per-class ECE")
-        metrics = gr.Dataframe(label="Metrics (%; 95 % bootstrap intervals). KDE-ECE as the authors compute it, smECE (Blasiok & Nakkiran), debiased ECE (Kumar et al.), per-class ECE = mean top-label ECE within each true class", elem_id="calibration-metrics")
-        significance = gr.Markdown(elem_id="calibration-significance")
-        with gr.Row():
-            threshold = gr.Slider(0, 1, value=defaults.HIGH_CONFIDENCE, step=0.01, elem_id="threshold",
-                                  label="Refer below this confidence (answer at or above it)")
-        risk = gr.Plot(label="Risk-coverage", elem_id="risk-coverage-plot")
-        selective = gr.Dataframe(label="What this threshold gives on these images", elem_id="threshold-table")
+        (dataset, n_bins, ts, layout, button, note, reliability, histogram, classwise, metrics, estimators, first,
+         second, significance, threshold, risk, selective, export_report, export_images, exported) = \
+            _layout(core.dataset_choices())
         evaluation = gr.State(None)
         figures = gr.State(None)
-        with gr.Row():
-            export_report = gr.Button("Report (HTML: tables and interactive figures)", elem_id="calibration-report")
-            export_images = gr.Button("Reliability diagram as PNG, SVG and PDF", elem_id="calibration-export")
-        exported = gr.File(label="Exported files", file_count="multiple", elem_id="calibration-files")
 
     @handler
     def run(state, dataset, heads, bins, scaling, layout_choice, cut, request: gr.Request):
@@ -92,42 +220,68 @@ def build(core, shared, export_dir):
                                        temperature_scaling=bool(scaling))
         shown = {k: v for k, v in reports.items() if bool(scaling) or not k.endswith("+ TS")}
         diagram = plots.reliability_overlay(shown) if layout_choice == "overlaid" else plots.reliability_grid(shown)
-        confidences = {h: ev.probs[h].max(axis=1) for h in ev.probs}
         bars = plots.classwise_ece_bars({k: v["classwise_ece"] for k, v in shown.items()}, ev.task.display_names)
         text = f"Evaluated on {ev.describe()}"
         if bool(scaling):
             text += " Temperature scaling: T fitted on one half of these images and applied to the other, both ways."
         text += " Advice on new images in Compare is now calibrated on this dataset."
-        curves, rows = core.selective(ev, float(cut))
+        curves, rows = core.selective(ev, _fraction(cut))
         state = state.with_(calibration_dataset=dataset)
-        histogram_fig = plots.confidence_histogram(confidences)
-        risk_fig = plots.risk_coverage_curves(curves, float(cut))
-        table = metrics_table(reports)
-        kept = {"figures": {"Reliability diagrams": diagram, "Confidence": histogram_fig, "Per-class ECE": bars,
-                            "Risk-coverage": risk_fig},
-                "tables": {"Metrics": table, "Refer threshold": pd.DataFrame(rows)}, "title": text}
-        return (state, ev, kept, text, diagram, histogram_fig, table, bars, risk_fig, pd.DataFrame(rows),
-                significance_text(core, ev))
+        histogram_fig = plots.confidence_histogram({h: ev.probs[h].max(axis=1) for h in ev.probs})
+        table, others = metrics_table(reports), estimators_table(reports)
+        labels = {o["value"]: prompt_label(o) for o in core.prompt_options(state)}
+        kept = {"figures": {"Reliability diagrams": diagram, "Confidence": histogram_fig,
+                            "Classwise ECE (Kull) per class": bars},
+                "metrics": table, "estimators": others, "labels": labels, "title": text,
+                "settings": {"model": state.model, "bins": int(bins), "scaling": bool(scaling)}}
+        a, b = significance_pair(list(ev.probs))
+        pairs = [(labels.get(h, h), h) for h in ev.probs]
+        return (state, ev, kept, text, diagram, histogram_fig, table, others, bars,
+                plots.risk_coverage_curves(curves, _fraction(cut)), threshold_table(rows),
+                gr.update(choices=pairs, value=a), gr.update(choices=pairs, value=b),
+                significance_text(core.significance(ev, a, b) if a and b else None, a, b, labels))
+
+    @handler
+    def compare_pair(ev, kept, a, b):
+        if ev is None or not a or not b:
+            return gr.update()
+        if a == b:
+            return "Choose two different prompts to compare."
+        return significance_text(core.significance(ev, a, b), a, b, (kept or {}).get("labels"))
 
     @handler
     def move_threshold(ev, cut):
-        if ev is None:
+        if ev is None or cut is None:
             return gr.update(), gr.update()
-        curves, rows = core.selective(ev, float(cut))
-        return plots.risk_coverage_curves(curves, float(cut)), pd.DataFrame(rows)
+        curves, rows = core.selective(ev, _fraction(cut))
+        return plots.risk_coverage_curves(curves, _fraction(cut)), threshold_table(rows)
 
     button.click(run, [shared.state, dataset, shared.prompts, n_bins, ts, layout, threshold],
-                 [shared.state, evaluation, figures, note, reliability, histogram, metrics, classwise, risk, selective,
-                  significance],
-                 api_visibility="private")
+                 [shared.state, evaluation, figures, note, reliability, histogram, metrics, estimators, classwise, risk,
+                  selective, first, second, significance], api_visibility="private")
+    for picker in (first, second):
+        picker.input(compare_pair, [evaluation, figures, first, second], [significance], api_visibility="private")
+    # .change: every new value, by dragging, clicking or the arrow keys (a slider's .release is the pointer only)
+    threshold.change(move_threshold, [evaluation, threshold], [risk, selective], api_visibility="private",
+                     trigger_mode="always_last", show_progress="hidden")
+    write_report, write_images = _export_handlers(core, export_dir)
+    export_report.click(write_report, [evaluation, figures, threshold, first, second], [exported],
+                        api_visibility="private")
+    export_images.click(write_images, [figures], [exported], api_visibility="private")
+    return {"datasets": [dataset]}
+
+
+def _export_handlers(core, export_dir):
+    """The report of the current view and the reliability diagram's image files, each in a fresh folder."""
+
     @handler
-    def write_report(kept):
-        if not kept:
+    def write_report(ev, kept, cut, a, b):
+        if not kept or ev is None:
             raise gr.Error("Show the calibration first.")
-        folder = _export_folder(export_dir)
-        path = folder / "calibration-report.html"
-        path.write_text(plots.figure_html(kept["figures"], "CalibPrompt calibration report", kept["tables"]),
-                        encoding="utf-8")
+        curves, rows = core.selective(ev, _fraction(cut))
+        found = core.significance(ev, a, b) if a and b and a != b else None
+        path = _export_folder(export_dir) / "calibration-report.html"
+        path.write_text(report_html(kept, ev, _fraction(cut), (a, b), found, curves, rows), encoding="utf-8")
         return [str(path)]
 
     @handler
@@ -138,7 +292,5 @@ def build(core, shared, export_dir):
         return [str(plots.export_figure(kept["figures"]["Reliability diagrams"], folder / f"reliability.{kind}"))
                 for kind in ("png", "svg", "pdf")]
 
-    export_report.click(write_report, [figures], [exported], api_visibility="private")
-    export_images.click(write_images, [figures], [exported], api_visibility="private")
-    threshold.release(move_threshold, [evaluation, threshold], [risk, selective], api_visibility="private")
-    return {"datasets": [dataset]}
+    return write_report, write_images
+

@@ -10,7 +10,8 @@ import gradio as gr
 
 logger = logging.getLogger("calibprompt.app")
 
-__all__ = ["handler", "file_paths", "percent", "username", "session_for"]
+__all__ = ["handler", "file_paths", "percent", "format_p", "username", "session_for", "identity",
+           "prompt_label", "prompt_choice_pairs", "prompt_update", "run_label", "escape_markdown"]
 
 
 def _message(exc: BaseException) -> str:
@@ -56,8 +57,24 @@ def file_paths(files) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", str(f)) for f in files]
 
 
-def percent(p: float) -> str:
-    return f"{100 * p:.1f} %"
+def percent(p: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage ("12.3 %"); "—" for a missing value."""
+    return "—" if p is None else f"{100 * p:.{digits}f} %"
+
+
+def format_p(p: float, n_boot: int | None = None) -> str:
+    """A p-value as written in the app and its reports: "p < 0.001" below 0.001, else "p = 0.012" (three
+    decimals). With ``n_boot`` (a bootstrap p-value, resolution 2 / n_boot), a p-value of 0 is written as
+    below the resolution when that is coarser than 0.001 ("p < 0.002" for 1000 resamples)."""
+    if p is None or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"A p-value is a number from 0 to 1, got {p!r}.")
+    p = float(p)
+    floor = max(0.001, 2.0 / n_boot) if n_boot else 0.001
+    if p == 0.0 and floor > 0.001:
+        return f"p < {floor:.3g}"
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.3f}"
 
 
 def username(request: gr.Request | None) -> str | None:
@@ -66,10 +83,63 @@ def username(request: gr.Request | None) -> str | None:
 
 
 def session_for(core, state, request: gr.Request | None = None):
-    """This browser session's state, made on first use (owned by the logged-in user if any)."""
+    """This browser session's state, made on first use; with ``--auth`` login its owner is always the
+    logged-in user (``user:<name>``, from the request, whatever the page's state says)."""
+    user = username(request)
     if state is None:
-        state = core.new_session(username(request))
+        return core.new_session(user)
+    if user and state.owner != f"user:{user}":
+        state = state.with_(owner=f"user:{user}", reader=user)
     return state
+
+
+#: what a page sends for its identity when its browser has a stored token that the page has not read yet
+#: (Gradio's BrowserState reads local storage when it mounts, which can come after the page's load event)
+PENDING_TOKEN = "stored"
+#: the load event's browser-side step: the BrowserState's value, or PENDING_TOKEN when one is stored unread
+READ_IDENTITY_JS = ("(state, token) => [state, token ? token : (window.localStorage && "
+                    "window.localStorage.getItem('{key}') ? '" + PENDING_TOKEN + "' : '')]")
+
+
+def identity(core, state, token, request: gr.Request | None = None):
+    """A page load's identity: ``(state, token)`` with the browser's token kept when well formed, else a
+    new one (to store back in the browser), and the session owned by ``browser:<hash of the token>`` or,
+    logged in, by ``user:<name>``. A reload with the same token gets the same owner, so its jobs again.
+    With :data:`PENDING_TOKEN` the token is ``None`` (keep what the browser stores; its change event brings it)."""
+    from calibprompt.service.session import identify
+
+    user = username(request)
+    if token == PENDING_TOKEN:
+        return session_for(core, state, request), None
+    token, owner = identify(token, user)
+    state = session_for(core, state, request)
+    if state.owner != owner:
+        state = state.with_(owner=owner)
+    return state, token
+
+
+def run_label(option: dict) -> str:
+    """How a run is named to the user: "My run (calibprompt, seed 1)", or "run <id> (...)" without a name."""
+    name = option.get("name") or f"run {option.get('id', '')}"
+    details = ", ".join(str(v) for v in (option.get("method"), f"seed {option['seed']}" if option.get("seed") is not None else None) if v)
+    return f"{name} ({details})" if details else name
+
+
+def prompt_label(option: dict) -> str:
+    """A prompt's label in the Prompts checkbox and the method pickers (an option of ``Core.prompt_options``)."""
+    kind = option.get("kind")
+    if kind == "run":
+        return run_label(option)
+    if kind == "bundled":
+        return f"{option['value']} (bundled)"
+    if kind == "newest run":
+        return f"{option['value']} (newest run)"
+    return option["value"]
+
+
+def prompt_choice_pairs(options: list[dict]) -> list[tuple[str, str]]:
+    """``(label, value)`` pairs for a Gradio choice component; the value stays ``zero-shot``, ``coop`` or ``run:<id>``."""
+    return [(prompt_label(o), o["value"]) for o in options]
 
 
 def describe_task(state) -> str:
@@ -82,3 +152,20 @@ def update_choices(values: list[str], current: Any = None, multiselect: bool = F
         keep = [v for v in (current or []) if v in values]
         return gr.update(choices=values, value=keep)
     return gr.update(choices=values, value=current if current in values else (values[0] if values else None))
+
+
+def prompt_update(core, state) -> dict:
+    """The Prompts checkbox for this session: labelled choices, and the session's prompts that still exist."""
+    options = core.prompt_options(state)
+    values = {o["value"] for o in options}
+    return gr.update(choices=prompt_choice_pairs(options), value=[p for p in state.prompts if p in values])
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|~>")
+
+
+def escape_markdown(text: str) -> str:
+    """User text (a run's name) for a Markdown component: shown as typed, never as markup or HTML."""
+    import html
+
+    return "".join(f"\\{ch}" if ch in _MARKDOWN_SPECIAL else ch for ch in html.escape(str(text), quote=False))

@@ -1,5 +1,6 @@
-"""The Compare tab: upload images or pick a sample, see each image as the model saw it and each
-method's answer side by side, with its prediction set and a Refer / Answer recommendation."""
+"""The Compare tab: upload images or pick a sample, see each image as the model saw it, the advice for
+one answering method (Answer, Refer or Not checked, with every check behind it) and a card for every
+chosen prompt. The HTML comes from :mod:`calibprompt.app.compare_view`; this module lays out and wires."""
 from __future__ import annotations
 
 import html
@@ -9,50 +10,79 @@ import gradio as gr
 import pandas as pd
 
 from calibprompt import defaults
-from calibprompt.app.common import file_paths, handler, percent, session_for
-from calibprompt.defaults import DEFAULT_HEADS
+from calibprompt.app.common import file_paths, handler, percent, prompt_label, session_for
+from calibprompt.app.compare_view import (VERDICT_TEXT, advice_html, card_html, errors_html, placeholder_html,
+                                          slug)
+from calibprompt.service.advice import AUTO
 
-REFER_STYLE = "background:#991b1b;color:#ffffff"
-ANSWER_STYLE = "background:#166534;color:#ffffff"
-
-
-def badge(refer: bool) -> str:
-    style, text = (REFER_STYLE, "Refer") if refer else (ANSWER_STYLE, "Answer")
-    return (f"<span class='cp-badge' style='{style};padding:2px 10px;border-radius:4px;font-weight:700'>"
-            f"{text}</span>")
+TABLE_COLUMNS = ["image", "method", "prediction", "confidence", "set", "advice"]
+AUTO_LABEL = "Auto: lowest ECE on the labelled images"
+PREVIEW_SIDE = 1024  #: the preview kept per image (the long side, in pixels)
 
 
-def advice_html(image: dict) -> str:
-    """The case's recommendation and its reasons."""
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in image["reasons"])
-    why = f"<ul>{reasons}</ul>" if reasons else "<p>Every method's set holds one class, the methods agree, and the image " \
-                                                 "looks like the task's labelled images.</p>"
-    return (f"<div class='cp-advice' role='status'><p><strong>{html.escape(image['name'])}</strong>: "
-            f"{badge(image['refer'])}</p>{why}</div>")
+def _answer_choices(prompts, labels: dict | None = None) -> list[tuple[str, str]]:
+    return [(AUTO_LABEL, AUTO)] + [((labels or {}).get(p, p), p) for p in (prompts or [])]
 
 
-def method_markdown(name: str, entry: dict | None, coverage: float) -> str:
-    if entry is None:
-        return f"**{name}**: not chosen, or no prompt for this task."
-    lines = [f"**{name}** — {'Refer' if entry['refer'] else 'Answer'}: {entry['prediction']} ({percent(entry['confidence'])})"]
-    if entry["set"] is not None:
-        lines.append(f"- {coverage:.0f} % prediction set: {', '.join(entry['set']) or 'empty'}")
-    acc = entry.get("accuracy")
-    if acc and acc.get("n"):
-        lines.append(f"- On the test images, answers at this confidence were right {100 * acc['accuracy']:.0f} % of the "
-                     f"time [{100 * acc['low']:.0f}–{100 * acc['high']:.0f} %], {acc['n']} answers")
-    elif entry["set"] is None:
-        lines.append("- No labelled test images: no set or accuracy")
-    if entry["reasons"]:
-        lines.append("- Why refer: " + "; ".join(entry["reasons"]))
-    return "\n".join(lines)
+def _labels(core, state) -> dict[str, str]:
+    """How each prompt is named on the page (a bundled prompt, the newest run, or a run by its name)."""
+    return {o["value"]: prompt_label(o) for o in core.prompt_options(state)}
+
+
+def _frame_update(image: dict):
+    frames = int((image.get("metadata") or {}).get("frames") or 1)
+    if frames <= 1:
+        return gr.update(visible=False, value=1, maximum=2)
+    return gr.update(visible=True, minimum=1, maximum=frames, value=(image.get("frame") or 0) + 1,
+                     label=f"Frame of {image['name']} ({frames} frames)")
+
+
+def _note(found: dict, index: int) -> str:
+    text = found["calibration"]
+    if len(found["images"]) > 1:
+        text += f" Showing {found['images'][index]['name']}; click another image to see its results."
+    return f"<p class='cp-note'>{html.escape(text)}</p>"
+
+
+def _table(found: dict) -> pd.DataFrame:
+    rows = []
+    for image in found["images"]:
+        for head, entry in image["methods"].items():
+            rows.append({"image": image["name"], "method": head, "prediction": entry["prediction"],
+                         "confidence": percent(entry["confidence"]),
+                         "set": ", ".join(entry["set"]) if entry["set"] is not None else "—",
+                         "advice": VERDICT_TEXT[entry["verdict"]][0],
+                         **{c: round(v, 4) for c, v in entry["probs"].items()}})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in TABLE_COLUMNS])
+
+
+def _gallery(found: dict) -> list:
+    return [(im["preview"], f"{im['name']} — {VERDICT_TEXT[im['verdict']][0]}") for im in found["images"]]
+
+
+def _assess(core, state, images, heads, cov, answer_with, frames=None) -> dict:
+    found = core.assess(state, images, heads or state.prompts, alpha=1 - float(cov) / 100,
+                        answer_with=answer_with or AUTO, frames=frames)
+    sources = [s for s, im in zip(images, found["images"]) if "error" not in im]
+    errors = [im for im in found["images"] if "error" in im]
+    good = [im for im in found["images"] if "error" not in im]
+    for im in good:  # the session keeps a preview, not the full image
+        im["preview"].thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return {**found, "images": good, "errors": errors, "sources": sources, "coverage": float(cov),
+            "labels": _labels(core, state),
+            "heads": list(heads or state.prompts), "answer_with": answer_with or AUTO}
+
+
+def _shown(found: dict, index: int) -> tuple:
+    image = found["images"][index]
+    return advice_html(image, found["labels"]), _frame_update(image)
 
 
 def build(core, shared) -> None:
     samples = core.sample_images()
     with gr.Tab("Compare"):
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=280):
                 files = gr.File(label="Images (PNG, JPEG, TIFF, DICOM)", file_count="multiple",
                                 file_types=["image", ".dcm", ".dicom", ".tif", ".tiff"], elem_id="compare-files")
                 sample = gr.Dropdown([(f"{Path(p).name} ({c})", p) for p, c in samples], label="…or a sample image",
@@ -61,59 +91,86 @@ def build(core, shared) -> None:
                                         columns=6, height=180, allow_preview=False, elem_id="sample-gallery")
                 coverage = gr.Slider(50, 99, value=100 * (1 - defaults.ALPHA), step=1, elem_id="compare-coverage",
                                      label="Prediction-set coverage (%)")
+                answer_with = gr.Dropdown(_answer_choices(shared.prompts.value), value=AUTO, label="Answer with",
+                                          info="The method the advice is for.", elem_id="answer-with")
                 button = gr.Button("Compare", variant="primary", elem_id="compare-button")
             with gr.Column(scale=2):
-                advice = gr.HTML(elem_id="compare-advice")
                 preview = gr.Gallery(label="As the model saw it (click an image to see its results)", columns=6,
-                                     height=200, allow_preview=False, object_fit="contain", fit_columns=False,
+                                     height=150, allow_preview=False, object_fit="contain", fit_columns=False,
                                      elem_id="compare-preview")
-                labels, cards = [], []
-                with gr.Row():
-                    for h in DEFAULT_HEADS:
-                        with gr.Column(min_width=200):
-                            labels.append(gr.Label(num_top_classes=3, label=h, elem_id=f"label-{h}"))
-                            cards.append(gr.Markdown(elem_id=f"method-{h}"))
-                calibration = gr.Markdown(elem_id="compare-calibration")
-                table = gr.Dataframe(label="Probabilities per image and method", elem_id="compare-table")
-        result = gr.State(None)
+                frame = gr.Slider(1, 2, value=1, step=1, visible=False, label="Frame", elem_id="compare-frame")
+                advice = gr.HTML(placeholder_html(), elem_id="compare-advice")
+                errors = gr.HTML(elem_id="compare-errors")
+                result = gr.State(None)
+                shown = gr.State(0)
+                _results(result, shown)
         # stateless public API: one image (and optionally a task name) in, JSON out
         api_image = gr.File(visible=False)
         api_task = gr.Textbox(visible=False)
         api_out = gr.JSON(visible=False)
         api_button = gr.Button(visible=False)
         assess_button = gr.Button(visible=False)
+    _wire(core, shared, samples, locals())
 
-    def show(found, index: int, cov: float):
+
+def _results(result, shown) -> None:
+    """A card for every chosen prompt of the shown image (its top classes and what holds for it), where
+    the advice comes from, and every probability: drawn together once there is a result, so nothing on the
+    page moves twice and no empty table waits for it."""
+
+    @gr.render(inputs=[result, shown], triggers=[result.change, shown.change])
+    def results(found, index):
+        if not found or not found["images"]:
+            return
+        index = min(int(index or 0), len(found["images"]) - 1)
         image = found["images"][index]
-        return ([gr.update(value=(image["methods"][h]["probs"] if h in image["methods"] else None),
-                           label=f"{h} — {image['name']}" if h in image["methods"] else f"{h} (not chosen)")
-                 for h in DEFAULT_HEADS]
-                + [method_markdown(h, image["methods"].get(h), cov) for h in DEFAULT_HEADS]
-                + [advice_html(image)])
+        with gr.Row(equal_height=False):
+            for name, entry in image["methods"].items():
+                label = found["labels"].get(name, name)
+                with gr.Column(min_width=220):
+                    gr.Label(entry["probs"], num_top_classes=3, label=f"{label} — {image['name']}",
+                             show_heading=False, elem_id=f"label-{slug(name)}")
+                    gr.HTML(card_html(name, entry, found["coverage"], label), elem_id=f"method-{slug(name)}")
+        gr.HTML(_note(found, index), elem_id="compare-calibration")
+        gr.Dataframe(_table(found), label="Probabilities per image and method", elem_id="compare-table")
+
+
+def _wire(core, shared, samples, ui: dict) -> None:
+    outputs = [shared.state, ui["result"], ui["shown"], ui["preview"], ui["advice"], ui["frame"], ui["errors"]]
+
+    def run_compare(state, files, sample, heads, cov, answer_with, request: gr.Request):
+        try:
+            state = session_for(core, state, request)
+            images = file_paths(files) + ([sample] if sample else [])
+            found = handler(_assess)(core, state, images, heads, cov, answer_with)
+        except gr.Error as exc:  # shown in the page, so no component is left in an error state
+            return (state, None, 0, [], f"<div class='cp-errors' role='alert'><p>{html.escape(exc.message)}</p></div>",
+                    gr.update(visible=False), "")
+        return (state, found, 0, _gallery(found), *_shown(found, 0), errors_html(found["errors"]))
+
+    def rerun(found, state, files, sample, heads, cov, answer_with, request: gr.Request):
+        """A changed answering method re-advises the images already compared (nothing to do before)."""
+        if not found:
+            return tuple(gr.update() for _ in outputs)
+        return run_compare(state, files, sample, heads, cov, answer_with, request)
+
+    def select_image(found, evt: gr.SelectData):
+        if not found or not 0 <= evt.index < len(found["images"]):
+            return gr.update(), gr.update(), gr.update()
+        return (evt.index, *_shown(found, evt.index))
 
     @handler
-    def run_compare(state, files, sample, heads, cov, request: gr.Request):
+    def change_frame(state, found, index, number, request: gr.Request):
         state = session_for(core, state, request)
-        images = file_paths(files) + ([sample] if sample else [])
-        found = core.assess(state, images, heads or state.prompts, alpha=1 - float(cov) / 100)
-        rows = []
-        for image in found["images"]:
-            for head, entry in image["methods"].items():
-                rows.append({"image": image["name"], "method": head, "prediction": entry["prediction"],
-                             "confidence": percent(entry["confidence"]),
-                             "set": ", ".join(entry["set"]) if entry["set"] is not None else "—",
-                             "advice": "Refer" if entry["refer"] else "Answer",
-                             **{c: round(v, 4) for c, v in entry["probs"].items()}})
-        gallery = [(im["preview"], f"{im['name']} — {'Refer' if im['refer'] else 'Answer'}") for im in found["images"]]
-        note = found["calibration"]
-        if len(found["images"]) > 1:
-            note += f"\n\nShowing {found['images'][0]['name']}; click another image to see its results."
-        return (state, found, gallery, *show(found, 0, float(cov)), note, pd.DataFrame(rows))
-
-    def select_image(found, cov, evt: gr.SelectData):
         if not found:
-            return [gr.update()] * (2 * len(DEFAULT_HEADS) + 1)
-        return show(found, evt.index, float(cov))
+            return gr.update(), gr.update(), gr.update()
+        source = found["sources"][index]
+        again = _assess(core, state, [source], found["heads"], found["coverage"], found["answer_with"],
+                        frames={0: int(number) - 1})
+        images = list(found["images"])
+        images[index] = {**again["images"][0], "name": images[index]["name"]}
+        found = {**found, "images": images}
+        return found, _gallery(found), advice_html(images[index], found["labels"])
 
     def api_compare(image, task=None):
         """One image in; ``{method: {class: probability}}`` out for the zero-shot, CoOp and CalibPrompt
@@ -121,17 +178,28 @@ def build(core, shared) -> None:
         return handler(core.compare_api)(file_paths(image)[0] if image else None, (task or "").strip() or None)
 
     def api_assess(image, task=None):
-        """One image in; per method its probabilities, prediction, confidence, 90 % prediction set and
-        refer flag, the out-of-distribution check, and the overall refer recommendation with reasons."""
+        """One image in; the verdict (answer, refer or not checked) for the answering method with every
+        check's state, and per method its probabilities, prediction, prediction set and past accuracy at
+        this confidence (null where no guarantee holds)."""
         return handler(core.assess_api)(file_paths(image)[0] if image else None, (task or "").strip() or None)
 
     def pick_sample(event: gr.SelectData):
         return samples[event.index][0] if 0 <= event.index < len(samples) else None
 
-    thumbnails.select(pick_sample, None, sample, api_visibility="private")
-    button.click(run_compare, [shared.state, files, sample, shared.prompts, coverage],
-                 [shared.state, result, preview, *labels, *cards, advice, calibration, table],
-                 api_visibility="private")
-    preview.select(select_image, [result, coverage], [*labels, *cards, advice], api_visibility="private")
-    api_button.click(api_compare, [api_image, api_task], [api_out], api_name="compare")
-    assess_button.click(api_assess, [api_image, api_task], [api_out], api_name="assess")
+    def answer_choices(state, prompts, current, request: gr.Request):
+        labels = _labels(core, session_for(core, state, request))
+        return gr.update(choices=_answer_choices(prompts, labels), value=current if current in (prompts or []) else AUTO)
+
+    inputs = [shared.state, ui["files"], ui["sample"], shared.prompts, ui["coverage"], ui["answer_with"]]
+    ui["thumbnails"].select(pick_sample, None, ui["sample"], api_visibility="private")
+    ui["button"].click(run_compare, inputs, outputs, api_visibility="private")
+    ui["answer_with"].input(rerun, [ui["result"], *inputs], outputs, api_visibility="private")
+    ui["preview"].select(select_image, [ui["result"]], [ui["shown"], ui["advice"], ui["frame"]],
+                         api_visibility="private")
+    ui["frame"].input(change_frame, [shared.state, ui["result"], ui["shown"], ui["frame"]],
+                        [ui["result"], ui["preview"], ui["advice"]], trigger_mode="always_last",
+                      api_visibility="private")
+    shared.prompts.change(handler(answer_choices), [shared.state, shared.prompts, ui["answer_with"]], [ui["answer_with"]],
+                          api_visibility="private")
+    ui["api_button"].click(api_compare, [ui["api_image"], ui["api_task"]], [ui["api_out"]], api_name="compare")
+    ui["assess_button"].click(api_assess, [ui["api_image"], ui["api_task"]], [ui["api_out"]], api_name="assess")

@@ -5,6 +5,7 @@ browser session lives in a ``gr.State``.
 """
 from __future__ import annotations
 
+import html
 import logging
 import os
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from pathlib import Path
 import gradio as gr
 
 from calibprompt.app import calibration_tab, compare_tab, review_tab, train_tab
-from calibprompt.app.common import describe_task, handler, session_for, update_choices, username
+from calibprompt.app.common import (READ_IDENTITY_JS, describe_task, handler, identity, prompt_choice_pairs,
+                                    prompt_update, session_for, update_choices, username)
 from calibprompt.paths import data_dir
+from calibprompt.service.session import IDENTITY_KEY, is_provisional, valid_token
 from calibprompt.service.startup import DISCLAIMER
 
 logger = logging.getLogger("calibprompt.app")
@@ -46,7 +49,10 @@ def build_demo(core) -> gr.Blocks:
     start = core.new_session()
     with gr.Blocks(title="CalibPrompt", delete_cache=(3600, 24 * 3600)) as demo:
         state = gr.State(None)
-        gr.Markdown("# CalibPrompt — can I trust this confidence?")
+        # a random token in this browser's local storage: its jobs stay its own across reloads (see common.identity)
+        browser_id = gr.BrowserState("", storage_key=IDENTITY_KEY)
+        signed_in_line(demo)
+        gr.Markdown("# CalibPrompt — can I trust this confidence?", elem_id="app-title")
         gr.Markdown(f"⚕️ {DISCLAIMER}")
         with gr.Row():
             banner = gr.Markdown(f"**{core.banner}**", elem_id="model-banner")
@@ -57,30 +63,31 @@ def build_demo(core) -> gr.Blocks:
             task = gr.Dropdown(core.task_choices(), value=start.task, label="Task", elem_id="task")
             typed = gr.Textbox(label="…or class names, comma-separated", placeholder="pneumonia, normal",
                                elem_id="typed-classes")
-            prompts = gr.CheckboxGroup(core.prompt_choices(start), value=list(start.prompts), label="Prompts to compare",
+            prompts = gr.CheckboxGroup(prompt_choice_pairs(core.prompt_options(start)), value=list(start.prompts), label="Prompts to compare",
                                        elem_id="prompts")
         task_info = gr.Markdown(describe_task(start), elem_id="task-info")
         shared = Shared(state, prompts)
 
-        compare_tab.build(core, shared)
-        train = train_tab.build(core, shared)
-        calibration = calibration_tab.build(core, shared, upload_dir() / "exports")
-        review = review_tab.build(core, shared, upload_dir() / "exports")
+        with gr.Tabs(overflow_behavior="wrap", elem_id="main-tabs"):  # a phone's tab bar hides no tab in a "…" menu
+            compare_tab.build(core, shared)
+            train = train_tab.build(core, shared)
+            calibration = calibration_tab.build(core, shared, upload_dir() / "exports")
+            review = review_tab.build(core, shared, upload_dir() / "exports")
         dataset_menus = train["datasets"] + calibration["datasets"] + review["datasets"]
 
         def header(state):
-            choices = core.prompt_choices(state)
             return (gr.update(value=state.model), gr.update(value=None if state.classes else state.task),
-                    gr.update(choices=choices, value=[p for p in state.prompts if p in choices]), describe_task(state))
+                    prompt_update(core, state), describe_task(state))
 
         @handler
-        def on_load(state, request: gr.Request):
-            state = session_for(core, state, request)
+        def on_load(state, token, request: gr.Request):
+            state, token = identity(core, state, token, request)
             datasets = core.dataset_choices()
             menus = [update_choices(datasets) for _ in dataset_menus]
-            reader = gr.update(value=state.reader, interactive=not username(request))
-            return (state, f"**{core.banner_for(state)}**", *header(state),
-                    import_history(core, state), *menus, reader)
+            # without a login the Reader field keeps whatever the user may already have typed
+            reader = gr.update(value=state.reader, interactive=False) if username(request) else gr.update()
+            return (state, token or gr.update(), f"**{core.banner_for(state)}**", *header(state),
+                    import_history(core, state), *train_tab.resume(core, state), *menus, reader)
 
         @handler
         def load_model(state, name, request: gr.Request, progress=gr.Progress()):
@@ -101,8 +108,11 @@ def build_demo(core) -> gr.Blocks:
             state = session_for(core, state, request)
             return state.with_(prompts=tuple(chosen or ()))
 
-        demo.load(on_load, [state], [state, banner, model, task, prompts, task_info, train["history"],
-                                     *dataset_menus, review["reader"]], api_visibility="private")
+        loaded = demo.load(on_load, [state, browser_id],
+                  [state, browser_id, banner, model, task, prompts, task_info, train["history"], train["run"],
+                   train["progress"], train["timer"], *dataset_menus, review["reader"]], api_visibility="private",
+                  js=READ_IDENTITY_JS.replace("{key}", IDENTITY_KEY))
+        _follow_identity(core, state, browser_id, train, loaded)
         load_button.click(load_model, [state, model], [state, banner, model, task, prompts, task_info],
                           concurrency_limit=1, api_visibility="private")
         task.input(change_task, [state, task, gr.State("")], [state, prompts, task_info], api_visibility="private")
@@ -111,7 +121,52 @@ def build_demo(core) -> gr.Blocks:
     return demo
 
 
-def import_history(core, state):
-    import pandas as pd
+#: Gradio's sign-out route, relative to the page; ``all_session=false``: this browser only, not the same
+#: account's other browsers (a shared team account stays signed in elsewhere).
+SIGN_OUT_URL = "logout?all_session=false"
 
-    return pd.DataFrame(core.run_history(state))
+
+def signed_in_line(demo: gr.Blocks) -> gr.HTML:
+    """The header's line "Signed in as <name> · Sign out" (``#identity``), filled when the page loads."""
+    line = gr.HTML("", elem_id="identity")
+    demo.load(signed_in_html, None, [line], api_visibility="private")
+    return line
+
+
+def signed_in_html(request: gr.Request) -> str:
+    """The header's "Signed in as <name>" (escaped) and a sign-out link; without a login, that the
+    work on this page belongs to this browser rather than to a person."""
+    name = username(request)
+    if not name:
+        return '<span class="cp-identity">Not signed in: your work is tied to this browser.</span>'
+    return (f'<span class="cp-identity"><span>Signed in as <strong>{html.escape(name)}</strong></span>'
+            f'<a href="{SIGN_OUT_URL}">Sign out</a></span>')
+
+
+def _follow_identity(core, state, browser_id, train, loaded) -> None:
+    """Gradio's BrowserState reads local storage as it mounts, which can come after the page's load event:
+    when the stored token arrives later (its change event), the session takes that browser's identity and
+    the Train tab follows its job again; once the load is over, a page still without a usable token (none
+    could be read, e.g. one stored under another server's secret) gets a new one."""
+
+    @handler
+    def follow(state, token, request: gr.Request):
+        nothing = (gr.update(),) * 5
+        before = state.owner if state else None
+        if valid_token(token):
+            state, _ = identity(core, state, token, request)
+            if state.owner == before:
+                return (state, *nothing)
+            return (state, gr.update(), *train_tab.resume(core, state), import_history(core, state))
+        if username(request) or not is_provisional(before):
+            return (gr.update(), *nothing)  # logged in, or this page already has its identity
+        state, token = identity(core, state, None, request)  # a fresh token, stored in this browser
+        return (state, token, *nothing)
+
+    outputs = [state, browser_id, train["run"], train["progress"], train["timer"], train["history"]]
+    browser_id.change(follow, [state, browser_id], outputs, api_visibility="private")
+    loaded.then(follow, [state, browser_id], outputs, api_visibility="private")
+
+
+def import_history(core, state):
+    return train_tab.history_frame(core.run_history(state))

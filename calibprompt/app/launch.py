@@ -13,6 +13,9 @@ so overlapping them only adds switching costs. The cyclic garbage collector is o
 all again: 1 to 3 s of CPU on a 2-core machine); once the model is ready, everything loaded so far is frozen
 (:func:`gc.freeze`: never scanned again) and the collector is back on.
 
+With ``--auth`` a login page comes first; it names the app and its purpose (:data:`AUTH_MESSAGE`), and
+inside, the header says who is signed in and links to Gradio's ``/logout``.
+
 What a hosted app serves: the bundled sample images, and the files it makes for the requesting user
 (uploads it echoes back, exports, figures) from Gradio's upload folder inside the data directory,
 under unguessable names. The run store, datasets, uploaded archives, checkpoints and feature caches
@@ -43,6 +46,20 @@ def private_paths() -> list[str]:
     root = data_dir()
     names = set(PRIVATE_ENTRIES) | ({p.name for p in root.iterdir()} if root.is_dir() else set())
     return sorted(str(root / n) for n in names if n != "tmp")
+
+
+#: What Gradio's login page says above its fields (HTML, shown as is; a constant, no user text): the
+#: app's name and purpose, and where an account comes from.
+AUTH_MESSAGE = (
+    "<p><strong>CalibPrompt</strong> — can I trust this medical VLM's confidence?</p>"
+    "<p>For research and review only, not for diagnosis.</p>"
+    "<p>Sign in with the account your team lead gave you.</p>"
+)
+
+
+def login_kwargs(auth: list[tuple[str, str]] | None) -> dict:
+    """``launch()`` arguments of the login: ``auth`` and, with a login, the page's :data:`AUTH_MESSAGE`."""
+    return {"auth": auth, "auth_message": AUTH_MESSAGE if auth else None}
 
 
 def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
@@ -116,5 +133,5 @@ def main(argv=None) -> None:
         logger.warning("Serving beyond this machine without --auth: anyone who can reach it can use it.")
     preload_when_serving(demo, core)
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, auth=auth,
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login_kwargs(auth),
         allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs())

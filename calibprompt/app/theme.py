@@ -23,6 +23,12 @@ What each part fixes (Lighthouse, ``benchmarks/page_audit.sh``):
   reserved, so the centred page doesn't jump sideways when the page grows taller than the window.
   Icon buttons (the gallery's "Download All", the table's copy and full-screen buttons) get at least
   24 x 24 px.
+- Phones and dark mode (``CSS``, ``PLOT_SCRIPT``): at 390 px all four tabs stay on the tab bar (the
+  interface's ``gr.Tabs(overflow_behavior="wrap")``, compact buttons), the title is smaller; figures
+  (``calibprompt.evaluation.plots``) are transparent with near-black text, and in dark mode (Gradio puts
+  ``dark`` on ``<body>``) their text is drawn light; a figure narrower than its ``meta.responsive.below``
+  takes its narrow layout (a grid's panels stacked, long titles on two lines, room for the legend).
+  The header's "Signed in as" line (``#identity``) has its height reserved.
 - ``HEAD`` (``aria-prohibited-attr``, ``image-redundant-alt``): Gradio's "empty" placeholder (an empty
   Label, Plot or Gallery) is a ``<div aria-label="Empty value">`` without a role, which ARIA forbids,
   and a gallery thumbnail's ``alt`` repeats the caption shown in the same button (so does the footer's
@@ -96,6 +102,29 @@ footer .built-with img, footer .settings img, footer .record img, footer .run-hi
 
 /* Touch targets of at least 24 x 24 px (WCAG 2.2, 2.5.8): Gradio's icon buttons are 18 px. */
 button.icon-button { min-width: 24px; min-height: 24px; justify-content: center; }
+
+/* Who is signed in, and the way out (interface.py fills it when the page loads; its line is reserved
+   so that nothing moves then). */
+#identity { min-height: 24px; text-align: right; }
+#identity .cp-identity { display: inline-flex; flex-wrap: wrap; gap: 0 var(--size-3); justify-content: flex-end;
+                         align-items: center; line-height: 24px; font-size: var(--text-sm);
+                         color: var(--body-text-color-subdued); }
+#identity a { color: var(--link-text-color); text-decoration: underline; display: inline-block; min-height: 24px; }
+
+/* Plotly figures (calibprompt.evaluation.plots) have transparent backgrounds, translucent grey grids and
+   near-black text: right on white, and on white is how they are exported. In dark mode their text is
+   drawn in the page's light text colour; hover labels keep their own white box and dark text. */
+.dark .js-plotly-plot svg.main-svg > g:not(.hoverlayer) text { fill: var(--body-text-color) !important; }
+
+/* Phones: all four tabs on the bar (the Tabs wrap rather than hide tabs in a "..." menu; compact
+   buttons keep them on one row at 390 px), and a header that takes less of the first screen. */
+@media (max-width: 640px) {
+    #main-tabs [role="tablist"] { flex-wrap: wrap; row-gap: var(--size-1); }
+    #main-tabs [role="tablist"] > button { padding-left: var(--size-2); padding-right: var(--size-2); }
+    #app-title h1 { font-size: 1.5rem; line-height: 1.25; margin-bottom: 0; }
+    #task-info p { font-size: var(--text-sm); }
+    #identity .cp-identity { font-size: var(--text-xs); }  /* "Not signed in: ..." on one line */
+}
 """
 
 # Gives Gradio's empty placeholders (div.empty, aria-label="Empty value" but no role) role="img", and
@@ -126,12 +155,53 @@ A11Y_SCRIPT = """<script>
 })();
 </script>"""
 
+# Figures are narrow on a phone: a figure whose layout carries ``meta.responsive`` (every figure of
+# calibprompt.evaluation.plots: {"below": px, "narrow": {...}, "wide": {...}}, Plotly.relayout updates)
+# gets its "narrow" layout while its plot is narrower than "below" px (a grid's panels stacked, room for
+# the legend's rows), and its "wide" one back when it grows again. Gradio draws a new value with
+# Plotly.react (a new layout object: the figure's own, wide), so each draw and each resize is checked.
+PLOT_SCRIPT = """<script>
+(() => {
+  const apply = (gd) => {
+    const r = gd.layout && gd.layout.meta && gd.layout.meta.responsive;
+    if (!window.Plotly || !r || !gd.clientWidth) return;
+    const want = gd.clientWidth < r.below ? "narrow" : "wide";
+    const drawn = gd._cpLayout === gd.layout ? gd._cpMode : "wide";
+    gd._cpLayout = gd.layout;
+    gd._cpMode = want;
+    // the width goes along: plotly fixes a figure's width once its height is set, and a window made
+    // narrower (a phone turned upright) would leave the figure at its old width
+    const width = gd.clientWidth;
+    if (want !== drawn) window.Plotly.relayout(gd, Object.assign({}, r[want], {width}));
+    else if (gd._fullLayout && Math.abs(gd._fullLayout.width - width) > 1) window.Plotly.relayout(gd, {width});
+  };
+  const later = (gd) => requestAnimationFrame(() => apply(gd));
+  const watch = () => {
+    for (const gd of document.querySelectorAll(".js-plotly-plot")) {
+      if (gd._cpWatched || !gd.on) continue;
+      gd._cpWatched = true;
+      gd.on("plotly_afterplot", () => later(gd));
+      new ResizeObserver(() => later(gd)).observe(gd);
+      later(gd);
+    }
+  };
+  let queued = false;
+  const start = () => new MutationObserver(() => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; watch(); });
+  }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ["class"]});
+  if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
+})();
+</script>"""
+
 HEAD = """<meta name="description" content="CalibPrompt: can I trust this medical vision-language model's confidence? \
 Compare zero-shot, CoOp and CalibPrompt prompts, tune them on a few images and inspect their calibration.">
 <meta name="theme-color" content="#1d4ed8">
-""" + A11Y_SCRIPT
+""" + A11Y_SCRIPT + PLOT_SCRIPT
 
 
 def launch_kwargs() -> dict:
     """The look as ``launch()`` arguments: ``demo.launch(**launch_kwargs(), ...)``."""
-    return {"theme": THEME, "css": CSS, "head": HEAD}
+    from calibprompt.app.review_tab import KEYS_SCRIPT  # the Review tab's keyboard verdicts
+    return {"theme": THEME, "css": CSS, "head": HEAD + KEYS_SCRIPT}

@@ -2,15 +2,26 @@
 uploaded bytes, a file object, a numpy array, a PIL image, a DICOM file) into an 8-bit RGB
 :class:`PIL.Image.Image`, or raises a :class:`ValueError` whose message says what went wrong and
 what to do.
+
+Multi-frame files (multi-page TIFF, animated GIF, multi-frame DICOM such as ultrasound cine loops or
+RT dose grids) show one frame: the first by default, or the one chosen with ``frame=`` (counted
+from 0). :func:`calibprompt.data.metadata.image_metadata` says how many frames a file has.
+
+DICOM pixel data is decoded through pydicom's own decoders (``pydicom.pixels``), so every transfer
+syntax with an installed plugin works: uncompressed, deflated, RLE (numpy or ``pylibjpeg-rle``),
+JPEG baseline/extended/lossless (``pylibjpeg-libjpeg``, Pillow), JPEG-LS (``pylibjpeg-libjpeg``)
+and JPEG 2000 (``pylibjpeg-openjpeg``, Pillow); these plugins are dependencies of CalibPrompt.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import numbers
 import os
 import pathlib
-from typing import IO, Any, Union
+from collections.abc import Sequence
+from typing import IO, Any, NamedTuple, NoReturn, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,7 +89,49 @@ ImageSource = Union[
 
 
 class ImageLoadError(ValueError):
-    """An image could not be loaded; the message explains why and what to do."""
+    """An image could not be loaded; the message explains why and what to do.
+
+    Messages start with what was being loaded ("The file scan.dcm", "The uploaded data", "The
+    image", "The array"), then say in plain words what is wrong and what to do. They never quote
+    a Python exception; the original exception, if any, is kept as ``__cause__``.
+    """
+
+
+class _Pick(NamedTuple):
+    """What :func:`load_image` was asked for besides the source: a pixel limit and a frame."""
+
+    max_pixels: int
+    frame: int | None
+
+
+def choose_frame(frame: Any, frames: int, label: str = "The image") -> int:
+    """Check a 0-based ``frame`` index against an image with ``frames`` frames and return it.
+
+    None means the first frame (0). Raises :class:`ImageLoadError` (a ValueError) naming the
+    allowed range when ``frame`` is not a whole number in ``0 .. frames - 1``; ``label`` (e.g.
+    "The file cine.dcm") starts the message.
+    """
+    if frame is None:
+        return 0
+    if isinstance(frame, bool) or not isinstance(frame, numbers.Integral):
+        shown = repr(frame)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ImageLoadError(
+            f"The frame of {label[:1].lower()}{label[1:]} must be a whole number counted from 0 "
+            f"(0 is the first frame), not {shown}. Choose a frame number, or leave it unset "
+            "for the first frame."
+        )
+    if 0 <= frame < frames:
+        return int(frame)
+    if frames == 1:
+        raise ImageLoadError(
+            f"{label} has a single frame, so there is no frame {int(frame)}. Choose frame 0 "
+            "(frames are counted from 0), or leave the frame unset."
+        )
+    raise ImageLoadError(
+        f"{label} has {frames} frames, numbered 0 to {frames - 1} (0 is the first); there is "
+        f"no frame {int(frame)}. Choose a frame from 0 to {frames - 1}."
+    )
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -89,8 +142,10 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return pathlib.Path(path).suffix.lower() in SUPPORTED_IMAGE_SUFFIXES
 
 
-def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Load an image from almost anything and return it as 8-bit RGB.
+def load_image(
+    source: ImageSource, *, frame: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load an image (one frame of it) from almost anything and return it as 8-bit RGB.
 
     Parameters
     ----------
@@ -103,6 +158,10 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         TIFF, BMP, GIF, WebP, AVIF (if Pillow supports it), PPM/PGM/PBM, or
         DICOM (recognised by the ``DICM`` marker at byte 128, or by a
         ``.dcm``/``.dicom`` suffix).
+    frame:
+        Which frame of a multi-frame file to show, **counted from 0**; None
+        (the default) means the first. Valid: ``0 .. frames - 1`` with
+        ``frames = image_metadata(source)["frames"]``; others are refused.
     max_pixels:
         Refuse images with more than this many pixels (width * height). For
         files this is checked from the header, before decoding, so
@@ -112,8 +171,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     Returns
     -------
     PIL.Image.Image
-        A new, fully loaded image in mode ``"RGB"`` with no open file handle.
-        A PIL image passed in is not modified.
+        A new, loaded ``"RGB"`` image with no open file handle (inputs are not modified).
 
     Conversion rules
     ----------------
@@ -127,8 +185,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     * numpy: uint8 maps directly, bool maps to 0/255, float arrays whose values
       all lie in [0, 1] map directly to [0, 255]. Shapes (H, W), (H, W, 1),
       (H, W, 3) and (H, W, 4) (RGBA) are accepted. NaN/inf are refused.
-    * EXIF orientation is applied; for multi-frame files (multi-page TIFF,
-      animated GIF, multi-frame DICOM) the first frame is used.
+    * EXIF orientation is applied. Multi-frame files (multi-page TIFF,
+      animated GIF, multi-frame DICOM) give the frame chosen by ``frame``.
     * DICOM: the modality LUT (rescale slope/intercept) and the VOI LUT or
       window centre/width are applied when present, otherwise the percentile
       window; MONOCHROME1 is inverted; YBR colour and palette colour are
@@ -139,23 +197,26 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     ValueError
         (as :class:`ImageLoadError`) for anything a user can cause: missing,
         empty, damaged, truncated or non-image files, too-large images, DICOM
-        files without pixel data or needing an uninstalled decoder, and
-        unsupported input types. The original exception is kept as
-        ``__cause__``.
+        files without pixel data, with unreadable header values or with image
+        data no installed decoder can read, a frame that does not exist, and
+        unsupported input types. The message names the file (when it has a
+        name), says what is wrong in plain words and what to do; it never
+        quotes a Python exception, which is kept as ``__cause__``.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}.")
-
+    pick = _Pick(max_pixels, frame)
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(source, "The image", max_pixels)
+        return _pil_to_rgb(source, "The image", pick)
     if isinstance(source, np.ndarray):
+        choose_frame(frame, 1, "The array")
         return _array_to_rgb(source, max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        return _load_from_path(pathlib.Path(source).expanduser(), max_pixels)
+        return _load_from_path(pathlib.Path(source).expanduser(), pick)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load_from_bytes(bytes(source), "The uploaded data", max_pixels)
+        return _load_from_bytes(bytes(source), "The uploaded data", pick)
     if hasattr(source, "read"):
-        return _load_from_file_object(source, max_pixels)
+        return _load_from_file_object(source, pick)
     raise ImageLoadError(
         f"Cannot load an image from an object of type {type(source).__name__}. "
         f"Pass {_ACCEPTED_SOURCES}."
@@ -167,7 +228,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 # -----------------------------------------------------------------------------
 
 
-def _load_from_path(path: pathlib.Path, max_pixels: int) -> Image.Image:
+def _load_from_path(path: pathlib.Path, pick: _Pick) -> Image.Image:
     """Load an image file from disk, refusing missing files, folders and empty files."""
     if not path.exists():
         raise ImageLoadError(
@@ -186,18 +247,21 @@ def _load_from_path(path: pathlib.Path, max_pixels: int) -> Image.Image:
             head = stream.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
             stream.seek(0)
             if _looks_like_dicom(head, path.name):
-                return _load_dicom(stream, label, max_pixels)
-            return _open_with_pil(stream, label, max_pixels)
+                return _load_dicom(stream, label, pick)
+            return _open_with_pil(stream, label, pick)
     except PermissionError as exc:
         raise ImageLoadError(
             f"The file {path} cannot be read (permission denied). "
             "Copy it to a folder you can read, or ask your IT team for access."
         ) from exc
     except OSError as exc:  # e.g. network drive gone, I/O error
-        raise ImageLoadError(f"The file {path} could not be read ({exc}). Try again.") from exc
+        raise ImageLoadError(
+            f"The file {path} could not be read ({_read_failure(exc)}). Check that its drive "
+            "or network folder is available, then try again."
+        ) from exc
 
 
-def _load_from_file_object(stream: Any, max_pixels: int) -> Image.Image:
+def _load_from_file_object(stream: Any, pick: _Pick) -> Image.Image:
     """Read a binary file object from its current position and load it."""
     name = getattr(stream, "name", None)
     if not isinstance(name, str) or not name:
@@ -206,7 +270,9 @@ def _load_from_file_object(stream: Any, max_pixels: int) -> Image.Image:
     try:
         data = stream.read()
     except (OSError, ValueError) as exc:  # ValueError: I/O on a closed file
-        raise ImageLoadError(f"{label} could not be read ({exc}). Upload it again.") from exc
+        raise ImageLoadError(
+            f"{label} could not be read ({_read_failure(exc)}). Upload it again."
+        ) from exc
     if isinstance(data, str):
         raise ImageLoadError(
             f"{label} was opened in text mode; open it in binary mode ('rb') and try again."
@@ -221,7 +287,15 @@ def _load_from_file_object(stream: Any, max_pixels: int) -> Image.Image:
             f"{label} has nothing left to read: the file object is at its end "
             "(it was probably read already). Call .seek(0) on it first."
         )
-    return _load_from_bytes(bytes(data), label, max_pixels, name_hint=name)
+    return _load_from_bytes(bytes(data), label, pick, name_hint=name)
+
+
+def _read_failure(exc: BaseException) -> str:
+    """The reason a read failed, in words: the operating system's text, never a Python repr."""
+    if isinstance(exc, ValueError):  # I/O on a closed file object
+        return "the file object is already closed"
+    reason = getattr(exc, "strerror", None)
+    return reason.lower() if isinstance(reason, str) and reason else "a read error"
 
 
 def _stream_position(stream: Any) -> int:
@@ -233,15 +307,15 @@ def _stream_position(stream: Any) -> int:
 
 
 def _load_from_bytes(
-    data: bytes, label: str, max_pixels: int, name_hint: str | None = None
+    data: bytes, label: str, pick: _Pick, name_hint: str | None = None
 ) -> Image.Image:
     """Load an encoded image (PIL-readable or DICOM) held in memory."""
     if not data:
         raise ImageLoadError(f"The file is empty (0 bytes). {_UPLOAD_HINT}")
     stream = io.BytesIO(data)
     if _looks_like_dicom(data, name_hint):
-        return _load_dicom(stream, label, max_pixels)
-    return _open_with_pil(stream, label, max_pixels)
+        return _load_dicom(stream, label, pick)
+    return _open_with_pil(stream, label, pick)
 
 
 def _looks_like_dicom(head: bytes, name: str | None = None) -> bool:
@@ -252,7 +326,7 @@ def _looks_like_dicom(head: bytes, name: str | None = None) -> bool:
     return bool(name) and pathlib.PurePath(name).suffix.lower() in _DICOM_SUFFIXES
 
 
-def _open_with_pil(stream: IO[bytes], label: str, max_pixels: int) -> Image.Image:
+def _open_with_pil(stream: IO[bytes], label: str, pick: _Pick) -> Image.Image:
     """Identify ``stream`` with Pillow (lazily, header only) and convert it to RGB.
 
     The pixel-count limit is checked on the header size before decoding.
@@ -264,18 +338,18 @@ def _open_with_pil(stream: IO[bytes], label: str, max_pixels: int) -> Image.Imag
         # Pillow's own limit, checked from the header before decoding (the
         # warning only counts when a warnings filter turns it into an error).
         size = _declared_size(stream)
-        raise ImageLoadError(_too_large_message(label, size, max_pixels, exc)) from exc
+        raise ImageLoadError(_too_large_message(label, size, pick.max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(_describe_unreadable(stream, label)) from exc
     except MemoryError:
         raise
     except Exception as exc:  # Pillow plugins raise many types on corrupt headers
         raise ImageLoadError(
-            f"{label} is damaged and could not be opened ({exc}). "
+            f"{label} is damaged: its header could not be read, so it could not be opened. "
             f"Re-export or re-download it. {_UPLOAD_HINT}"
         ) from exc
     with image:
-        return _pil_to_rgb(image, label, max_pixels)
+        return _pil_to_rgb(image, label, pick)
 
 
 def _available_pil_formats() -> list[str]:
@@ -306,13 +380,14 @@ def _check_pixel_count(width: int, height: int, label: str, max_pixels: int) -> 
         raise ImageLoadError(_too_large_message(label, (width, height), max_pixels))
 
 
-def _too_large_message(
-    label: str, size: tuple[int, int] | None, max_pixels: int, pil_error: Exception | None = None
-) -> str:
+def _too_large_message(label: str, size: tuple[int, int] | None, max_pixels: int) -> str:
     """Message for an image refused by our ``max_pixels`` or by Pillow's bomb limit."""
     advice = "Downscale it (for example to at most 4096 pixels on the longest side) and try again."
     if size is None:
-        return f"{label} is too large to open safely ({pil_error}). {advice}"
+        return (
+            f"{label} is too large to open safely: its header declares more pixels than "
+            f"Pillow's limit of {2 * int(Image.MAX_IMAGE_PIXELS or 0):,} pixels. {advice}"
+        )
     width, height = size
     limit = max_pixels
     if width * height <= max_pixels and Image.MAX_IMAGE_PIXELS:
@@ -356,36 +431,47 @@ def _declared_size(stream: IO[bytes]) -> tuple[int, int] | None:
 
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
+_DICOM_ADVICE = (
+    "Export it again from your PACS or viewer (uncompressed DICOM or PNG both work) and try again."
+)
 
-def _load_dicom(stream: IO[bytes], label: str, max_pixels: int) -> Image.Image:
-    """Read a DICOM file with pydicom and return its first frame as RGB."""
+#: Image Pixel module elements read before decoding: keyword -> (tag, name as DICOM spells it).
+_PIXEL_ELEMENTS = {
+    "SamplesPerPixel": ("(0028,0002)", "Samples per Pixel"),
+    "PhotometricInterpretation": ("(0028,0004)", "Photometric Interpretation"),
+    "PlanarConfiguration": ("(0028,0006)", "Planar Configuration"),
+    "NumberOfFrames": ("(0028,0008)", "Number of Frames"),
+    "Rows": ("(0028,0010)", "Rows"),
+    "Columns": ("(0028,0011)", "Columns"),
+    "BitsAllocated": ("(0028,0100)", "Bits Allocated"),
+    "BitsStored": ("(0028,0101)", "Bits Stored"),
+    "PixelRepresentation": ("(0028,0103)", "Pixel Representation"),
+}
+
+
+def _load_dicom(stream: IO[bytes], label: str, pick: _Pick) -> Image.Image:
+    """Read a DICOM file with pydicom and return the chosen frame (default the first) as RGB."""
     pydicom = _import_pydicom()
-    from pydicom.errors import InvalidDicomError
-
+    dataset = _read_dicom_dataset(pydicom, stream, label)
     try:
-        dataset = pydicom.dcmread(stream, force=False)
-    except InvalidDicomError as exc:
-        raise ImageLoadError(
-            f"{label} is not a standard DICOM file (the 'DICM' marker after the "
-            "128-byte preamble is missing). Export it again as standard DICOM or as PNG."
-        ) from exc
-    except MemoryError:
+        frame, photometric = _decode_dicom_frame(dataset, label, pick)
+    except (ImageLoadError, MemoryError):
         raise
-    except Exception as exc:  # pydicom raises many types on damaged files
+    except Exception as exc:  # pydicom parses elements lazily: a damaged one fails on use
+        logger.debug("%s: unreadable DICOM element", label, exc_info=True)
         raise ImageLoadError(
-            f"{label} is a damaged or incomplete DICOM file ({exc}). "
-            "Export it again from your PACS or viewer, or export it as PNG."
+            f"{label} is a damaged DICOM file: part of its header could not be read. "
+            + _DICOM_ADVICE
         ) from exc
-
-    frame, photometric = _decode_dicom_first_frame(dataset, label, max_pixels)
     try:
         return _dicom_frame_to_rgb(frame, dataset, photometric)
     except MemoryError:
         raise
     except Exception as exc:  # malformed LUT / window elements, odd bit depths
+        logger.debug("%s: DICOM display settings not applied", label, exc_info=True)
         raise ImageLoadError(
-            f"{label} has display settings (LUT, window or colour information) that "
-            f"could not be applied ({exc}). Export the image as PNG and try again."
+            f"{label} has display settings (LUT, window or colour information) that are "
+            "damaged and could not be applied. Export the image as PNG and try again."
         ) from exc
 
 
@@ -402,29 +488,144 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-def _decode_dicom_first_frame(dataset: Any, label: str, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Decode the first frame of ``dataset``.
+def _read_dicom_dataset(pydicom: Any, stream: IO[bytes], label: str) -> Any:
+    """Parse a DICOM file's header (pixel data is decoded later, one frame at a time)."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(stream, force=False)
+    except InvalidDicomError as exc:
+        raise ImageLoadError(
+            f"{label} is not a standard DICOM file (the 'DICM' marker after the "
+            "128-byte preamble is missing). Export it again as standard DICOM or as PNG."
+        ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # pydicom raises many types on damaged files
+        logger.debug("%s: DICOM header unreadable", label, exc_info=True)
+        raise ImageLoadError(
+            f"{label} is a damaged or incomplete DICOM file: its header could not be read "
+            "(the file may be cut off). " + _DICOM_ADVICE
+        ) from exc
+
+
+def _decode_dicom_frame(dataset: Any, label: str, pick: _Pick) -> tuple[np.ndarray, str]:
+    """Decode the chosen frame of ``dataset`` with pydicom's decoder for its transfer syntax.
 
     Returns the pixel array and the photometric interpretation the array is
     actually in (a decoder may already have converted colour to RGB).
     """
-    from pydicom.pixels import get_decoder
-
-    if not any(keyword in dataset for keyword in _PIXEL_DATA_KEYWORDS):
+    keyword = next((k for k in _PIXEL_DATA_KEYWORDS if k in dataset), None)
+    if keyword is None:
         raise ImageLoadError(
             f"{label} is a DICOM file without an image: it has no pixel data (it may "
             "be a report or other non-image object, or the file may be cut off). "
             "Upload the complete DICOM image, or export it as PNG."
         )
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    _check_pixel_count(columns, rows, label, max_pixels)
-
     transfer_syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
     if transfer_syntax is None:
         raise ImageLoadError(
-            f"{label} does not say how its pixels are encoded (no Transfer Syntax UID). "
-            "Export it again as standard DICOM or as PNG."
+            f"{label} is damaged: its header does not say how its pixels are encoded (no "
+            "Transfer Syntax UID). Export it again as standard DICOM or as PNG."
         )
+    described = _pixel_description(dataset, keyword, label)
+    _check_pixel_count(described["Columns"], described["Rows"], label, pick.max_pixels)
+    index = choose_frame(pick.frame, described["NumberOfFrames"], label)
+    decoder = _dicom_decoder(transfer_syntax, label)
+    try:
+        # as_rgb=False: we do the YBR -> RGB conversion ourselves (see
+        # _dicom_frame_to_rgb); ``changes`` says if a decoder already did it.
+        array, changes = decoder.as_array(dataset, index=index, as_rgb=False)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        logger.debug("%s: pixel data not decoded", label, exc_info=True)
+        raise ImageLoadError(_undecodable_message(label, dataset, keyword, decoder)) from exc
+    photometric = str(changes.get("photometric_interpretation", described["PhotometricInterpretation"]))
+    return array, photometric.strip().upper()
+
+
+def _pixel_description(dataset: Any, keyword: str, label: str) -> dict[str, Any]:
+    """Read the Image Pixel elements pydicom needs, refusing missing or unreadable ones in words.
+
+    Mirrors pydicom's own requirements: Bits Stored and Pixel Representation only for integer
+    pixel data, Planar Configuration only for colour; Number of Frames defaults to 1 (as in
+    pydicom, a 0 or empty value also means 1).
+    """
+    required = ["SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated"]
+    if keyword == "PixelData":
+        required += ["BitsStored", "PixelRepresentation"]
+    described: dict[str, Any] = {}
+    for name in [*required, "NumberOfFrames"]:
+        read = _element_text if name == "PhotometricInterpretation" else _element_int
+        described[name] = read(dataset, name, label)
+    if described["SamplesPerPixel"] == 3:
+        required.append("PlanarConfiguration")
+        described["PlanarConfiguration"] = _element_int(dataset, "PlanarConfiguration", label)
+    for name in required:
+        if described[name] is None:
+            tag, spelled = _PIXEL_ELEMENTS[name]
+            raise ImageLoadError(
+                f"{label} is incomplete: it lacks the DICOM element '{spelled}' {tag}, which "
+                "says how its pixels are stored, so its image cannot be decoded. " + _DICOM_ADVICE
+            )
+    described["NumberOfFrames"] = described["NumberOfFrames"] or 1
+    if described["NumberOfFrames"] < 0:
+        _bad_element(label, "NumberOfFrames", described["NumberOfFrames"], "a count of frames")
+    return described
+
+
+def _element_value(dataset: Any, keyword: str, label: str) -> Any:
+    """The value of ``keyword`` (the first one if several), None when absent or empty."""
+    try:
+        value = dataset[keyword].value if keyword in dataset else None
+    except MemoryError:
+        raise
+    except Exception as exc:  # the element's bytes could not be parsed
+        raise ImageLoadError(
+            f"{label} is damaged: its DICOM element '{_PIXEL_ELEMENTS[keyword][1]}' "
+            f"{_PIXEL_ELEMENTS[keyword][0]} could not be read. " + _DICOM_ADVICE
+        ) from exc
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # MultiValue
+        value = value[0] if len(value) else None
+    return None if value is None or value == "" else value
+
+
+def _element_int(dataset: Any, keyword: str, label: str) -> int | None:
+    """An integer Image Pixel element; an unreadable value raises :class:`ImageLoadError`."""
+    value = _element_value(dataset, keyword, label)
+    if value is None:
+        return None
+    try:
+        return int(str(value).strip()) if isinstance(value, (str, bytes)) else int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        _bad_element(label, keyword, value, "a whole number", cause=exc)
+
+
+def _element_text(dataset: Any, keyword: str, label: str) -> str | None:
+    """A text Image Pixel element, stripped; None when absent or empty."""
+    value = _element_value(dataset, keyword, label)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _bad_element(
+    label: str, keyword: str, value: Any, expected: str, cause: Exception | None = None
+) -> NoReturn:
+    """Raise :class:`ImageLoadError` for an element holding a value of the wrong kind."""
+    tag, spelled = _PIXEL_ELEMENTS[keyword]
+    shown = value.decode("latin-1", "replace") if isinstance(value, bytes) else str(value)
+    shown = shown if len(shown) <= 24 else shown[:21] + "..."
+    raise ImageLoadError(
+        f"{label} is damaged: its DICOM element '{spelled}' {tag} holds '{shown}', which is "
+        f"not {expected}, so its image cannot be decoded. " + _DICOM_ADVICE
+    ) from cause
+
+
+def _dicom_decoder(transfer_syntax: Any, label: str) -> Any:
+    """pydicom's decoder for ``transfer_syntax``, refusing unknown or uninstalled ones in words."""
+    from pydicom.pixels import get_decoder
+
     try:
         decoder = get_decoder(transfer_syntax)
     except NotImplementedError as exc:
@@ -434,38 +635,34 @@ def _decode_dicom_first_frame(dataset: Any, label: str, max_pixels: int) -> tupl
         ) from exc
     if not decoder.is_available:
         raise ImageLoadError(_missing_decoder_message(label, transfer_syntax, decoder))
+    return decoder
 
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        logger.info("%s has %d frames; using the first one.", label, frames)
-    try:
-        # as_rgb=False: we do the YBR -> RGB conversion ourselves (see
-        # _dicom_frame_to_rgb); ``changes`` says if a decoder already did it.
-        array, changes = decoder.as_array(dataset, index=0, as_rgb=False)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ImageLoadError(
-            f"{label} has damaged or incomplete image data that could not be decoded "
-            f"({exc}). Export it again from your PACS or viewer, or export it as PNG."
-        ) from exc
-    stored = dataset.get("PhotometricInterpretation", "MONOCHROME2")
-    photometric = str(changes.get("photometric_interpretation", stored))
-    return array, photometric.strip().upper()
+
+def _compression_name(transfer_syntax: Any) -> str:
+    """The kind of compression a transfer syntax uses, in words (e.g. "lossless JPEG")."""
+    from pydicom.uid import (
+        JPEG2000TransferSyntaxes,
+        JPEGLSTransferSyntaxes,
+        JPEGTransferSyntaxes,
+        RLELossless,
+    )
+
+    if transfer_syntax in JPEG2000TransferSyntaxes or "2000" in transfer_syntax.name:
+        return "JPEG 2000"
+    if transfer_syntax in JPEGLSTransferSyntaxes:
+        return "JPEG-LS"
+    if transfer_syntax in JPEGTransferSyntaxes:
+        return "lossless JPEG" if "Lossless" in transfer_syntax.name else "JPEG"
+    if transfer_syntax == RLELossless:
+        return "RLE"
+    return transfer_syntax.name
 
 
 def _missing_decoder_message(label: str, transfer_syntax: Any, decoder: Any) -> str:
-    """Plain-language message for a compressed DICOM whose decoder is not installed."""
-    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+    """Plain-language message for a compressed DICOM whose decoder is not installed.
 
-    if transfer_syntax in JPEG2000TransferSyntaxes or "2000" in transfer_syntax.name:
-        compression = "JPEG 2000"
-    elif transfer_syntax in JPEGLSTransferSyntaxes:
-        compression = "JPEG-LS"
-    elif transfer_syntax in JPEGTransferSyntaxes:
-        compression = "lossless JPEG" if "Lossless" in transfer_syntax.name else "JPEG"
-    else:
-        compression = transfer_syntax.name
+    The decoders are dependencies of CalibPrompt, so this means a broken or partial install.
+    """
     # pydicom describes each missing plugin as "<plugin> - requires <packages>".
     # The gdcm bindings are published on PyPI as "python-gdcm".
     options = [
@@ -474,10 +671,47 @@ def _missing_decoder_message(label: str, transfer_syntax: Any, decoder: Any) -> 
     ]
     needed = " or ".join(options) if options else "an optional decoder package"
     return (
-        f"{label} uses {compression} compression ({transfer_syntax.name}), which needs "
-        f"an optional package that is not installed: {needed}. Ask your IT team to "
-        "install it, or export the image uncompressed or as PNG and try again."
+        f"{label} uses {_compression_name(transfer_syntax)} compression "
+        f"({transfer_syntax.name}), which needs a package that is not installed: {needed}. "
+        "Ask your IT team to install it (it comes with CalibPrompt), or export the image "
+        "uncompressed or as PNG and try again."
     )
+
+
+def _undecodable_message(label: str, dataset: Any, keyword: str, decoder: Any) -> str:
+    """Plain-language message for pixel data that pydicom's decoder could not decode."""
+    transfer_syntax = decoder.UID
+    if not transfer_syntax.is_encapsulated:
+        sizes = _pixel_byte_counts(dataset, keyword)
+        if sizes is not None and sizes[0] < sizes[1]:
+            return (
+                f"{label} has damaged or incomplete image data: it holds {sizes[0]:,} bytes of "
+                f"pixels where its header describes {sizes[1]:,}, so the file was probably cut "
+                "off while it was copied or exported. " + _DICOM_ADVICE
+            )
+        return (
+            f"{label} has damaged image data: its pixels do not match the image size, bit "
+            "depth and encoding its header describes. " + _DICOM_ADVICE
+        )
+    plugins = ", ".join(sorted(decoder.available_plugins)) or "none"
+    return (
+        f"{label} has damaged or non-standard image data: its "
+        f"{_compression_name(transfer_syntax)} compressed pixels ({transfer_syntax.name}) could "
+        f"not be decoded by any installed decoder (tried: {plugins}). The file may be cut off or "
+        "written by software that does not follow the DICOM standard. " + _DICOM_ADVICE
+    )
+
+
+def _pixel_byte_counts(dataset: Any, keyword: str) -> tuple[int, int] | None:
+    """(bytes present, bytes the header describes) for uncompressed pixel data, None if unknown."""
+    from pydicom.pixels.utils import get_expected_length
+
+    try:
+        return len(dataset[keyword].value), int(get_expected_length(dataset, unit="bytes"))
+    except MemoryError:
+        raise
+    except Exception:  # the header itself is inconsistent: no sizes to compare
+        return None
 
 
 def _dicom_frame_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Image:
@@ -585,34 +819,49 @@ def _full_range_to_uint8(values: np.ndarray) -> np.ndarray:
 # -----------------------------------------------------------------------------
 
 
-def _pil_to_rgb(image: Image.Image, label: str, max_pixels: int) -> Image.Image:
-    """Check size, take the first frame, decode, apply EXIF orientation, convert to RGB.
+def _pil_to_rgb(image: Image.Image, label: str, pick: _Pick) -> Image.Image:
+    """Check size, take the chosen frame, decode, apply EXIF orientation, convert to RGB.
 
     Always returns a new image; ``image`` keeps its pixels and current frame.
     """
-    _check_pixel_count(image.width, image.height, label, max_pixels)
+    _check_pixel_count(image.width, image.height, label, pick.max_pixels)
     try:
-        frame = _first_frame(image)
+        frames = int(getattr(image, "n_frames", 1) or 1)
+    except MemoryError:
+        raise
+    except Exception as exc:  # counting frames reads the whole file (GIF, TIFF)
+        raise ImageLoadError(_pil_decode_failure(label)) from exc
+    index = choose_frame(pick.frame, frames, label)
+    try:
+        frame = _select_frame(image, index)
         frame.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(_too_large_message(label, image.size, max_pixels, exc)) from exc
+        raise ImageLoadError(_too_large_message(label, image.size, pick.max_pixels)) from exc
     except MemoryError:
         raise
     except Exception as exc:  # truncated/corrupt data: OSError, SyntaxError, EOFError, ...
-        raise ImageLoadError(
-            f"{label} is incomplete or damaged and could not be decoded ({exc}). "
-            "Re-export or re-download it and try again."
-        ) from exc
+        raise ImageLoadError(_pil_decode_failure(label)) from exc
     return _convert_mode_to_rgb(_apply_exif_orientation(frame, label), label)
 
 
-def _first_frame(image: Image.Image) -> Image.Image:
-    """Return the first frame of a multi-frame image (restoring the caller's frame)."""
+def _pil_decode_failure(label: str) -> str:
+    """Message for a file Pillow recognised but whose image data it could not decode."""
+    return (
+        f"{label} is incomplete or damaged: its image data could not be decoded (the file may "
+        "be cut off). Re-export or re-download it and try again."
+    )
+
+
+def _select_frame(image: Image.Image, index: int) -> Image.Image:
+    """Return frame ``index`` (0-based) of a possibly multi-frame image.
+
+    The caller's current frame is restored; a frame other than the current one is a copy.
+    """
     current = image.tell() if getattr(image, "n_frames", 1) > 1 else 0
-    if current == 0:
+    if current == index:
         return image
     try:
-        image.seek(0)
+        image.seek(index)
         return image.copy()
     finally:
         image.seek(current)

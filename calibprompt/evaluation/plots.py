@@ -44,6 +44,12 @@ Conventions
   reliability dicts live there, not here.
 * Invalid input (wrong shapes, unknown or missing keys, values outside ``[0, 1]``) raises
   ``ValueError`` with a message naming what is wrong.
+* One shared layout (``_base_layout``) keeps every figure legible on a phone and in either colour
+  scheme: transparent backgrounds, translucent grey grid and axis lines, near-black text (the app's
+  CSS draws it light in dark mode), a horizontal legend below the plot, at most :data:`MAX_TICKS`
+  ticks per numeric axis, and ``layout.meta["responsive"]``: the ``"narrow"`` layout the app's page
+  script applies below ``"below"`` px (taller, long titles on two lines, a grid's panels stacked) and
+  the ``"wide"`` one that undoes it. Files are exported on white (:func:`on_white`).
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "TS_SUFFIX",
     "export_figure",
+    "on_white",
     "figure_html",
 ]
 
@@ -126,7 +133,8 @@ UNDERCONFIDENT_COLOUR = "rgba(31, 119, 180, 0.35)"
 UNDERCONFIDENT_LINE = "rgb(31, 119, 180)"
 #: Accuracy-bar colour of a single diagram drawn without a method colour.
 DEFAULT_BAR_COLOUR = "#5f6b7a"
-DIAGONAL_COLOUR = "#444444"
+#: Mid grey: 3.9:1 on white and on the app's dark blocks, so the diagonal shows in both colour schemes.
+DIAGONAL_COLOUR = "#808080"
 CORRECT_COLOUR = "#4e9a50"
 INCORRECT_COLOUR = "#d9534f"
 #: Colours of loss series (by position).
@@ -135,7 +143,43 @@ SERIES_PALETTE: tuple[str, ...] = (
 )
 
 TEMPLATE = "plotly_white"
-FONT = dict(family="Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif", size=13, color="#222222")
+#: Text colour of every figure: near-black, for white paper (exports, the HTML report, the app in light
+#: mode). In the app's dark mode the page's style sheet draws the figures' text light instead
+#: (``calibprompt.app.theme.CSS``): plotly cannot take a CSS colour, and no single grey reads well on both.
+TEXT_COLOUR = "#222222"
+FONT = dict(family="Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif", size=13, color=TEXT_COLOUR)
+#: Figures have no background of their own: in the app they take the page's (light or dark);
+#: :func:`export_figure` paints exported files white (:data:`EXPORT_BACKGROUND`).
+TRANSPARENT = "rgba(0, 0, 0, 0)"
+EXPORT_BACKGROUND = "#ffffff"
+#: Grid and axis lines: translucent grey, seen on white and on a dark page alike.
+GRID_COLOUR = "rgba(128, 128, 128, 0.28)"
+AXIS_LINE_COLOUR = "rgba(128, 128, 128, 0.75)"
+#: The ECE note's box: a faint grey wash over whatever is behind it.
+NOTE_BACKGROUND = "rgba(128, 128, 128, 0.12)"
+NOTE_BORDER = "rgba(128, 128, 128, 0.5)"
+#: At most this many ticks on a numeric axis (plotly picks "nice" steps up to it): on a phone's
+#: 300 px axis the percentage labels stay apart.
+MAX_TICKS = 6
+#: Below this plot width (px) the app's page script (``calibprompt.app.theme.PLOT_SCRIPT``) applies a
+#: figure's narrow layout, ``layout.meta["responsive"]``: taller (the legend below wraps into more
+#: rows) and, for a grid, its panels stacked in one column.
+NARROW_WIDTH = 500
+#: A grid stacks its panels below this many px per column (or :data:`NARROW_WIDTH`, if wider).
+_GRID_COLUMN_WIDTH = 240
+_NARROW_EXTRA_HEIGHT = 40
+#: Plot width (px) the legend's rows are estimated for in the narrow layout: a phone's plot.
+_NARROW_PLOT_WIDTH = 300
+_LEGEND_ROW_HEIGHT = 22
+#: The most characters of a title (16 px) and of an axis title (13 px) on one line of a phone's plot.
+_NARROW_TITLE_CHARS = 30
+_NARROW_AXIS_CHARS = 34
+#: Height (px) a character of a slanted (wide figure) and of an upright (phone) category label takes.
+_SLANTED_CHAR_HEIGHT = 4
+_UPRIGHT_CHAR_HEIGHT = 7
+#: A stacked grid panel's share of height in px, and the gap for its title and the x axis above.
+_STACKED_PANEL_HEIGHT = 320
+_STACKED_GAP = 80
 #: Height in pixels of every single-panel figure (a grid row is about this tall too).
 FIGURE_HEIGHT = 400
 _GRID_ROW_HEIGHT = 340
@@ -418,27 +462,96 @@ def _style_reliability_axes(fig: go.Figure, row: int | None = None, col: int | N
                             anchor: str = "x", y_title: bool = True) -> None:
     where = {} if row is None else dict(row=row, col=col)
     fig.update_xaxes(
-        range=[0, 1], tickformat=".0%", dtick=0.2, title_text="Confidence", constrain="domain",
-        showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
+        range=[0, 1], tickformat=".0%", title_text="Confidence", constrain="domain",
+        showline=True, mirror=True, zeroline=False, **where,
     )
     fig.update_yaxes(
-        range=[0, RELIABILITY_Y_TOP], tickformat=".0%", dtick=0.2, title_text="Accuracy" if y_title else None,
+        range=[0, RELIABILITY_Y_TOP], tickformat=".0%", title_text="Accuracy" if y_title else None,
         scaleanchor=anchor, scaleratio=1, constrain="domain",
-        showline=True, linecolor="#bbbbbb", mirror=True, zeroline=False, **where,
+        showline=True, mirror=True, zeroline=False, **where,
     )
 
 
-def _base_layout(fig: go.Figure, title: str, height: int = FIGURE_HEIGHT) -> go.Figure:
+def _style_axes(fig: go.Figure) -> None:
+    """Every axis of ``fig``: translucent grey lines and grid (seen on light and dark pages), and at
+    most :data:`MAX_TICKS` ticks on numeric axes."""
+    for update in (fig.update_xaxes, fig.update_yaxes):
+        update(gridcolor=GRID_COLOUR, linecolor=AXIS_LINE_COLOUR, zerolinecolor=GRID_COLOUR,
+               tickcolor=AXIS_LINE_COLOUR, tickfont=dict(size=12), title_standoff=8, automargin=True)
+        update(tickmode="auto", nticks=MAX_TICKS, dtick=None, tick0=None, selector=lambda a: a.type != "category")
+
+
+def _base_layout(fig: go.Figure, title: str, height: int = FIGURE_HEIGHT, narrow: dict | None = None,
+                 below: int = NARROW_WIDTH) -> go.Figure:
+    """The layout every figure shares: what keeps it legible on a phone's 390 px and in either colour
+    scheme. Transparent backgrounds (:data:`TRANSPARENT`); a horizontal legend below the plot, left
+    aligned, that wraps into rows on a narrow screen (plotly reserves its height under the x axis; the
+    narrow layout is taller by the rows it needs); tight margins; at most :data:`MAX_TICKS` ticks per
+    numeric axis; and, for the app's page script, ``layout.meta["responsive"]``: below ``below`` px
+    (:data:`NARROW_WIDTH`) the figure's ``"narrow"`` layout (taller, for the legend's extra rows, plus
+    ``narrow``: more changes, e.g. a grid's stacked panels, whose ``"height"`` is then the base), and
+    ``"wide"``, which undoes it. An untitled figure has no ``layout.title`` at all (Gradio reserves
+    100 px above a figure with one)."""
     fig.update_layout(
         template=TEMPLATE,
         font=FONT,
-        height=height,
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=16)) if title else None,
-        margin=dict(l=60, r=20, t=60 if title else 30, b=55),
-        hoverlabel=dict(font_size=12, bgcolor="white"),
-        legend=dict(bgcolor="rgba(255,255,255,0.8)", font=dict(size=12)),
+        paper_bgcolor=TRANSPARENT,
+        plot_bgcolor=TRANSPARENT,
+        margin=dict(l=56, r=16, t=56 if title else 30, b=10, autoexpand=True),
+        hoverlabel=dict(font_size=12, bgcolor="white", font_color=TEXT_COLOUR),
+        legend=dict(orientation="h", x=0.0, xanchor="left", yref="container", y=0.0, yanchor="bottom",
+                    bgcolor=TRANSPARENT, font=dict(size=12), itemsizing="constant", traceorder="normal"),
+        modebar=dict(bgcolor=TRANSPARENT, color="rgba(128, 128, 128, 0.8)", activecolor="rgba(128, 128, 128, 1)"),
     )
+    if title:
+        fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=16)))
+    _style_axes(fig)
+    fig.update_layout(height=height)
+    narrow = {**_narrow_titles(fig), **(narrow or {})}
+    narrow["height"] = (narrow.get("height", height) + _NARROW_EXTRA_HEIGHT
+                        + _LEGEND_ROW_HEIGHT * _legend_rows(fig, _NARROW_PLOT_WIDTH))
+    wide = {key: _layout_value(fig, key) for key in narrow}
+    fig.update_layout(meta={"responsive": {"below": below, "narrow": narrow, "wide": wide}})
     return fig
+
+
+def _narrow_titles(fig: go.Figure) -> dict:
+    """``Plotly.relayout`` changes that put ``fig``'s long title and axis titles on several lines (plotly
+    never wraps them; a phone's plot is about 300 px wide and would cut them off)."""
+    changes: dict[str, str] = {}
+    title = fig.layout.title.text
+    if title and len(title) > _NARROW_TITLE_CHARS:
+        changes["title.text"] = _wrap(title, _NARROW_TITLE_CHARS)
+    for key in fig.layout:
+        if key.startswith(("xaxis", "yaxis")):
+            text = fig.layout[key].title.text
+            if text and len(text) > _NARROW_AXIS_CHARS:
+                changes[f"{key}.title.text"] = _wrap(text, _NARROW_AXIS_CHARS)
+    return changes
+
+
+def _legend_rows(fig: go.Figure, width: int) -> int:
+    """About how many rows ``fig``'s horizontal legend takes in a plot ``width`` px wide (entries
+    packed left to right; an entry is its text at about 7 px a character plus 45 px of swatch and gap)."""
+    if fig.layout.showlegend is False:
+        return 0
+    names = [t.name or "" for t in fig.data if t.showlegend is not False and t.name]
+    rows, used = 0, width
+    for name in names:
+        need = 45 + 7 * len(name)
+        if used + need > width:
+            rows, used = rows + 1, 0
+        used += need
+    return rows
+
+
+def _layout_value(fig: go.Figure, key: str) -> Any:
+    """The value of a ``Plotly.relayout`` key (``"height"``, ``"xaxis2.domain"``, ``"annotations[3].y"``)
+    in ``fig``'s layout, as JSON."""
+    node: Any = fig.layout
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    return list(node) if isinstance(node, tuple) else node
 
 
 def _ece_text(label: str, ece: float, interval: Sequence[float] | None = None, long: bool = False) -> str:
@@ -484,7 +597,8 @@ def reliability_diagram(
         bars), and ``"Samples per bin (n)"``, the bin counts as text (11 px) just above
         the top of each bin's bars. Empty bins draw nothing. The y axis runs to
         ``RELIABILITY_Y_TOP`` (110 %) so that the counts of full bars sit above them,
-        never on them; the ECE note sits right of the axes, under the legend.
+        never on them; the ECE note sits in the top-left corner of the axes. The legend is below the
+        plot (see :func:`_base_layout`).
     """
     if title is None:
         title = ""
@@ -505,16 +619,16 @@ def reliability_diagram(
         ece = _check_fraction(ece, "ece")
 
     fig = go.Figure(_reliability_traces(bins, colour or DEFAULT_BAR_COLOUR, min_count=min_count))
-    _base_layout(fig, title)
-    fig.update_layout(barmode="overlay", bargap=0, legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
+    fig.update_layout(barmode="overlay", bargap=0)
     _style_reliability_axes(fig)
+    _base_layout(fig, title)
     if ece is not None:
         fig.add_annotation(
-            # right of the axes, under the legend: never over the bars or their counts
-            text=_ece_text(_ce_label(bins), ece, interval, long=True), xref="paper", yref="paper", x=1.02, y=0.0,
-            xanchor="left", yanchor="bottom", showarrow=False, align="left",
-            font=dict(size=13, color="#222222"), bgcolor="rgba(255,255,255,0.85)",
-            bordercolor="#cccccc", borderwidth=1, borderpad=4,
+            # in the top-left corner of the axes, where bars (low confidence, rarely right) stay short
+            text=_ece_text(_ce_label(bins), ece, interval, long=True), xref="x domain", yref="y domain",
+            x=0.02, y=0.98, xanchor="left", yanchor="top", showarrow=False, align="left",
+            font=dict(size=12, color=TEXT_COLOUR), bgcolor=NOTE_BACKGROUND,
+            bordercolor=NOTE_BORDER, borderwidth=1, borderpad=4,
         )
     return fig
 
@@ -645,14 +759,32 @@ def reliability_grid(
                 fig.add_trace(trace, row=r, col=c)
             anchor = "x" + fig.get_subplot(r, c).xaxis.plotly_name[len("xaxis"):]
             _style_reliability_axes(fig, row=r, col=c, anchor=anchor, y_title=(c == first_col))
-    _base_layout(fig, "", height=_GRID_EXTRA_HEIGHT + _GRID_ROW_HEIGHT * n_rows)
-    fig.update_layout(
-        barmode="overlay", bargap=0,
-        margin=dict(l=60, r=20, t=50, b=95),
-        legend=dict(orientation="h", x=0.5, xanchor="center", yref="container", y=0.01, yanchor="bottom"),
-    )
+    panels = [fig.get_subplot(r, c) for r, row in enumerate(layout, start=1)
+              for c, name in enumerate(row, start=1) if name is not None]
+    _base_layout(fig, "", height=_GRID_EXTRA_HEIGHT + _GRID_ROW_HEIGHT * n_rows,
+                 narrow=_stacked(panels) if cols > 1 else None, below=max(NARROW_WIDTH, _GRID_COLUMN_WIDTH * cols))
+    fig.update_layout(barmode="overlay", bargap=0, margin=dict(t=50))  # the panel titles clear Gradio's label
     fig.update_annotations(font_size=13)
     return fig
+
+
+def _stacked(panels: list) -> dict:
+    """``Plotly.relayout`` changes that stack a grid's panels (subplot references in row-major
+    order, their titles being ``layout.annotations`` in the same order) in one full-width column:
+    its layout below :data:`NARROW_WIDTH` px, where side-by-side panels would be too small to read."""
+    n = len(panels)
+    total = n * _STACKED_PANEL_HEIGHT + (n - 1) * _STACKED_GAP
+    share, gap = _STACKED_PANEL_HEIGHT / total, _STACKED_GAP / total
+    changes: dict[str, Any] = {"height": total + _GRID_EXTRA_HEIGHT + _NARROW_EXTRA_HEIGHT}
+    for i, panel in enumerate(panels):
+        top = 1.0 - i * (share + gap)
+        bottom = max(0.0, top - share)
+        changes[f"{panel.xaxis.plotly_name}.domain"] = [0.0, 1.0]
+        changes[f"{panel.yaxis.plotly_name}.domain"] = [round(bottom, 6), round(top, 6)]
+        changes[f"{panel.yaxis.plotly_name}.title.text"] = "Accuracy"
+        changes[f"annotations[{i}].x"] = 0.5
+        changes[f"annotations[{i}].y"] = round(top, 6)
+    return changes
 
 
 def reliability_overlay(
@@ -719,16 +851,14 @@ def reliability_overlay(
         fig.add_trace(
             go.Scatter(
                 x=few_points[0], y=few_points[1], mode="markers", name=_few_label(min_count),
-                marker=dict(symbol="x-thin-open", size=11, color="#555555", line=dict(width=1.5, color="#555555")),
+                marker=dict(symbol="x-thin-open", size=11, color=DIAGONAL_COLOUR, line=dict(width=1.5, color=DIAGONAL_COLOUR)),
                 hovertext=few_points[2], hovertemplate="%{hovertext}<extra></extra>", cliponaxis=False,
             )
         )
-    _base_layout(fig, "Reliability (all methods)")
-    fig.update_layout(legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
     _style_reliability_axes(fig)
     fig.update_yaxes(title_text="Accuracy")
     fig.update_xaxes(title_text="Mean confidence")
-    return fig
+    return _base_layout(fig, "Reliability (all methods)")
 
 
 def _as_confidences(values: Any, name: str) -> np.ndarray:
@@ -827,7 +957,7 @@ def confidence_histogram(
         y_max = float(np.histogram(conf, bins=edges)[0].max() / total)
         barmode = "stack"
         acc = float(ok.mean())
-        fig.add_trace(_vertical_line(acc, y_max, f"{name}: accuracy {_pct(acc)}", "#333333", "dot"))
+        fig.add_trace(_vertical_line(acc, y_max, f"{name}: accuracy {_pct(acc)}", DIAGONAL_COLOUR, "dot"))
         title = f"Confidence of {name}: correct vs incorrect"
     else:
         for name in names:
@@ -851,17 +981,15 @@ def confidence_histogram(
         title = "Top-label confidence"
     for name in names:
         mean = float(data[name].mean())
-        colour = "#333333" if correct is not None else colours[name]
+        colour = DIAGONAL_COLOUR if correct is not None else colours[name]
         fig.add_trace(
             _vertical_line(mean, y_max, f"{name}: mean confidence {_pct(mean)}", colour, "dash", group=name)
         )
-    _base_layout(fig, title)
-    fig.update_layout(barmode=barmode, bargap=0, legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
-    fig.update_xaxes(range=[0, 1], tickformat=".0%", dtick=0.1 if n_bins <= 20 else 0.2, title_text="Top-label confidence",
-                     showline=True, linecolor="#bbbbbb", zeroline=False)
+    fig.update_layout(barmode=barmode, bargap=0)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", title_text="Top-label confidence", showline=True, zeroline=False)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", title_text="Share of samples",
-                     range=[0, max(y_max, 1e-9) * 1.12], showline=True, linecolor="#bbbbbb")
-    return fig
+                     range=[0, max(y_max, 1e-9) * 1.12], showline=True)
+    return _base_layout(fig, title)
 
 
 def _vertical_line(x: float, y_max: float, label: str, colour: str, dash: str, group: str | None = None) -> go.Scatter:
@@ -937,11 +1065,10 @@ def loss_curve(
                 connectgaps=False, hovertemplate=f"<b>{name}</b><br>step %{{x}}<br>loss %{{y:.4f}}<extra></extra>",
             )
         )
+    fig.update_layout(uirevision="loss-curve", showlegend=len(fig.data) > 1)
+    fig.update_xaxes(title_text="Step", showline=True, zeroline=False)
+    fig.update_yaxes(title_text="Loss", showline=True, zeroline=False)
     _base_layout(fig, title)
-    fig.update_layout(uirevision="loss-curve", showlegend=len(fig.data) > 1,
-                      legend=dict(orientation="h", x=1.0, xanchor="right", y=1.02, yanchor="bottom"))
-    fig.update_xaxes(title_text="Step", showline=True, linecolor="#bbbbbb", zeroline=False)
-    fig.update_yaxes(title_text="Loss", showline=True, linecolor="#bbbbbb", zeroline=False)
     if not fig.data:
         fig.update_xaxes(range=[0, 1], showticklabels=False)
         fig.update_yaxes(range=[0, 1], showticklabels=False)
@@ -1003,12 +1130,21 @@ def classwise_ece_bars(
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
-    _base_layout(fig, "Classwise ECE")
-    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.05,
-                      legend=dict(x=1.02, y=1.0, xanchor="left", yanchor="top"))
-    fig.update_xaxes(title_text="Class", type="category", showline=True, linecolor="#bbbbbb")
-    fig.update_yaxes(title_text="Classwise ECE", tickformat=".1%", rangemode="tozero", showline=True, linecolor="#bbbbbb")
+    # plotly slants long class names under their bars, or on a phone stands them upright: room for the longest
+    longest = max(len(c) for c in classnames)
+    fig.update_xaxes(type="category", title_text="Class", showline=True)
+    _base_layout(fig, "Classwise ECE", height=FIGURE_HEIGHT + _SLANTED_CHAR_HEIGHT * longest,
+                 narrow={"height": FIGURE_HEIGHT + _UPRIGHT_CHAR_HEIGHT * longest})
+    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.05)
+    fig.update_yaxes(title_text="Classwise ECE", tickformat=".1%", rangemode="tozero", showline=True)
     return fig
+
+
+def _wrap(text: str, width: int = 14) -> str:
+    """``text`` on lines of at most ``width`` characters (words kept whole), joined by ``<br>``."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width)) or text
 
 
 def risk_coverage_curves(curves: Mapping[str, Mapping[str, Any]], threshold: float | None = None) -> go.Figure:
@@ -1037,13 +1173,10 @@ def risk_coverage_curves(curves: Mapping[str, Mapping[str, Any]], threshold: flo
                     marker=dict(size=10, color=colours[name], symbol="diamond", line=dict(color="#111111", width=1)),
                     hovertemplate=f"<b>{name}</b> at confidence >= {threshold:.2f}<br>coverage %{{x:.1f}} %"
                                   "<br>error %{y:.1f} %<extra></extra>"))
-    _base_layout(fig, "Risk-coverage: error among the answers kept")
     fig.update_xaxes(title_text="Coverage (% of cases answered, most confident first)", range=[0, 100],
-                     showline=True, linecolor="#bbbbbb")
-    fig.update_yaxes(title_text="Error among answered cases (%)", rangemode="tozero", showline=True,
-                     linecolor="#bbbbbb")
-    fig.update_layout(legend=dict(orientation="h", x=0.0, y=1.02, yanchor="bottom"))
-    return fig
+                     showline=True)
+    fig.update_yaxes(title_text="Error among answered cases (%)", rangemode="tozero", showline=True)
+    return _base_layout(fig, "Risk-coverage: error among the answers kept")
 
 
 # ---------------------------------------------------------------------------
@@ -1097,7 +1230,8 @@ def export_figure(
     ``browser_path``; the ``BROWSER_PATH`` environment variable; Debian's
     ``/usr/bin/chromium`` when it exists; otherwise kaleido's own search (a Chrome it
     downloaded with ``kaleido_get_chrome``, or one on ``PATH``). Missing parent folders
-    are created. This is the one function of this module that writes anything.
+    are created. This is the one function of this module that writes anything. The file is
+    drawn on white (:func:`on_white`), whatever the app's colour scheme.
 
     Args:
         fig: the figure.
@@ -1143,7 +1277,7 @@ def export_figure(
     browser = _browser_path(browser_path)
     kopts = {"path": browser} if browser else {}
     try:
-        data = kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
+        data = kaleido.calc_fig_sync(on_white(fig), opts=opts, kopts=kopts)
     except Exception as exc:  # ChromeNotFoundError, a browser that fails to start, ...
         where = browser or "kaleido's default search"
         raise RuntimeError(
@@ -1156,6 +1290,15 @@ def export_figure(
     return target
 
 
+def on_white(fig: go.Figure) -> go.Figure:
+    """A copy of ``fig`` painted on white (:data:`EXPORT_BACKGROUND`): figures are transparent so that in
+    the app they take the page's colour, but a file may be opened anywhere (a dark image viewer, a slide),
+    so what :func:`export_figure` writes is always dark text on white."""
+    out = go.Figure(fig)
+    out.update_layout(paper_bgcolor=EXPORT_BACKGROUND, plot_bgcolor=EXPORT_BACKGROUND)
+    return out
+
+
 _HTML_STYLE = """
 body { font-family: Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif; color: #222; margin: 2rem auto;
        max-width: 1200px; padding: 0 1rem; line-height: 1.4; }
@@ -1164,6 +1307,8 @@ table.calibprompt-table { border-collapse: collapse; font-size: 0.9rem; margin: 
 table.calibprompt-table th, table.calibprompt-table td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem;
        text-align: right; }
 table.calibprompt-table th { background: #f4f5f7; }
+dl.calibprompt-details { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; margin: 1rem 0 2rem; }
+dl.calibprompt-details dt { font-weight: 600; } dl.calibprompt-details dd { margin: 0; }
 """
 
 
@@ -1171,6 +1316,7 @@ def figure_html(
     figs: Mapping[str, go.Figure],
     title: str = "Calibration report",
     tables: Mapping[str, Any] | None = None,
+    details: Mapping[str, str] | None = None,
 ) -> str:
     """A self-contained HTML document of figures and tables, for study reports.
 
@@ -1178,13 +1324,16 @@ def figure_html(
     each figure is a ``<div id="figure-i">`` with its own small ``Plotly.newPlot`` call,
     under an ``<h2>`` with its name, in mapping order; then each table as an HTML
     ``<table class="calibprompt-table">`` (``DataFrame.to_html``; the index is left out when
-    it is the default range index) under an ``<h2>``. Names and the title are
+    it is the default range index) under an ``<h2>``. With ``details``, a
+    ``<dl class="calibprompt-details">`` of what the report is about (model, dataset, settings,
+    date, version, ...) comes first, under the title. Names, details, cells and the title are
     HTML-escaped. Deterministic: the same input gives the same string.
 
     Args:
         figs: ``{heading: Figure}`` (may be empty when there are tables).
         title: the document's ``<title>`` and ``<h1>``.
         tables: ``{heading: pandas.DataFrame}``, or None.
+        details: ``{label: text}`` (both str), in order, or None.
 
     Returns:
         the HTML document as a str.
@@ -1213,6 +1362,9 @@ def figure_html(
                 )
     if not figs and not tables:
         raise ValueError("`figs` and `tables` are both empty; pass at least one figure or table.")
+    details = {} if details is None else details
+    if not isinstance(details, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
+        raise ValueError(f"`details` must be a dict of str labels to str texts, or None, but got {details!r}.")
 
     parts = [
         "<!DOCTYPE html>",
@@ -1226,6 +1378,9 @@ def figure_html(
     if figs:
         parts.append(f'<script type="text/javascript">{get_plotlyjs()}</script>')
     parts += ["</head>", "<body>", f"<h1>{html.escape(title)}</h1>"]
+    if details:
+        items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in details.items())
+        parts.append(f'<dl class="calibprompt-details">{items}</dl>')
     for i, (name, fig) in enumerate(figs.items()):
         div = pio.to_html(
             fig, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=f"figure-{i}",

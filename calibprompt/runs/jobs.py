@@ -41,9 +41,25 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS",
            "PreparedJob", "JobOutcome", "prepare_job", "prepare_jobs", "recording_progress", "evaluate_trained", "record_outcome", "same_training",
-           "find_done_run"]
+           "find_done_run", "check_run_name", "RUN_NAME_LIMIT"]
 
 DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
+RUN_NAME_LIMIT = 80  # characters of a run's optional name
+
+
+def check_run_name(name: Any) -> str:
+    """A run's optional name, stripped ("" when none): at most :data:`RUN_NAME_LIMIT` characters of
+    printable text on one line (it is shown as text, never as HTML or Markdown)."""
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise ValueError(f"A run's name must be text, got {type(name).__name__}.")
+    name = name.strip()
+    if len(name) > RUN_NAME_LIMIT:
+        raise ValueError(f"A run's name can have at most {RUN_NAME_LIMIT} characters; this one has {len(name)}.")
+    if any(not ch.isprintable() for ch in name):
+        raise ValueError("A run's name must be one line of printable text (no tabs, line breaks or control characters).")
+    return name
 
 
 @dataclass
@@ -117,7 +133,7 @@ def _field_default(name: str) -> Any:
     return None
 
 
-_IGNORED_PARAMS = ("device", "owner")  # where and for whom a run ran does not change its result
+_IGNORED_PARAMS = ("device", "owner", "name")  # where, for whom and under what name a run ran does not change its result
 
 
 def same_training(record: RunRecord, wanted: dict[str, Any]) -> bool:
@@ -303,7 +319,8 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
     """
     run_id = run_id or store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}")
     device = resolve_device(job.device)
-    store.start_run(run_id, str(device))
+    if store.get_run(run_id).status == "queued":  # a JobRunner marks its job running before loading the model
+        store.start_run(run_id, str(device))
     try:
         t0 = time.perf_counter()
         if backbone is None or backbone.device != device:
@@ -360,11 +377,14 @@ class JobRunner:
         self._entries: dict[str, _Entry] = {}
         self._backbones: dict[str, Any] = {}
 
-    def submit(self, job: TrainJob, owner: str = "") -> str:
+    def submit(self, job: TrainJob, owner: str = "", name: str = "") -> str:
         """Queue a job; returns its run id (status ``queued`` in the store). ``owner`` (recorded with the
-        run) is who may cancel it."""
+        run) is who may cancel it; ``name`` (:func:`check_run_name`) is recorded as the run's ``name``."""
         device = str(resolve_device(job.device))
         params = {**job.to_params(), "owner": str(owner)}
+        name = check_run_name(name)
+        if name:
+            params["name"] = name
         run_id = self.store.create_run("train", params, slug=f"{job.method}-s{job.seed}")
         entry = _Entry(run_id, job, device, owner=str(owner))
         with self._lock:
@@ -384,6 +404,12 @@ class JobRunner:
             if entry is None or entry.done.is_set():
                 return None
             return self._waiting[entry.device].index(run_id)
+
+    def active_job(self, owner: str) -> str | None:
+        """The newest job of ``owner`` that is queued or running here, or None."""
+        with self._lock:
+            mine = [e.run_id for e in self._entries.values() if e.owner == owner and owner and not e.done.is_set()]
+        return mine[-1] if mine else None  # entries keep submission order
 
     def progress(self, run_id: str) -> dict[str, Any]:
         """Latest step (epoch, step, loss parts, lr, ETA), the loss curve, the queue position and status."""
@@ -452,6 +478,7 @@ class JobRunner:
             entry.losses.append((info.global_step, info.loss))
 
         try:
+            self.store.start_run(entry.run_id, entry.device)  # running from here on, the model's load included
             backbone = self._backbone(entry.job.model, entry.device)
             run_train_job(entry.job, self.store, run_id=entry.run_id, backbone=backbone, on_step=on_step,
                           should_stop=entry.cancel.is_set)

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from calibprompt.evaluation.agreement import cohen_kappa
+from calibprompt.evaluation.agreement import pair_agreement
 from calibprompt.fileio import atomic_write_text
 
 __all__ = ["VERDICTS", "REVIEW_FIELDS", "REVIEW_CSV_COLUMNS", "LEGACY_READER", "LEGACY_METHOD", "MIGRATION_V2",
@@ -288,13 +288,16 @@ class Reviews:
         return atomic_write_text(path, buffer.getvalue())
 
     def agreement(self, *, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
-        """Cohen's kappa for every pair of readers with at least one case (dataset, image, method) in common.
+        """Agreement for every pair of readers with at least one case (dataset, image, method) in common.
 
-        Returns ``[{"reader_a", "reader_b", "cases", "kappa"}]`` sorted by reader names
-        (``reader_a < reader_b``); ``cases`` is the number of common cases and ``kappa``
-        (:func:`calibprompt.evaluation.agreement.cohen_kappa` over :data:`VERDICTS`) is None when it
-        says nothing: fewer than 2 common cases, or both readers gave every common case one and the
-        same verdict (chance agreement ``p_e = 1``, kappa undefined).
+        Returns ``[{"reader_a", "reader_b", "cases", "agreed", "percent", "kappa", "few"}]`` sorted by
+        reader names (``reader_a < reader_b``): ``cases`` is the number of common cases, ``agreed`` how
+        many of them got the same verdict, ``percent`` that fraction (0 to 1), ``few`` whether there
+        are fewer than :data:`calibprompt.evaluation.agreement.FEW_CASES` common cases (kappa is then
+        unstable), and ``kappa`` Cohen's kappa over :data:`VERDICTS`
+        (:func:`calibprompt.evaluation.agreement.pair_agreement`), None when it says nothing: fewer
+        than 2 common cases, or both readers gave every common case one and the same verdict (chance
+        agreement ``p_e = 1``, kappa undefined).
         """
         by_reader: dict[str, dict[tuple[str, str, str], str]] = {}
         for review in self._select(dataset=dataset, method=method, order="reader, id"):
@@ -305,12 +308,9 @@ class Reviews:
             common = sorted(by_reader[reader_a].keys() & by_reader[reader_b].keys())
             if not common:
                 continue
-            kappa = None
-            if len(common) >= 2:
-                value = cohen_kappa([by_reader[reader_a][k] for k in common], [by_reader[reader_b][k] for k in common],
-                                    labels=VERDICTS)
-                kappa = None if math.isnan(value) else value
-            pairs.append({"reader_a": reader_a, "reader_b": reader_b, "cases": len(common), "kappa": kappa})
+            stats = pair_agreement([by_reader[reader_a][k] for k in common], [by_reader[reader_b][k] for k in common],
+                                   labels=VERDICTS)
+            pairs.append({"reader_a": reader_a, "reader_b": reader_b, **stats})
         return pairs
 
     def _select(self, *, order: str, reader: str | None = None, dataset: str | None = None,

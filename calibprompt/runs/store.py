@@ -649,7 +649,8 @@ class RunStore:
         return self._reviews.export_csv(path, reader=reader, dataset=dataset)
 
     def reader_agreement(self, *, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
-        """Cohen's kappa per pair of readers over their common cases (see :meth:`Reviews.agreement`)."""
+        """Per pair of readers over their common cases: the count, the percentage agreement and Cohen's kappa
+        (see :meth:`Reviews.agreement`)."""
         return self._reviews.agreement(dataset=dataset, method=method)
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,15 +24,19 @@ from calibprompt.data.archives import extract_zip
 from calibprompt.data.layouts import Dataset, LabeledImages
 from calibprompt.data.resolve import dataset_choices, open_dataset, resolve_choice
 from calibprompt.devices import resolve_device
-from calibprompt.evaluation.metrics import apply_temperature, fit_temperature
-from calibprompt.evaluation.report import evaluate_probs
 from calibprompt.paths import SAMPLE_IMAGES_DIR, uploads_dir
 from calibprompt.prompting.checkpoint import checkpoint_paths, load_prompt
 from calibprompt.prompting.engine import Head
 from calibprompt.prompting.library import bundled_prompt_for
 from calibprompt.prompting.tasks import Task, list_tasks, load_task
 from calibprompt.runs.store import RunStore
-from calibprompt.service.assess import CalibrationData, assess_predictions, fit_calibration
+from calibprompt.data.images import load_image
+from calibprompt.data.metadata import image_metadata
+from calibprompt.evaluation.ood import modality_mismatch, unknown_words
+from calibprompt.service.advice import CalibrationData, assess_image, choose_answering_method, fit_calibration
+from calibprompt.service import evaluation as evaluation_service
+from calibprompt.service import reviews as reviews_service
+from calibprompt.service.evaluation import EvaluationSet
 from calibprompt.service.pool import BackbonePool, ContentCache, LoadedBackbone, file_digest, task_key
 from calibprompt.service.session import SessionState, new_session
 from calibprompt.service.startup import default_task_for
@@ -58,38 +61,11 @@ class ComparedImage:
     flag: str = ""
 
 
-@dataclass
-class EvaluationSet:
-    """Predictions of several heads on the labelled images that none of them was trained on.
-
-    ``paths`` are absolute (server side), ``images`` the same paths inside the dataset folder;
-    ``excluded`` counts the test-pool images left out because a chosen prompt trained on them.
-    """
-
-    dataset: str
-    root: Path
-    task: Task
-    paths: list[str]
-    images: list[str]
-    labels: np.ndarray
-    excluded: int = 0
-    probs: dict[str, np.ndarray] = field(default_factory=dict)
-    logits: dict[str, np.ndarray] = field(default_factory=dict)
-    run_ids: dict[str, str] = field(default_factory=dict)
-    features: Any = None  # (N, D) image features
-
-    def describe(self) -> str:
-        text = f"{len(self.paths)} test images of {self.dataset}"
-        if self.excluded:
-            text += f" ({self.excluded} left out: a chosen prompt was trained on them)"
-        return text + "."
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+def _api_accuracy(acc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How often answers at this confidence were right, for the API: None where no guarantee holds."""
+    if not acc or not acc.get("n"):
+        return None
+    return {"accuracy": acc["accuracy"], "low": acc["low"], "high": acc["high"], "n": acc["n"]}
 
 
 class Core:
@@ -196,8 +172,10 @@ class Core:
         return spec.family if spec is not None else self.pool.get(name).backbone.family
 
     # -- sessions, models, tasks ------------------------------------------------------------
-    def new_session(self, username: str | None = None) -> SessionState:
-        return new_session(self.default_model, self.default_task, username=username)
+    def new_session(self, username: str | None = None, owner: str | None = None) -> SessionState:
+        """A fresh session on the default model and task, owned by ``username`` (logged in), else by
+        ``owner`` (a browser identity, :func:`calibprompt.service.session.owner_for`), else by itself."""
+        return new_session(self.default_model, self.default_task, username=username, owner=owner)
 
     def loaded(self, state: SessionState) -> LoadedBackbone:
         return self.pool.get(state.model, self.default_device if state.model == self.default_model else None)
@@ -249,7 +227,7 @@ class Core:
             if (run.metrics or {}).get("task") != task.name:
                 continue
             rows.append({"id": run.id, "method": run.params.get("method"), "seed": run.params.get("seed"),
-                         "checkpoint": run.checkpoint})
+                         "name": run.params.get("name") or "", "checkpoint": run.checkpoint})
         return rows
 
     def default_prompt(self, state: SessionState, method: str, task: Task | None = None) -> str | None:
@@ -265,11 +243,25 @@ class Core:
 
     def prompt_choices(self, state: SessionState) -> list[str]:
         """Heads this session can pick: zero-shot, the learned defaults that exist, every finished run."""
+        return [option["value"] for option in self.prompt_options(state)]
+
+    def prompt_options(self, state: SessionState) -> list[dict[str, Any]]:
+        """What :meth:`prompt_choices` offers, described: ``{"value", "kind"}`` with ``kind`` ``"zero-shot"``,
+        ``"bundled"`` (the model's bundled prompt for the task), ``"newest run"`` (a learned default taken from
+        the newest finished run) or ``"run"`` (with the run's ``"id"``, ``"name"``, ``"method"``, ``"seed"``)."""
         if state.classes:
-            return ["zero-shot"]
+            return [{"value": "zero-shot", "kind": "zero-shot"}]
         task = state.task_object()
-        names = ["zero-shot"] + [m for m in LEARNED if self.default_prompt(state, m, task)]
-        return names + [f"run:{r['id']}" for r in self.finished_runs(state, task)]
+        options = [{"value": "zero-shot", "kind": "zero-shot"}]
+        for method in LEARNED:
+            source = self.default_prompt(state, method, task)
+            if source:
+                bundled = bundled_prompt_for(state.model, task.name, method)
+                options.append({"value": method, "kind": "bundled" if bundled is not None else "newest run"})
+        for run in self.finished_runs(state, task):
+            options.append({"value": f"run:{run['id']}", "kind": "run", "id": run["id"], "name": run["name"],
+                            "method": run["method"], "seed": run["seed"]})
+        return options
 
     def _zero_shot_head(self, loaded: LoadedBackbone, task: Task) -> Head:
         key = ("zero-shot", loaded.backbone.fingerprint, task_key(task))
@@ -392,67 +384,81 @@ class Core:
             ev.describe(), ev.features, ev.labels, ev.probs, ev.task.classnames, float(alpha)))
 
     def assess(self, state: SessionState, images: Sequence[Any], heads: Sequence[str] = (),
-               alpha: float = defaults.ALPHA) -> dict[str, Any]:
-        """Refer-or-answer advice for each image (see :mod:`calibprompt.service.assess`), with each image
-        as the model saw it and what was read from its file.
+               alpha: float = defaults.ALPHA, answer_with: str | None = None,
+               frames: Mapping[int, int] | None = None) -> dict[str, Any]:
+        """Refer / answer / not-checked advice for each image (the rules: :mod:`calibprompt.service.advice`),
+        with each image as the model saw it and what was read from its file.
 
-        Returns ``{"images": [{"name", "preview" (PIL), "metadata", "methods", "ood", "refer", "reasons"}],
-        "calibration": str (where the advice comes from, or why there is none), "vocabulary": str}``."""
-        from calibprompt.data import load_image
-        from calibprompt.data.metadata import image_metadata
-        from calibprompt.evaluation.ood import modality_mismatch, unknown_words
+        ``frames`` picks a frame of a multi-frame file by the image's position. An image that cannot be read
+        gets its own ``error`` and the others are answered; when none can be read the first error is raised.
 
+        Returns ``{"images": [{"name", "preview" (PIL), "metadata", "verdict", "answering_method", "checks",
+        "methods", "ood", "refer", "reasons", "notes"} or {"name", "error"}], "calibration": str (where the
+        advice comes from, or why there is none), "vocabulary": str}``."""
         if not images:
             raise ValueError("Upload an image first (PNG, JPEG, TIFF or DICOM), or pick a sample image.")
         chosen = self.resolve_heads(state, heads)
-        task = state.task_object()
+        choose_answering_method(list(chosen), None, answer_with)  # a clear error before any work
         loaded = self.loaded(state)
-        pictures = [load_image(im) for im in images]
-        feats = loaded.engine.image_features(pictures)
+        read = [self._read_image(source, i, (frames or {}).get(i)) for i, source in enumerate(images)]
+        good = [r for r in read if "error" not in r]
+        if not good:
+            raise ValueError(" ".join(r["error"] for r in read))
+        feats = loaded.engine.image_features([r["preview"] for r in good])
         predictions = loaded.engine.predict_with(feats, chosen)
         calibration = self.calibration_data(state, list(chosen), alpha)
-        if calibration is None:
-            where = (f"No labelled test images for the task {state.task_label!r} on {state.model}: no prediction "
-                     "sets, accuracies or likeness check are shown. Choose a labelled dataset for this task in "
-                     "the calibration view, or add one to the data directory's datasets folder.")
-        else:
-            where = (f"Calibrated on {calibration.dataset} {100 * (1 - calibration.alpha):.0f} % prediction sets: "
-                     + ", ".join(f"{n} covered {100 * c.coverage:.0f} % of held-out cases with {c.mean_set_size:.1f} "
-                                 f"classes on average" for n, c in calibration.methods.items())
-                     + (f". {calibration.note}" if calibration.note else "."))
-        vocabulary = ""
+        no_data = (f"No labelled test images for the task {state.task_label!r} on {state.model}: no prediction sets, "
+                   "accuracies or likeness check could run. Choose a labelled dataset for this task in the "
+                   "Calibration tab, or add one to the data directory's datasets folder.")
+        unknown = None
         if state.classes:
-            unknown = {c: w for c, w in unknown_words(list(state.classes), loaded.backbone.tokenizer).items() if w}
-            if unknown:
-                vocabulary = ("The model's vocabulary does not know " + "; ".join(
-                    f"{', '.join(w)} (in '{c}')" for c, w in unknown.items())
-                    + ": it splits such words into pieces, so its answers for those classes are less reliable.")
-        results = []
-        for i, source in enumerate(images):
-            try:
-                meta = image_metadata(source)
-            except Exception:  # noqa: BLE001 - the image itself loaded; metadata is a bonus
-                meta = {}
-            modality = modality_mismatch(meta, task.modality or "")
-            (advice,) = assess_predictions({h: p.probs[i:i + 1] for h, p in predictions.items()}, feats[i:i + 1].numpy(),
-                                           calibration, task.classnames, modality_reason=modality)
-            if vocabulary:
-                advice["reasons"].append(vocabulary)
-                advice["refer"] = True
-            name = Path(source).name if isinstance(source, (str, Path)) else f"image {i + 1}"
-            results.append({"name": name, "preview": pictures[i], "metadata": meta, **advice})
-        return {"images": results, "calibration": where, "vocabulary": vocabulary}
+            unknown = unknown_words(list(state.classes), loaded.backbone.tokenizer)
+        task = state.task_object()
+        for j, r in enumerate(good):
+            r.update(assess_image({h: p.probs[j] for h, p in predictions.items()}, feats[j:j + 1].numpy(),
+                                  calibration, task.classnames, metadata=r["metadata"], unknown=unknown,
+                                  modality_reason=modality_mismatch(r["metadata"], task.modality or ""),
+                                  answer_with=answer_with, no_data_reason=no_data))
+        vocabulary = good[0]["checks"]["vocabulary"]["detail"] if unknown else ""
+        return {"images": read, "calibration": self._calibration_note(calibration, no_data), "vocabulary": vocabulary}
+
+    @staticmethod
+    def _read_image(source: Any, index: int, frame: int | None) -> dict[str, Any]:
+        """One image as the model will see it, with its file's metadata, or its plain-words error."""
+        name = Path(source).name if isinstance(source, (str, Path)) else f"image {index + 1}"
+        try:
+            picture = load_image(source, frame=frame)
+        except ValueError as exc:
+            return {"name": name, "error": str(exc)}
+        try:
+            meta = image_metadata(source, frame=frame)
+        except Exception:  # noqa: BLE001 - the image itself loaded; metadata is a bonus
+            meta = {}
+        return {"name": name, "preview": picture, "metadata": meta, "frame": frame}
+
+    @staticmethod
+    def _calibration_note(calibration: CalibrationData | None, no_data: str) -> str:
+        if calibration is None:
+            return no_data
+        sets = ", ".join(f"{n} covered {100 * c.coverage:.0f} % of held-out cases with {c.mean_set_size:.1f} classes "
+                         f"on average (ECE {100 * c.ece:.1f} %)" for n, c in calibration.methods.items())
+        return (f"Calibrated on {calibration.dataset.rstrip('.')}. {calibration.coverage_label} prediction sets: "
+                + (sets or "none") + (f". {calibration.note}" if calibration.note else "."))
 
     def assess_api(self, image: Any, task: str | None = None) -> dict[str, Any]:
         """Stateless ``/assess``: advice for one image on the default model and ``task``."""
         state, available = self._api_session(image, task)
         result = self.assess(state, [image], available)
         first = result["images"][0]
-        return {"task": state.task_label,
+        return {"task": state.task_label, "verdict": first["verdict"], "answering_method": first["answering_method"],
+                "checks": first["checks"],
                 "methods": {name: {"probs": m["probs"], "prediction": m["prediction"], "confidence": m["confidence"],
-                                   "set": m["set"], "refer": m["refer"]} for name, m in first["methods"].items()},
+                                   "set": m["set"], "accuracy_at_confidence": _api_accuracy(m["accuracy"]),
+                                   "verdict": m["verdict"], "refer": m["refer"]}
+                            for name, m in first["methods"].items()},
                 "ood": {"flag": first["ood"]["flag"], "score": first["ood"]["score"], "reason": first["ood"]["reason"]},
-                "refer": first["refer"], "reasons": first["reasons"], "calibration": result["calibration"]}
+                "refer": first["refer"], "reasons": first["reasons"], "notes": first["notes"],
+                "calibration": result["calibration"]}
 
     @staticmethod
     def sample_images() -> list[tuple[str, str]]:
@@ -501,15 +507,17 @@ class Core:
     def start_training(self, state: SessionState, dataset: str, *, method: str = "calibprompt",
                        shots: int = defaults.SHOTS, seed: int = defaults.SEED, epochs: int = defaults.EPOCHS,
                        alpha: float | None = None, beta: float | None = None,
-                       device: str = "auto") -> tuple[SessionState, str]:
-        """Queue a prompt-tuning job on this session's model and task, owned by this session; returns
-        the new state (with the job) and the run id. Every bound is checked before anything is queued."""
-        from calibprompt.runs.jobs import TrainJob
+                       device: str = "auto", name: str | None = None) -> tuple[SessionState, str]:
+        """Queue a prompt-tuning job on this session's model and task, owned by this session's owner, with an
+        optional ``name`` (at most 80 characters, see :func:`calibprompt.runs.jobs.check_run_name`); returns the
+        new state (with the job) and the run id. Every bound is checked before anything is queued."""
+        from calibprompt.runs.jobs import TrainJob, check_run_name
         from calibprompt.runs.requests import check_train_request, class_counts_for_split
 
         if state.classes:
             raise ValueError("Training needs a task file (its classes and templates); choose a task instead of "
                              "typed class names.")
+        name = check_run_name(name)
         spec = get_method(method)
         params = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None and k in spec.params}
         source, task, ds = self._open(state, dataset)
@@ -517,8 +525,15 @@ class Core:
                             method=spec.name, class_counts=class_counts_for_split(ds))
         job = TrainJob(model=state.model, dataset=source, task=task.name, shots=int(shots), seed=int(seed),
                        method=spec.name, epochs=int(epochs), loss_params=params, device=device)
-        run_id = self.runner.submit(job, owner=state.owner)
+        run_id = self.runner.submit(job, owner=state.owner, name=name)
         return state.with_(jobs=state.jobs + (run_id,)), run_id
+
+    def active_job(self, state: SessionState) -> str | None:
+        """The newest queued or running job of this session's owner on this server (so a reloaded page, or
+        another tab of the same browser or user, follows it again), or None."""
+        if self._runner is None:  # no job was ever started here (and the job pipeline stays unimported)
+            return None
+        return self._runner.active_job(state.owner)
 
     def job_status(self, run_id: str) -> dict[str, Any]:
         return self.runner.progress(run_id)
@@ -528,16 +543,20 @@ class Core:
         return self.runner.cancel(run_id, owner=state.owner)
 
     def run_history(self, state: SessionState, limit: int = 200) -> list[dict[str, Any]]:
+        """Training runs, newest first, as data: ``accuracy`` and ``ece`` are fractions (None before a run is
+        done), ``name`` the name its owner gave it, ``by`` "you" for this session's owner, a logged-in user's
+        name, or "" (another browser)."""
         rows = []
         for run in self.store.list_runs(kind="train", limit=limit):
             m = run.metrics or {}
             owner = run.params.get("owner", "")
             rows.append({
-                "run": run.id, "status": run.status, "method": run.params.get("method", ""),
-                "model": run.params.get("model", ""), "task": m.get("task", run.params.get("task") or ""),
+                "run": run.id, "name": run.params.get("name") or "", "status": run.status,
+                "method": run.params.get("method", ""), "model": run.params.get("model", ""),
+                "task": m.get("task", run.params.get("task") or ""),
                 "shots": run.params.get("shots", ""), "seed": run.params.get("seed", ""),
-                "accuracy": round(m["accuracy"], 4) if isinstance(m.get("accuracy"), float) else None,
-                "ece": round(m["ece"], 4) if isinstance(m.get("ece"), float) else None,
+                "accuracy": float(m["accuracy"]) if isinstance(m.get("accuracy"), (int, float)) else None,
+                "ece": float(m["ece"]) if isinstance(m.get("ece"), (int, float)) else None,
                 "by": "you" if owner == state.owner else (owner[5:] if owner.startswith("user:") else ""),
                 "created": run.created_at, "error": run.error or "",
             })
@@ -556,123 +575,32 @@ class Core:
     # -- evaluation on images no chosen prompt trained on ---------------------------------------------
     def evaluation_images(self, state: SessionState, dataset: str,
                           heads: dict[str, Head]) -> tuple[str, Task, LabeledImages, int]:
-        """The labelled images to evaluate ``heads`` on: the dataset's test split (all its images when it
-        has none), less every image any of the learned heads was trained on (as its checkpoint records)."""
-        source, task, ds = self._open(state, dataset)
-        pool = ds.test if ds.test is not None and len(ds.test) else ds.train
-        if pool is None or not len(pool):
-            raise ValueError(f"The dataset {dataset!r} has no images to evaluate on.")
-        trained_rel: set[str] = set()
-        trained_abs: set[str] = set()
-        for head in heads.values():
-            train = ((head.metadata or {}).get("split") or {}).get("train") or {}
-            root = Path(str(train.get("root", "")))
-            for rel in train.get("paths", []):
-                trained_rel.add(Path(rel).as_posix())
-                if root.is_absolute():
-                    trained_abs.add(str((root / rel).resolve()))
-        keep = [i for i, s in enumerate(pool.samples)
-                if _relative(Path(s.path), Path(pool.root)) not in trained_rel and str(Path(s.path).resolve()) not in trained_abs]
-        if not keep:
-            raise ValueError(f"Every test image of {dataset!r} was used to train one of the chosen prompts; "
-                             "choose other prompts or a dataset with a test split.")
-        return source, task, pool.subset(keep), len(pool) - len(keep)
+        """See :func:`calibprompt.service.evaluation.evaluation_images`."""
+        return evaluation_service.evaluation_images(self, state, dataset, heads)
 
     def evaluate(self, state: SessionState, dataset: str, heads: Sequence[str] = ()) -> EvaluationSet:
-        """Predictions of the chosen heads on the images none of them trained on (features cached)."""
-        chosen = self.resolve_heads(state, heads)
-        source, task, images, excluded = self.evaluation_images(state, dataset, chosen)
-        loaded = self.loaded(state)
-        paths = [str(p) for p in images.paths]
-        ev = EvaluationSet(dataset, Path(images.root), task, paths, [_relative(Path(p), Path(images.root)) for p in paths],
-                           np.asarray(images.labels), excluded)
-        stamp = file_digest(*paths)
-        feats = self.evaluations.get_or_compute(("features", loaded.backbone.fingerprint, stamp),
-                                                lambda: loaded.features.plain(paths))
-        ev.features = feats
-        for name, head in chosen.items():
-            key = ("probs", loaded.backbone.fingerprint, stamp,
-                   hashlib.blake2b(head.text_features.numpy().tobytes(), digest_size=16).hexdigest())
-            pred = self.evaluations.get_or_compute(key, lambda head=head: loaded.engine.predict_with(feats, {"h": head})["h"])
-            ev.probs[name], ev.logits[name] = pred.probs, pred.logits
-            run_id = (head.metadata or {}).get("run_id")
-            if run_id:
-                ev.run_ids[name] = str(run_id)
-        return ev
+        """See :func:`calibprompt.service.evaluation.evaluate`."""
+        return evaluation_service.evaluate(self, state, dataset, heads)
 
     def calibration(self, state: SessionState, dataset: str, heads: Sequence[str] = (), n_bins: int = defaults.N_BINS,
                     temperature_scaling: bool = True) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
-        """Calibration reports per head (and, with ``temperature_scaling``, per temperature-scaled head:
-        T fitted on one half of the evaluation images and applied to the other, both ways)."""
-        lo, hi = defaults.LIMITS["n_bins"]
-        if not lo <= int(n_bins) <= hi:
-            raise ValueError(f"The number of bins must be from {lo} to {hi}, got {n_bins}.")
-        from calibprompt.evaluation.card import debiased_ece, kde_ece, per_class_ece, smooth_ece
-
-        ev = self.evaluate(state, dataset, heads)
-        reports = {}
-        for head in ev.probs:
-            reports[head] = evaluate_probs(ev.probs[head], ev.labels, ev.paths, ev.task.classnames,
-                                           n_bins=int(n_bins), n_boot=defaults.N_BOOT_INTERACTIVE).report
-            p = ev.probs[head]
-            reports[head]["card"] = {  # the metric card: the authors' and the debiased estimates beside ours
-                "kde_ece": kde_ece(p, ev.labels), "smooth_ece": smooth_ece(p, ev.labels),
-                "debiased_ece": debiased_ece(p, ev.labels),
-                "per_class_ece_true": float(np.nanmean(per_class_ece(p, ev.labels, by="true", n_bins=int(n_bins)))),
-            }
-            if temperature_scaling and len(ev.labels) >= 4:
-                scaled, temps = self._cross_fitted_temperature(ev.logits[head], ev.labels)
-                report = evaluate_probs(scaled, ev.labels, ev.paths, ev.task.classnames, n_bins=int(n_bins),
-                                        n_boot=defaults.N_BOOT_INTERACTIVE).report
-                report["temperature"] = float(np.mean(temps))
-                reports[f"{head} + TS"] = report
-        return reports, ev
+        """See :func:`calibprompt.service.evaluation.calibration`."""
+        return evaluation_service.calibration(self, state, dataset, heads, n_bins, temperature_scaling)
 
     @staticmethod
     def significance(ev: EvaluationSet, a: str = "calibprompt", b: str = "coop",
-                     n_boot: int = 1000) -> dict[str, dict[str, Any]] | None:
-        """Paired bootstrap over the same evaluation images of ``a`` minus ``b`` in ECE and accuracy, or None
-        when either head was not evaluated."""
-        from calibprompt.evaluation.card import paired_bootstrap
-
-        if a not in ev.probs or b not in ev.probs:
-            return None
-        return {metric: paired_bootstrap(ev.probs[a], ev.probs[b], ev.labels, metric=metric, n_boot=n_boot)
-                for metric in ("ece", "accuracy")}
+                     n_boot: int = evaluation_service.SIGNIFICANCE_BOOT) -> dict[str, dict[str, Any]] | None:
+        """See :func:`calibprompt.service.evaluation.significance`."""
+        return evaluation_service.significance(ev, a, b, n_boot)
 
     @staticmethod
     def selective(ev: EvaluationSet, threshold: float) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-        """Risk-coverage curves per head, and what refusing to answer below ``threshold`` gives: per head
-        the share of cases answered (coverage) and the accuracy among them."""
-        from calibprompt.evaluation.selective import risk_coverage, selective_accuracy
-
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"The confidence threshold must be from 0 to 1, got {threshold}.")
-        curves, rows = {}, []
-        for head, probs in ev.probs.items():
-            curves[head] = risk_coverage(probs, ev.labels)
-            confidence = probs.max(axis=1)
-            kept = confidence >= float(threshold)
-            accuracy = float((probs.argmax(axis=1) == ev.labels)[kept].mean()) if kept.any() else None
-            rows.append({"method": head, "refer below": f"{100 * float(threshold):.0f} %",
-                         "answered": f"{100 * kept.mean():.1f} % ({int(kept.sum())} of {len(kept)})",
-                         "accuracy when answering": f"{100 * accuracy:.1f} %" if accuracy is not None else "—",
-                         "AURC": f"{100 * curves[head]['aurc']:.2f} %",
-                         "accuracy at 80 % / 90 % coverage": f"{100 * selective_accuracy(probs, ev.labels, 0.8):.1f} % / "
-                                                             f"{100 * selective_accuracy(probs, ev.labels, 0.9):.1f} %"})
-        return curves, rows
+        """See :func:`calibprompt.service.evaluation.selective`."""
+        return evaluation_service.selective(ev, threshold)
 
     @staticmethod
     def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
-        idx = np.arange(len(labels))
-        halves = (idx % 2 == 0, idx % 2 == 1)
-        out = np.empty_like(logits, dtype=np.float64)
-        temps = []
-        for fit, apply in (halves, halves[::-1]):
-            t = fit_temperature(logits[fit], labels[fit])
-            out[apply] = apply_temperature(logits[apply], t)
-            temps.append(t)
-        return out, temps
+        return evaluation_service.cross_fitted_temperature(logits, labels)
 
     @staticmethod
     def cross_fitted_sets(ev: EvaluationSet, alpha: float = defaults.ALPHA) -> dict[str, np.ndarray] | None:
@@ -685,93 +613,28 @@ class Core:
         except ValueError:
             return None
 
-    # -- review -------------------------------------------------------------------------------
+    # -- review (see calibprompt.service.reviews) -------------------------------------------------
     def review_cases(self, state: SessionState, dataset: str, heads: Sequence[str] = (), *,
                      true_class: str | None = None, method: str | None = None, min_confidence: float = 0.0,
-                     referred_only: bool = False, alpha: float = defaults.ALPHA,
-                     limit: int = 48) -> tuple[list[dict[str, Any]], EvaluationSet]:
-        """Cases ranked by how confidently wrong they are (the largest confidence among the chosen methods
-        that got the case wrong, or of ``method`` alone), with every method's prediction, the method the
-        verdict defaults to (the most confidently wrong one) and this reader's verdicts so far."""
-        if not 0.0 <= float(min_confidence) <= 1.0 or np.isnan(float(min_confidence)):
-            raise ValueError(f"The minimum confidence must be from 0 to 1, got {min_confidence}.")
-        ev = self.evaluate(state, dataset, heads)
-        names = list(ev.probs)
-        if method and method not in names:
-            raise ValueError(f"Method {method!r} is not among the chosen prompts ({', '.join(names)}).")
-        classes = ev.task.class_ids
-        sets = self.cross_fitted_sets(ev, alpha)
-        mine = {}
-        if state.reader:
-            for r in self.store.reviews(reader=state.reader, dataset=dataset):
-                mine.setdefault(r["image"], {})[r["method"]] = r
-        cases = []
-        for i, path in enumerate(ev.paths):
-            label = int(ev.labels[i])
-            if true_class and classes[label] != true_class:
-                continue
-            per = {h: (int(ev.probs[h][i].argmax()), float(ev.probs[h][i].max())) for h in names}
-            wrong = {h: conf for h, (pred, conf) in per.items() if pred != label}
-            considered = {method: wrong[method]} if method and method in wrong else ({} if method else wrong)
-            if not considered:
-                continue
-            score = max(considered.values())
-            if score < min_confidence:
-                continue
-            case_sets = {h: [classes[j] for j in np.flatnonzero(sets[h][i])] for h in names} if sets else {}
-            referred = len({p for p, _ in per.values()}) > 1 or any(len(v) != 1 for v in case_sets.values())
-            if referred_only and not referred:
-                continue
-            cases.append({
-                "path": path, "image": ev.images[i], "true": classes[label], "score": score,
-                "predictions": {h: (classes[p], c) for h, (p, c) in per.items()},
-                "method": max(considered, key=considered.get), "run_ids": dict(ev.run_ids),
-                "sets": case_sets, "referred": referred,
-                "verdicts": {m: {"verdict": r["verdict"], "note": r["note"]} for m, r in mine.get(ev.images[i], {}).items()},
-            })
-        cases.sort(key=lambda c: -c["score"])
-        return cases[:limit], ev
+                     referred_only: bool = False, alpha: float = defaults.ALPHA, reader_filter: str = "all",
+                     limit: int | None = None) -> tuple[list[dict[str, Any]], reviews_service.CaseList]:
+        """Every confidently wrong case (the first ``limit`` if given) and the whole
+        :class:`~calibprompt.service.reviews.CaseList`; see :func:`calibprompt.service.reviews.find_cases`."""
+        found = reviews_service.find_cases(self, state, dataset, heads, true_class=true_class, method=method,
+                                           min_confidence=min_confidence, referred_only=referred_only,
+                                           reader_filter=reader_filter, alpha=alpha)
+        return (found.cases if limit is None else found.cases[:limit]), found
 
     def save_review(self, state: SessionState, dataset: str, case: dict[str, Any], method: str, verdict: str,
                     note: str = "") -> dict[str, Any]:
-        """Record this session's reader's verdict on ``method``'s answer for ``case`` (from :meth:`review_cases`)."""
-        if not state.reader:
-            raise ValueError("Enter your name as the reader first: every verdict records who gave it.")
-        if not case:
-            raise ValueError("Select a case in the gallery first.")
-        if method not in case["predictions"]:
-            raise ValueError(f"Method {method!r} has no answer for this case; choose one of "
-                             f"{', '.join(case['predictions'])}.")
-        prediction, confidence = case["predictions"][method]
-        run_id = method[4:] if method.startswith("run:") else case.get("run_ids", {}).get(method)
-        if run_id is not None and not self._known_run(run_id):
-            run_id = None  # a bundled prompt's training run lives in another store
-        return self.store.set_review(
-            reader=state.reader, dataset=dataset, image=case["image"], method=method, verdict=verdict, note=note or "",
-            true_class=case["true"], prediction=prediction, confidence=float(confidence), model=state.model,
-            task=state.task_label, run_id=run_id)
-
-    def _known_run(self, run_id: str) -> bool:
-        try:
-            self.store.get_run(run_id)
-        except ValueError:
-            return False
-        return True
+        """See :func:`calibprompt.service.reviews.save_review`."""
+        return reviews_service.save_review(self, state, dataset, case, method, verdict, note)
 
     def review_summary(self, state: SessionState, dataset: str, cases: Sequence[dict[str, Any]]) -> str:
-        """How many of the listed cases this reader has reviewed, and the agreement between readers."""
-        listed = {c["image"] for c in cases}
-        done = {r["image"] for r in self.store.reviews(reader=state.reader, dataset=dataset)} if state.reader else set()
-        text = f"You ({state.reader or 'no reader name yet'}) have reviewed {len(listed & done)} of the {len(listed)} listed cases."
-        pairs = [p for p in self.store.reader_agreement(dataset=dataset) if p.get("kappa") is not None]
-        if pairs:
-            text += " Agreement between readers (Cohen's kappa): " + "; ".join(
-                f"{p['reader_a']} vs {p['reader_b']}: {p['kappa']:.2f} over {p['cases']} cases" for p in pairs) + "."
-        return text
+        """One line: how many of the listed cases this reader has reviewed (the tab words it more fully)."""
+        done = reviews_service.progress(reviews_service.refresh_cases(self, state, dataset, list(cases)))
+        return f"You ({state.reader or 'no reader name yet'}) have reviewed {done['reviewed']} of the {done['listed']} listed cases."
 
     def export_reviews(self, folder: Path, dataset: str | None = None) -> Path:
-        """Write the verdicts (of ``dataset``, or all) as CSV into a new folder with an unguessable name
-        under ``folder``; returns the file."""
-        target = Path(folder) / secrets.token_urlsafe(16)
-        target.mkdir(parents=True, exist_ok=False)
-        return self.store.export_reviews_csv(target / "reviews.csv", dataset=dataset)
+        """See :func:`calibprompt.service.reviews.export_reviews`."""
+        return reviews_service.export_reviews(self, folder, dataset)

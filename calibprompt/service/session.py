@@ -7,13 +7,53 @@ session's state as an argument.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.prompting.tasks import Task, load_task
 
-__all__ = ["SessionState", "new_session"]
+__all__ = ["SessionState", "new_session", "IDENTITY_KEY", "new_token", "valid_token", "owner_for", "identify",
+           "is_provisional"]
+
+#: the browser's local-storage key of its identity token (``gr.BrowserState``)
+IDENTITY_KEY = "calibprompt-identity"
+_PROVISIONAL = "session-"  # the owner of a session without a browser identity or login: this page only
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): 32 random bytes, base64url, no padding
+
+
+def is_provisional(owner: str | None) -> bool:
+    """Whether ``owner`` belongs to one page only (no browser identity, no login yet)."""
+    return not owner or owner.startswith(_PROVISIONAL)
+
+
+def new_token() -> str:
+    """A fresh browser identity token: 32 random bytes (256 bits), URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def valid_token(token: object) -> bool:
+    """Whether ``token`` has the shape :func:`new_token` makes (anything else is replaced, never trusted)."""
+    return isinstance(token, str) and _TOKEN.fullmatch(token) is not None
+
+
+def owner_for(token: str | None = None, username: str | None = None) -> str:
+    """Who owns a session's jobs: ``user:<name>`` for a logged-in user (whatever the browser sends), else
+    ``browser:<first 32 hex digits of the token's SHA-256>``; the raw token is never stored or shown."""
+    if username:
+        return f"user:{username}"
+    if not valid_token(token):
+        raise ValueError("A browser identity token is 43 URL-safe characters (secrets.token_urlsafe(32)).")
+    return "browser:" + hashlib.sha256(token.encode("ascii")).hexdigest()[:32]
+
+
+def identify(token: object, username: str | None = None) -> tuple[str, str]:
+    """``(token, owner)`` for a page load: the browser's token when it is well formed, else a new one
+    (a missing, damaged or forged-looking value is replaced), and the owner it gives (see :func:`owner_for`)."""
+    token = token if valid_token(token) else new_token()
+    return token, owner_for(token, username)
 
 
 @dataclass
@@ -25,7 +65,8 @@ class SessionState:
         task: a task name (a file in ``prompts/``); ignored when ``classes`` is set.
         classes: class names the user typed instead of a task (zero-shot only).
         prompts: the heads to compare (``zero-shot``, ``coop``, ``calibprompt``, ``run:<id>``).
-        owner: who owns this session's jobs: the logged-in user, or a random token per session.
+        owner: who owns this session's jobs: ``user:<name>`` when logged in, ``browser:<hash>`` for a browser's
+            identity token (kept across reloads), or a random value for this session only.
         reader: the name recorded with this session's review verdicts.
         jobs: run ids of the jobs this session started (newest last).
         calibration_dataset: the labelled dataset whose test images calibrate the advice (prediction sets,
@@ -36,7 +77,7 @@ class SessionState:
     task: str
     classes: tuple[str, ...] = ()
     prompts: tuple[str, ...] = DEFAULT_HEADS
-    owner: str = field(default_factory=lambda: f"session-{secrets.token_hex(8)}")
+    owner: str = field(default_factory=lambda: f"{_PROVISIONAL}{secrets.token_hex(8)}")
     reader: str = ""
     jobs: tuple[str, ...] = ()
     calibration_dataset: str = ""
@@ -56,8 +97,11 @@ class SessionState:
         return replace(self, **changes)
 
 
-def new_session(model: str, task: str, *, username: str | None = None) -> SessionState:
-    """A fresh session on ``model`` and ``task``; a logged-in ``username`` owns its jobs and reads its cases."""
+def new_session(model: str, task: str, *, username: str | None = None, owner: str | None = None) -> SessionState:
+    """A fresh session on ``model`` and ``task``; a logged-in ``username`` owns its jobs and reads its cases,
+    else ``owner`` (a browser's identity, :func:`owner_for`), else a random owner for this session only."""
     if username:
         return SessionState(model=model, task=task, owner=f"user:{username}", reader=username)
+    if owner:
+        return SessionState(model=model, task=task, owner=owner)
     return SessionState(model=model, task=task)

@@ -1,0 +1,221 @@
+"""Evaluation on labelled images none of the chosen prompts trained on: what the Calibration tab shows.
+
+Functions here take the shared :class:`~calibprompt.service.core.Core` (for its backbone pool, run store
+and caches) or an :class:`EvaluationSet`, and return data (fractions, arrays, dicts); the app formats
+them. :class:`~calibprompt.service.core.Core` keeps thin methods of the same names that call these.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from calibprompt import defaults
+from calibprompt.prompting.tasks import Task
+
+if TYPE_CHECKING:
+    from calibprompt.prompting.engine import Head
+    from calibprompt.service.core import Core
+    from calibprompt.service.session import SessionState
+
+__all__ = ["EvaluationSet", "evaluation_images", "evaluate", "calibration", "significance", "significance_pair",
+           "selective", "cross_fitted_temperature", "SIGNIFICANCE_BOOT", "SELECTIVE_COVERAGES"]
+
+#: paired-bootstrap resamples of the significance test: its p-value resolution is 2 / 2000 = 0.001
+SIGNIFICANCE_BOOT = 2000
+#: the coverages at which the threshold table reports selective accuracy
+SELECTIVE_COVERAGES = (0.8, 0.9)
+
+
+@dataclass
+class EvaluationSet:
+    """Predictions of several heads on the labelled images that none of them was trained on.
+
+    ``paths`` are absolute (server side), ``images`` the same paths inside the dataset folder;
+    ``excluded`` counts the test-pool images left out because a chosen prompt trained on them.
+    """
+
+    dataset: str
+    root: Path
+    task: Task
+    paths: list[str]
+    images: list[str]
+    labels: np.ndarray
+    excluded: int = 0
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    run_ids: dict[str, str] = field(default_factory=dict)
+    features: Any = None  # (N, D) image features
+
+    def describe(self) -> str:
+        text = f"{len(self.paths)} test images of {self.dataset}"
+        if self.excluded:
+            text += f" ({self.excluded} left out: a chosen prompt was trained on them)"
+        return text + "."
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _trained_on(heads: dict[str, Head]) -> tuple[set[str], set[str]]:
+    """The training images the learned heads' checkpoints record: relative and absolute paths."""
+    trained_rel: set[str] = set()
+    trained_abs: set[str] = set()
+    for head in heads.values():
+        train = ((head.metadata or {}).get("split") or {}).get("train") or {}
+        root = Path(str(train.get("root", "")))
+        for rel in train.get("paths", []):
+            trained_rel.add(Path(rel).as_posix())
+            if root.is_absolute():
+                trained_abs.add(str((root / rel).resolve()))
+    return trained_rel, trained_abs
+
+
+def evaluation_images(core: Core, state: SessionState, dataset: str, heads: dict[str, Head]):
+    """The labelled images to evaluate ``heads`` on: the dataset's test split (all its images when it has
+    none), less every image any of the learned heads was trained on (as its checkpoint records).
+    Returns ``(source, task, images, excluded)``."""
+    source, task, ds = core._open(state, dataset)
+    pool = ds.test if ds.test is not None and len(ds.test) else ds.train
+    if pool is None or not len(pool):
+        raise ValueError(f"The dataset {dataset!r} has no images to evaluate on.")
+    trained_rel, trained_abs = _trained_on(heads)
+    keep = [i for i, s in enumerate(pool.samples)
+            if relative(Path(s.path), Path(pool.root)) not in trained_rel
+            and str(Path(s.path).resolve()) not in trained_abs]
+    if not keep:
+        raise ValueError(f"Every test image of {dataset!r} was used to train one of the chosen prompts; "
+                         "choose other prompts or a dataset with a test split.")
+    return source, task, pool.subset(keep), len(pool) - len(keep)
+
+
+def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str] = ()) -> EvaluationSet:
+    """Predictions of the chosen heads on the images none of them trained on (features cached)."""
+    from calibprompt.service.pool import file_digest
+
+    chosen = core.resolve_heads(state, heads)
+    _, task, images, excluded = evaluation_images(core, state, dataset, chosen)
+    loaded = core.loaded(state)
+    paths = [str(p) for p in images.paths]
+    ev = EvaluationSet(dataset, Path(images.root), task, paths, [relative(Path(p), Path(images.root)) for p in paths],
+                       np.asarray(images.labels), excluded)
+    stamp = file_digest(*paths)
+    feats = core.evaluations.get_or_compute(("features", loaded.backbone.fingerprint, stamp),
+                                            lambda: loaded.features.plain(paths))
+    ev.features = feats
+    for name, head in chosen.items():
+        key = ("probs", loaded.backbone.fingerprint, stamp,
+               hashlib.blake2b(head.text_features.numpy().tobytes(), digest_size=16).hexdigest())
+        pred = core.evaluations.get_or_compute(key, lambda head=head: loaded.engine.predict_with(feats, {"h": head})["h"])
+        ev.probs[name], ev.logits[name] = pred.probs, pred.logits
+        run_id = (head.metadata or {}).get("run_id")
+        if name.startswith("run:"):
+            ev.run_ids[name] = name[4:]
+        elif run_id:
+            ev.run_ids[name] = str(run_id)
+    return ev
+
+
+def calibration(core: Core, state: SessionState, dataset: str, heads: Sequence[str] = (),
+                n_bins: int = defaults.N_BINS,
+                temperature_scaling: bool = True) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
+    """Calibration reports per head (and, with ``temperature_scaling``, per temperature-scaled head:
+    T fitted on one half of the evaluation images and applied to the other, both ways).
+
+    Each head's report carries a ``card``: ``kde_ece`` (the authors'), ``smooth_ece``, ``debiased_ece``,
+    ``per_class_ece_true`` (the authors' per-class ECE: the top-label ECE within each true class, averaged)
+    and ``classwise_ece`` (Kull et al.'s one-vs-rest classwise ECE, averaged over classes)."""
+    from calibprompt.evaluation.card import debiased_ece, kde_ece, per_class_ece, smooth_ece
+    from calibprompt.evaluation.report import evaluate_probs
+
+    lo, hi = defaults.LIMITS["n_bins"]
+    if not lo <= int(n_bins) <= hi:
+        raise ValueError(f"The number of bins must be from {lo} to {hi}, got {n_bins}.")
+    ev = evaluate(core, state, dataset, heads)
+    reports = {}
+    for head in ev.probs:
+        reports[head] = evaluate_probs(ev.probs[head], ev.labels, ev.paths, ev.task.classnames,
+                                       n_bins=int(n_bins), n_boot=defaults.N_BOOT_INTERACTIVE).report
+        p = ev.probs[head]
+        reports[head]["card"] = {  # the metric card: the authors' and the debiased estimates beside ours
+            "kde_ece": kde_ece(p, ev.labels), "smooth_ece": smooth_ece(p, ev.labels),
+            "debiased_ece": debiased_ece(p, ev.labels),
+            "per_class_ece_true": float(np.nanmean(per_class_ece(p, ev.labels, by="true", n_bins=int(n_bins)))),
+            "classwise_ece": float(reports[head]["classwise_ece_mean"]),
+        }
+        if temperature_scaling and len(ev.labels) >= 4:
+            scaled, temps = cross_fitted_temperature(ev.logits[head], ev.labels)
+            report = evaluate_probs(scaled, ev.labels, ev.paths, ev.task.classnames, n_bins=int(n_bins),
+                                    n_boot=defaults.N_BOOT_INTERACTIVE).report
+            report["temperature"] = float(np.mean(temps))
+            reports[f"{head} + TS"] = report
+    return reports, ev
+
+
+def significance_pair(heads: Sequence[str]) -> tuple[str | None, str | None]:
+    """The two heads compared by default: calibprompt and coop when both were evaluated, else the first
+    two (``None`` where there are not enough heads)."""
+    heads = list(heads)
+    if "calibprompt" in heads and "coop" in heads:
+        return "calibprompt", "coop"
+    first = heads[0] if heads else None
+    second = next((h for h in heads if h != first), None)
+    return first, second
+
+
+def significance(ev: EvaluationSet, a: str = "calibprompt", b: str = "coop", n_boot: int = SIGNIFICANCE_BOOT,
+                 n_bins: int = defaults.N_BINS) -> dict[str, dict[str, Any]] | None:
+    """Paired bootstrap over the same evaluation images of ``a`` minus ``b`` in ECE and accuracy
+    (:func:`calibprompt.evaluation.card.paired_bootstrap`), or None when either head was not evaluated.
+    Any two evaluated heads can be compared (bundled prompts, zero-shot or runs)."""
+    from calibprompt.evaluation.card import paired_bootstrap
+
+    if a not in ev.probs or b not in ev.probs:
+        return None
+    if a == b:
+        raise ValueError(f"Choose two different prompts to compare; both are {a!r}.")
+    return {metric: paired_bootstrap(ev.probs[a], ev.probs[b], ev.labels, metric=metric, n_boot=n_boot,
+                                     n_bins=int(n_bins))
+            for metric in ("ece", "accuracy")}
+
+
+def selective(ev: EvaluationSet, threshold: float) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Risk-coverage curves per head, and what refusing to answer below ``threshold`` gives, per head:
+    ``{"method", "threshold", "answered"`` (share answered), ``"n_answered"``, ``"n"``, ``"accuracy"`` (among
+    the answered, None when none is), ``"aurc"``, ``"accuracy_at"`` ``{coverage: selective accuracy}}``."""
+    from calibprompt.evaluation.selective import risk_coverage, selective_accuracy
+
+    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"The confidence threshold must be from 0 to 1, got {threshold}.")
+    curves, rows = {}, []
+    for head, probs in ev.probs.items():
+        curves[head] = risk_coverage(probs, ev.labels)
+        kept = probs.max(axis=1) >= float(threshold)
+        accuracy = float((probs.argmax(axis=1) == ev.labels)[kept].mean()) if kept.any() else None
+        rows.append({"method": head, "threshold": float(threshold), "answered": float(kept.mean()),
+                     "n_answered": int(kept.sum()), "n": int(len(kept)), "accuracy": accuracy,
+                     "aurc": float(curves[head]["aurc"]),
+                     "accuracy_at": {c: float(selective_accuracy(probs, ev.labels, c)) for c in SELECTIVE_COVERAGES}})
+    return curves, rows
+
+
+def cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Temperature scaling fitted on the even-indexed half and applied to the odd one, and the other way."""
+    from calibprompt.evaluation.metrics import apply_temperature, fit_temperature
+
+    idx = np.arange(len(labels))
+    halves = (idx % 2 == 0, idx % 2 == 1)
+    out = np.empty_like(logits, dtype=np.float64)
+    temps = []
+    for fit, apply in (halves, halves[::-1]):
+        t = fit_temperature(logits[fit], labels[fit])
+        out[apply] = apply_temperature(logits[apply], t)
+        temps.append(t)
+    return out, temps
