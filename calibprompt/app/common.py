@@ -143,8 +143,10 @@ def prompt_choice_pairs(options: list[dict]) -> list[tuple[str, str]]:
 
 
 def describe_task(state) -> str:
+    """The header's task line (Markdown); typed class names are user text, shown as typed."""
     task = state.task_object()
-    return f"Task: **{task.name}** — classes: {', '.join(task.display_names)}"
+    names = ", ".join(escape_markdown(n) for n in task.display_names)
+    return f"Task: **{escape_markdown(task.name)}** — classes: {names}"
 
 
 def update_choices(values: list[str], current: Any = None, multiselect: bool = False) -> dict:
