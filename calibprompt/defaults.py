@@ -33,4 +33,7 @@ LIMITS = {
     "alpha": (0.0, 1.0),
     "beta": (0.0, 100.0),
     "n_bins": (2, 100),
+    "images_per_request": (1, 16),  #: images one Compare (or /assess) request may hold
+    "typed_classes": (2, 1000),  #: class names typed instead of a task
+    "class_name_chars": (1, 200),  #: characters in one typed class name
 }

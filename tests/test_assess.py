@@ -148,3 +148,14 @@ def test_the_assess_endpoint(app_url):
     ct = client.predict(handle_file(get_testdata_file("CT_small.dcm")), "", api_name="/assess")
     assert ct["verdict"] == "refer" and ct["ood"]["flag"] and ct["checks"]["modality"]["state"] == "failed"
     assert all(m["set"] is None and m["accuracy_at_confidence"] is None for m in ct["methods"].values())
+
+
+def test_bounds_on_images_and_typed_class_names(core):
+    state = core.new_session()
+    with pytest.raises(ValueError, match="at most 16 images at a time; you sent 17"):
+        core.assess(state, [str(SAMPLE)] * 17)
+    with pytest.raises(ValueError, match="at most 200 characters; one has 1,000,000"):
+        core.set_task(state, typed="normal, " + "x" * 1_000_000)
+    with pytest.raises(ValueError, match="at most 1,000 class names; you typed 1,001"):
+        core.set_task(state, typed=", ".join(f"class {i}" for i in range(1001)))
+    assert core.set_task(state, typed="tumour, normal").classes == ("tumour", "normal")

@@ -61,6 +61,31 @@ class ComparedImage:
     flag: str = ""
 
 
+def _typed_classes(typed: str) -> tuple[str, ...]:
+    """Class names typed comma-separated, each within bounds (a long name costs every compare its CPU)."""
+    classes = tuple(dict.fromkeys(c.strip() for c in typed.split(",") if c.strip()))
+    fewest, most = defaults.LIMITS["typed_classes"]
+    longest = defaults.LIMITS["class_name_chars"][1]
+    if len(classes) < fewest:
+        raise ValueError("Type at least two class names, separated by commas (e.g. 'pneumonia, normal').")
+    if len(classes) > most:
+        raise ValueError(f"Type at most {most:,} class names; you typed {len(classes):,}.")
+    too_long = next((c for c in classes if len(c) > longest), None)
+    if too_long is not None:
+        raise ValueError(f"A class name may have at most {longest} characters; one has {len(too_long):,} "
+                         f"(it starts '{too_long[:30]}'). Shorten it.")
+    return classes
+
+
+def _check_image_count(images: Sequence[Any]) -> None:
+    most = defaults.LIMITS["images_per_request"][1]
+    if not images:
+        raise ValueError("Upload an image first (PNG, JPEG, TIFF or DICOM), or pick a sample image.")
+    if len(images) > most:
+        raise ValueError(f"Compare at most {most} images at a time; you sent {len(images)}. Split them into "
+                         "smaller batches.")
+
+
 def _api_accuracy(acc: dict[str, Any] | None) -> dict[str, Any] | None:
     """How often answers at this confidence were right, for the API: None where no guarantee holds."""
     if not acc or not acc.get("n"):
@@ -196,10 +221,7 @@ class Core:
     def set_task(self, state: SessionState, task: str | None = None, typed: str | None = None) -> SessionState:
         """This session's task: a task name, or class names typed comma-separated (zero-shot only)."""
         if typed and typed.strip():
-            classes = tuple(dict.fromkeys(c.strip() for c in typed.split(",") if c.strip()))
-            if len(classes) < 2:
-                raise ValueError("Type at least two class names, separated by commas (e.g. 'pneumonia, normal').")
-            return state.with_(classes=classes, prompts=("zero-shot",))
+            return state.with_(classes=_typed_classes(typed), prompts=("zero-shot",))
         if not task:
             raise ValueError("Choose a task.")
         load_task(task)  # a clear error for an unknown task
@@ -321,8 +343,7 @@ class Core:
     def compare(self, state: SessionState, images: Sequence[Any], heads: Sequence[str] = ()) -> list[ComparedImage]:
         """Each head's class probabilities for each image, with a flag where a method is highly
         confident while the methods disagree on the top class."""
-        if not images:
-            raise ValueError("Upload an image first (PNG, JPEG, TIFF or DICOM), or pick a sample image.")
+        _check_image_count(images)
         chosen = self.resolve_heads(state, heads)
         loaded = self.loaded(state)
         predictions = loaded.engine.predict_with(loaded.engine.image_features(images), chosen)
@@ -395,8 +416,7 @@ class Core:
         Returns ``{"images": [{"name", "preview" (PIL), "metadata", "verdict", "answering_method", "checks",
         "methods", "ood", "refer", "reasons", "notes"} or {"name", "error"}], "calibration": str (where the
         advice comes from, or why there is none), "vocabulary": str}``."""
-        if not images:
-            raise ValueError("Upload an image first (PNG, JPEG, TIFF or DICOM), or pick a sample image.")
+        _check_image_count(images)
         chosen = self.resolve_heads(state, heads)
         choose_answering_method(list(chosen), None, answer_with)  # a clear error before any work
         loaded = self.loaded(state)
