@@ -70,8 +70,9 @@ def resume(core, state) -> tuple:
 
 def _settings(datasets, methods, params):
     dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", elem_id="train-dataset")
-    upload = gr.File(label="…or upload a zip (a folder per class, or train/ and test/)", file_types=[".zip"], height=120)
-    upload_button = gr.Button("Use uploaded zip")
+    upload = gr.File(label="…or upload a zip (a folder per class, or train/ and test/)", file_types=[".zip"], height=120,
+                     elem_id="train-upload")
+    upload_button = gr.Button("Use uploaded zip", elem_id="train-upload-use")
     name = gr.Textbox(label="Run name (optional, up to 80 characters)", max_length=80, elem_id="train-name",
                       placeholder="e.g. 16 shots, new alpha")
     method = gr.Dropdown(methods, value="calibprompt", label="Method", elem_id="train-method")
