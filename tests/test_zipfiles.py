@@ -161,6 +161,13 @@ def test_high_compression_ratio(area):
     assert_refused(work, dest, archive, r"'a/zeros\.png'.*zip bomb", max_ratio=100)
 
 
+def test_many_small_members_cannot_add_up_to_a_bomb(area):
+    # each member sits at the per-member exemption (1 MiB); 20 of them expand ~1000 times as a whole
+    work, dest = area
+    archive = make_zip(work / "many.zip", {f"a/{i}.png": bytes(1024**2) for i in range(20)} | {"b/1.png": PNG})
+    assert_refused(work, dest, archive, r"expands [\d,]+ times as a whole .* zip bomb")
+
+
 def test_not_a_zip(area):
     work, dest = area
     fake = work / "fake.zip"

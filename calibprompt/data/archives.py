@@ -28,10 +28,13 @@ DEFAULT_MAX_FILES = 20_000
 DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_RATIO = 200
 
-#: Members no larger than this (uncompressed, as declared) are exempt from the ratio check: small
-#: text files compress very well and cannot expand into much. Actual bytes are capped at the
-#: declared size while extracting, so the exemption cannot be abused.
+#: Members no larger than this (uncompressed, as declared) are exempt from the per-member ratio check:
+#: small text files compress very well and cannot expand into much. Actual bytes are capped at the
+#: declared size while extracting, and the whole archive's ratio is checked too (below), so many small
+#: members cannot add up to a bomb.
 _RATIO_EXEMPT_BYTES = 1024**2
+#: Archives expanding to more than this are held to ``max_ratio`` as a whole as well
+_WHOLE_RATIO_FLOOR = 16 * 1024**2
 _CHUNK = 1024**2
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -70,7 +73,7 @@ def _member_parts(name: str) -> tuple[str, ...]:
 def _plan(infos: list[zipfile.ZipInfo], max_files: int, max_bytes: int, max_ratio: float):
     """Check the central directory; return ``[(info, parts, is_dir)]`` of the members to write."""
     plan = []
-    total = 0
+    total = packed = 0
     first_over = None
     for info in infos:
         name = info.filename
@@ -94,6 +97,7 @@ def _plan(infos: list[zipfile.ZipInfo], max_files: int, max_bytes: int, max_rati
         if is_dir:
             continue
         total += info.file_size
+        packed += info.compress_size
         if total > max_bytes and first_over is None:
             first_over = name
         if info.file_size > _RATIO_EXEMPT_BYTES:
@@ -108,6 +112,12 @@ def _plan(infos: list[zipfile.ZipInfo], max_files: int, max_bytes: int, max_rati
         raise ValueError(
             f"The archive holds {len(plan):,} files and folders, more than the limit of {max_files:,}. "
             "Split the dataset into smaller archives or use fewer images."
+        )
+    if total > _WHOLE_RATIO_FLOOR and total > max_ratio * max(packed, 1):
+        raise ValueError(
+            f"The archive expands {total / max(packed, 1):,.0f} times as a whole ({_fmt_bytes(packed)} to "
+            f"{_fmt_bytes(total)}), more than the limit of {max_ratio:g}; this looks like a zip bomb, so the "
+            "archive was refused. Zip the images themselves (they do not compress much)."
         )
     if first_over is not None:
         raise ValueError(
