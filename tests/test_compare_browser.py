@@ -22,8 +22,6 @@ def page(app_url, browser):
     page = context.new_page()
     page.goto(app_url)
     page.wait_for_selector("text=can I trust this confidence", timeout=60_000)
-    page.wait_for_selector("#identity >> text=Not signed in", timeout=60_000)  # the page's load events ran
-    page.wait_for_timeout(1000)  # ... and the identity they chain (it rewrites the session state)
     yield page
     context.close()
 
@@ -92,3 +90,21 @@ def test_a_multi_frame_file_shows_its_frames_and_lets_the_user_pick_one(page):
     slider.fill("12")
     slider.press("Enter")
     page.wait_for_selector("#compare-advice >> text=frame 12 of 30", timeout=60_000)
+
+
+def test_a_task_typed_while_the_page_loads_is_kept(app_url, browser):
+    """The page's identity events never rewrite its state: classes typed at once stay chosen."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app_url)
+    typed = page.locator("#typed-classes textarea, #typed-classes input").first
+    typed.wait_for(timeout=60_000)
+    typed.fill("normal, cancer")
+    typed.press("Enter")
+    page.wait_for_selector("#task-info >> text=cancer", timeout=30_000)
+    page.wait_for_selector("#identity >> text=Not signed in", timeout=60_000)  # the load events have run
+    page.wait_for_timeout(1500)
+    assert "cancer" in page.inner_text("#task-info")
+    _compare(page, [SAMPLES / "demo-norm-0048.png"])
+    assert page.get_attribute("#compare-advice .cp-badge", "data-verdict") == "not checked"
+    context.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import gradio as gr
@@ -82,14 +84,53 @@ def username(request: gr.Request | None) -> str | None:
     return getattr(request, "username", None) or None if request is not None else None
 
 
+class PageOwners:
+    """Who owns each open page, held on the server: page session id -> owner (``browser:<hash>``), set
+    when the page's browser identity is read. Handlers take the owner from here rather than from the
+    page's state, so the identity events never rewrite the state that other events are changing (a
+    task typed while the page loads is kept). Bounded: the oldest pages are forgotten first."""
+
+    def __init__(self, size: int = 50_000):
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._size = int(size)
+        self._lock = threading.Lock()
+
+    def get(self, page: str | None) -> str | None:
+        with self._lock:
+            return self._owners.get(page) if page else None
+
+    def set(self, page: str | None, owner: str) -> None:
+        if not page:
+            return
+        with self._lock:
+            self._owners[page] = owner
+            self._owners.move_to_end(page)
+            while len(self._owners) > self._size:
+                self._owners.popitem(last=False)
+
+
+#: the pages of every app in this process (page session ids are random, so apps never collide)
+PAGE_OWNERS = PageOwners()
+
+
+def page_owner(request: gr.Request | None) -> str | None:
+    """The owner of the request's page: the logged-in user, else the browser identity read for it."""
+    user = username(request)
+    if user:
+        return f"user:{user}"
+    return PAGE_OWNERS.get(getattr(request, "session_hash", None))
+
+
 def session_for(core, state, request: gr.Request | None = None):
-    """This browser session's state, made on first use; with ``--auth`` login its owner is always the
-    logged-in user (``user:<name>``, from the request, whatever the page's state says)."""
+    """This browser session's state, made on first use, owned by whoever the request says: with
+    ``--auth`` login always the logged-in user (``user:<name>``, whatever the page's state says), else the
+    page's browser identity once it is known (:data:`PAGE_OWNERS`)."""
     user = username(request)
     if state is None:
-        return core.new_session(user)
-    if user and state.owner != f"user:{user}":
-        state = state.with_(owner=f"user:{user}", reader=user)
+        state = core.new_session(user)
+    owner = page_owner(request)
+    if owner and state.owner != owner:
+        state = state.with_(owner=owner, reader=user) if user else state.with_(owner=owner)
     return state
 
 
@@ -112,6 +153,8 @@ def identity(core, state, token, request: gr.Request | None = None):
     if token == PENDING_TOKEN:
         return session_for(core, state, request), None
     token, owner = identify(token, user)
+    if not user:
+        PAGE_OWNERS.set(getattr(request, "session_hash", None), owner)
     state = session_for(core, state, request)
     if state.owner != owner:
         state = state.with_(owner=owner)

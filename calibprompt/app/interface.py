@@ -14,8 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from calibprompt.app import calibration_tab, compare_tab, review_tab, train_tab
-from calibprompt.app.common import (READ_IDENTITY_JS, describe_task, handler, identity, prompt_choice_pairs,
-                                    prompt_update, session_for, update_choices, username)
+from calibprompt.app.common import (READ_IDENTITY_JS, describe_task, handler, identity, page_owner,
+                                    prompt_choice_pairs, prompt_update, session_for, update_choices, username)
 from calibprompt.paths import data_dir
 from calibprompt.service.session import IDENTITY_KEY, is_provisional, valid_token
 from calibprompt.service.startup import DISCLAIMER
@@ -86,7 +86,9 @@ def build_demo(core) -> gr.Blocks:
             menus = [update_choices(datasets) for _ in dataset_menus]
             # without a login the Reader field keeps whatever the user may already have typed
             reader = gr.update(value=state.reader, interactive=False) if username(request) else gr.update()
-            return (state, token or gr.update(), f"**{core.banner_for(state)}**", *header(state),
+            # the state itself is not sent back: the owner lives on the server (PAGE_OWNERS), so this load never
+            # overwrites a task or prompts chosen meanwhile
+            return (token or gr.update(), f"**{core.banner_for(state)}**", *header(state),
                     import_history(core, state), *train_tab.resume(core, state), *menus, reader)
 
         @handler
@@ -109,7 +111,7 @@ def build_demo(core) -> gr.Blocks:
             return state.with_(prompts=tuple(chosen or ()))
 
         loaded = demo.load(on_load, [state, browser_id],
-                  [state, browser_id, banner, model, task, prompts, task_info, train["history"], train["run"],
+                  [browser_id, banner, model, task, prompts, task_info, train["history"], train["run"],
                    train["progress"], train["timer"], *dataset_menus, review["reader"]], api_visibility="private",
                   js=READ_IDENTITY_JS.replace("{key}", IDENTITY_KEY))
         _follow_identity(core, state, browser_id, train, loaded)
@@ -152,18 +154,19 @@ def _follow_identity(core, state, browser_id, train, loaded) -> None:
     @handler
     def follow(state, token, request: gr.Request):
         nothing = (gr.update(),) * 5
-        before = state.owner if state else None
+        before = page_owner(request)
         if valid_token(token):
             state, _ = identity(core, state, token, request)
             if state.owner == before:
-                return (state, *nothing)
-            return (state, gr.update(), *train_tab.resume(core, state), import_history(core, state))
+                return nothing
+            return (gr.update(), *train_tab.resume(core, state), import_history(core, state))
         if username(request) or not is_provisional(before):
-            return (gr.update(), *nothing)  # logged in, or this page already has its identity
+            return nothing  # logged in, or this page already has its identity
         state, token = identity(core, state, None, request)  # a fresh token, stored in this browser
-        return (state, token, *nothing)
+        return (token, *nothing[1:])
 
-    outputs = [state, browser_id, train["run"], train["progress"], train["timer"], train["history"]]
+    # the page's state is not an output: the owner lives on the server (PAGE_OWNERS)
+    outputs = [browser_id, train["run"], train["progress"], train["timer"], train["history"]]
     browser_id.change(follow, [state, browser_id], outputs, api_visibility="private")
     loaded.then(follow, [state, browser_id], outputs, api_visibility="private")
 
