@@ -1,7 +1,7 @@
 """``python app.py``: start the app for one user or a team.
 
     python app.py [--model auto|NAME] [--host 127.0.0.1] [--port 7860] [--share] [--data-dir DIR]
-                  [--auth USER:PASSWORD ...]
+                  [--auth USER:PASSWORD ...] [--auth-file PATH]
 
 Start-up order, fastest first answer on a small CPU machine: the data directory and the demo world's
 registries, the model choice (a bundled model is not loaded yet), Gradio and the interface, the
@@ -13,8 +13,10 @@ so overlapping them only adds switching costs. The cyclic garbage collector is o
 all again: 1 to 3 s of CPU on a 2-core machine); once the model is ready, everything loaded so far is frozen
 (:func:`gc.freeze`: never scanned again) and the collector is back on.
 
-With ``--auth`` a login page comes first; it names the app and its purpose (:data:`AUTH_MESSAGE`), and
-inside, the header says who is signed in and links to Gradio's ``/logout``.
+With ``--auth``, ``--auth-file`` or ``CALIBPROMPT_AUTH`` a login page comes first; it names the app and its
+purpose (:data:`AUTH_MESSAGE`), and inside, the header says who is signed in and links to Gradio's
+``/logout``. Passwords are kept only as salted hashes, and repeated failed sign-ins lock the user name and
+the address for a growing while (:mod:`calibprompt.app.login`).
 
 What a hosted app serves: the bundled sample images, and the files it makes for the requesting user
 (uploads it echoes back, exports, figures) from Gradio's upload folder inside the data directory,
@@ -54,6 +56,7 @@ AUTH_MESSAGE = (
     "<p><strong>CalibPrompt</strong> — can I trust this medical VLM's confidence?</p>"
     "<p>For research and review only, not for diagnosis.</p>"
     "<p>Sign in with the account your team lead gave you.</p>"
+    "<p>After 5 wrong passwords sign-in pauses for a few minutes (the button does nothing meanwhile).</p>"
 )
 
 
@@ -63,14 +66,16 @@ def login_kwargs(auth: list[tuple[str, str]] | None) -> dict:
 
 
 def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
-    """``USER:PASSWORD`` strings as Gradio's ``auth`` list (None without any)."""
+    """``USER:PASSWORD`` strings as Gradio's ``auth`` list (None without any). A malformed value stops
+    with a message that does not repeat it (it may hold a password)."""
     if not values:
         return None
     pairs = []
-    for value in values:
+    for number, value in enumerate(values, 1):
         user, sep, password = value.partition(":")
         if not sep or not user.strip() or not password:
-            raise SystemExit(f"--auth expects USER:PASSWORD, got {value!r}.")
+            problem = "has no ':'" if not sep else "has an empty user name" if not user.strip() else "has an empty password"
+            raise SystemExit(f"--auth expects USER:PASSWORD; --auth value {number} {problem}.")
         pairs.append((user.strip(), password))
     return pairs
 
@@ -108,8 +113,15 @@ def main(argv=None) -> None:
                         help="where runs, caches and datasets live (default $CALIBPROMPT_HOME or ~/.calibprompt)")
     parser.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                         help="require a login (repeat for each user); the user is the reader of verdicts and the owner of jobs")
+    parser.add_argument("--auth-file", metavar="PATH",
+                        help="accounts, one user:password a line (blank lines and # comments ignored); "
+                             "$CALIBPROMPT_AUTH may hold more, comma- or newline-separated")
     args = parser.parse_args(argv)
-    auth = parse_auth(args.auth)
+    from calibprompt.app.login import collect_credentials
+
+    auth = collect_credentials(parse_auth(args.auth), args.auth_file, os.environ)
+    args.auth = None
+    os.environ.pop("CALIBPROMPT_AUTH", None)  # read once; child processes need not inherit the passwords
     gc.disable()  # until the model is ready: see the module's docstring and preload_when_serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.data_dir:
@@ -131,7 +143,14 @@ def main(argv=None) -> None:
     demo = build_demo(core)
     if auth is None and args.host not in ("127.0.0.1", "localhost") or args.share and auth is None:
         logger.warning("Serving beyond this machine without --auth: anyone who can reach it can use it.")
+    login = login_kwargs(auth)
+    if auth:
+        from calibprompt.app.login import guarded_launch_kwargs
+
+        login.update(guarded_launch_kwargs(auth))  # hashed passwords, and the lockout before /login
+        logger.info("Sign-in required: %d account(s); 5 failed sign-ins lock a user name or address.", len(auth))
+    del auth  # the plain passwords: only their hashes stay
     preload_when_serving(demo, core)
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login_kwargs(auth),
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login,
         allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs())
