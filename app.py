@@ -1,7 +1,7 @@
 """CalibPrompt web app: can I trust this model's confidence?
 
     python app.py [--model auto|NAME] [--host 127.0.0.1] [--port 7860] [--share] [--data-dir DIR]
-                  [--auth USER:PASSWORD ...]
+                  [--auth USER:PASSWORD ...] [--auth-file PATH]
 
 The entry point only; the interface lives in :mod:`calibprompt.app` (one module per tab) over the
 shared core :class:`calibprompt.service.core.Core`. ``build_demo`` is re-exported for tests and
