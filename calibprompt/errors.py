@@ -12,9 +12,10 @@ import errno
 import logging
 import os
 import secrets
+import shlex
 import sqlite3
 
-__all__ = ["user_message", "report_internal_error"]
+__all__ = ["user_message", "report_internal_error", "damaged_store_notice"]
 
 # SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF; Python >= 3.11)
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
@@ -96,9 +97,23 @@ def _sqlite_message(exc: sqlite3.Error) -> str | None:
                 "CALIBPROMPT_HOME to a writable folder, then try again.")
     if (code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or "not a database" in text
             or type(exc) is sqlite3.DatabaseError):
-        return (f"The run database {db} is damaged ({exc}). Move it aside (calibprompt starts a new, empty one) "
-                "or restore it from a backup, then try again.")
+        return (f"The run database {db} is damaged ({exc}). Move it aside or restore it from a backup; or "
+                "restart calibprompt, which keeps the damaged file as runs.db.damaged-<time> and starts a new, "
+                "empty one. 'calibprompt store check' shows the damage; 'calibprompt store recover FILE' "
+                "copies what can still be read into a new file.")
     return None
+
+
+def damaged_store_notice(path, kept, reason: str) -> str:
+    """The notice (one line) shown when the run database ``path`` was found damaged (SQLite's ``reason``),
+    kept as ``kept`` and replaced by a new, empty one: which file, where it is, what to do."""
+    path, kept = os.fsdecode(path), os.fsdecode(kept)
+    reason = " ".join(str(reason).split())  # one line, for the log and the banner
+    return (f"The run database {path} was damaged ({reason}), so it was kept as {kept} and a new, empty run "
+            f"database was started in its place; earlier runs are not listed until recovered. To copy what can "
+            f"still be read into a new file, run: calibprompt store recover {shlex.quote(kept)} "
+            f"(it never overwrites a file); "
+            f"then stop the app and put the recovered file in place of {path}, or restore a backup.")
 
 
 def user_message(exc: BaseException) -> str | None:

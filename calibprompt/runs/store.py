@@ -59,12 +59,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from calibprompt.errors import damaged_store_notice
 from calibprompt.paths import data_dir
 from calibprompt.runs.reviews import MIGRATION_V2, REVIEW_CSV_COLUMNS, VERDICTS, Reviews
 
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "ACTIVE_STATUSES", "FINAL_STATUSES", "TRANSITIONS", "KINDS", "VERDICTS",
-    "INTERRUPTED_ERROR", "REVIEW_CSV_COLUMNS", "RunRecord", "RunStore",
+    "INTERRUPTED_ERROR", "REVIEW_CSV_COLUMNS", "RunRecord", "RunStore", "store_damage", "set_aside",
+    "check_store", "recover_store", "Recovery",
 ]
 
 logger = logging.getLogger(__name__)
@@ -323,9 +325,18 @@ class RunStore:
     Opening a store creates or upgrades the schema and, unless ``recover=False``, marks runs left
     behind by dead processes as interrupted (:meth:`recover_interrupted`). A store object holds no
     open connection and may be shared by threads.
+
+    A damaged database file (not a database, malformed, or failing ``PRAGMA quick_check``) is refused
+    with a ``ValueError`` that says what to do, and left untouched. With ``set_aside_damaged=True`` (the
+    app's store, see :class:`calibprompt.service.core.Core`) it does not stop the opening: it is renamed,
+    never deleted, to ``<name>.damaged-<UTC time>`` with its ``-wal``, ``-shm`` and ``-journal`` files
+    (:func:`set_aside`), and a new, empty store is created in its place only then; ``damaged_copy``
+    names the kept file and ``notice`` says so in plain words (also logged as one WARNING line). A
+    missing or empty (0-byte) file is simply created; both attributes are None then.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, recover: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, recover: bool = True,
+                 set_aside_damaged: bool = False) -> None:
         if path is None:
             path = data_dir() / "runs.db"
         if isinstance(path, str) and path.strip() in ("", ":memory:"):
@@ -335,15 +346,40 @@ class RunStore:
             raise ValueError(f"The run store path {self.path} is a folder; give a file such as {self.path / 'runs.db'}.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._reviews = Reviews(self._transaction, self._row)
+        #: where a damaged database found at opening was kept, and the plain-words notice about it
+        self.damaged_copy: Path | None = None
+        self.notice: str | None = None
+        self._handle_damage(set_aside_damaged)
         try:
             self._init_schema()
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"Cannot open the run store {self.path}: {exc}") from exc
+            raise ValueError(f"Cannot open the run store {self.path}: {exc}. Check it with "
+                             "'calibprompt store check'.") from exc
         if recover:
             self.recover_interrupted()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
+
+    def _handle_damage(self, set_aside_damaged: bool) -> None:
+        """Check the file before anything writes to it; a damaged one is set aside or refused (ValueError)."""
+        reason = store_damage(self.path)
+        if reason is None:
+            return
+        if not set_aside_damaged:
+            raise ValueError(
+                f"Cannot open the run store {self.path}: it is damaged ({reason}). Nothing was changed. Run "
+                "'calibprompt store check' to see the damage; starting the app keeps the damaged file as "
+                f"{self.path.name}.damaged-<time> and starts a new, empty store, and 'calibprompt store recover "
+                "FILE' then copies what can still be read from it.")
+        try:
+            self.damaged_copy = set_aside(self.path)  # only once it is out of the way is a new one created
+        except FileNotFoundError:
+            if self.path.exists():
+                raise
+            return  # another process set it aside a moment ago; its notice says where
+        self.notice = damaged_store_notice(self.path, self.damaged_copy, reason)
+        logger.warning("%s", self.notice)
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -699,3 +735,326 @@ def _split_sql(script: str) -> list[str]:
     """The statements of a schema script (no semicolons inside statements), comments dropped."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+# ------------------------------------------------------------------------------- damage and recovery
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SIBLINGS = ("-wal", "-shm", "-journal")
+_DAMAGE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the file itself is damaged (not locked, not a full disk, not a permission problem)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF in _DAMAGE_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the database file ``path`` (absolute); creates no file of its own."""
+    return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+
+
+def _checking_connection(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and leaves no files behind: read-only while a ``-wal`` file exists (a
+    hot log is never checkpointed into the file being checked), else an ordinary one, whose close removes
+    the ``-wal`` and ``-shm`` files a WAL database gets while open (a read-only one cannot)."""
+    if Path(f"{path}-wal").exists():
+        return _read_only(path)
+    return sqlite3.connect(path, timeout=30, isolation_level=None)
+
+
+def _pragma_check(path: Path, pragma: str, limit: int = 100) -> list[str]:
+    """The problems ``PRAGMA <pragma>(limit)`` finds in ``path`` ([] when it says ok); an error that means
+    damage is one problem, any other error propagates."""
+    conn = _checking_connection(path)
+    try:
+        rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}({int(limit)})")]
+    except sqlite3.DatabaseError as exc:
+        if not _is_damage(exc):
+            raise
+        return [str(exc)]
+    finally:
+        conn.close()
+    return [] if rows == ["ok"] else rows
+
+
+def store_damage(path: str | os.PathLike) -> str | None:
+    """Why the database file ``path`` is damaged, in SQLite's words; None when it is sound, missing or empty.
+
+    Cheap enough for every start-up: the file's 16-byte header, then ``PRAGMA quick_check`` (the
+    structure of every page, without cross-checking index contents as ``integrity_check`` does).
+    Errors that are not damage (a locked database, a permission problem) propagate.
+    """
+    path = Path(path).expanduser().absolute()
+    try:
+        if path.stat().st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    with open(path, "rb") as handle:
+        if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            return "file is not a database"
+    problems = _pragma_check(path, "quick_check", limit=1)
+    if not problems:
+        return None
+    return " ".join(problems[0].replace("*** in database main ***", "").split()) or "quick_check failed"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _move_no_clobber(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, never replacing an existing ``dst`` (``FileExistsError`` instead)."""
+    try:
+        os.link(src, dst)  # fails if dst exists: no window in which another file could be replaced
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if dst.exists() or dst.is_symlink():
+            raise FileExistsError(17, "File exists", str(dst)) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename the damaged database ``path`` and its ``-wal``, ``-shm`` and ``-journal`` files to
+    ``<name>.damaged-<UTC time>`` (then ``-2``, ``-3``, ... if that is taken). Nothing is deleted or
+    overwritten. The side files move first, so a new database at ``path`` can never pick up the old
+    write-ahead log. Returns the kept main file's path."""
+    path = Path(path).expanduser().absolute()
+    stamp = _now().strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        kept = path.with_name(f"{path.name}.damaged-{stamp}" + ("" if n == 1 else f"-{n}"))
+        if not any(Path(f"{kept}{suffix}").exists() for suffix in ("", *_SIBLINGS)):
+            break
+    else:
+        raise FileExistsError(17, "Too many damaged copies with the same time stamp", str(kept))
+    for suffix in _SIBLINGS:
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            _move_no_clobber(side, Path(f"{kept}{suffix}"))
+    _move_no_clobber(path, kept)
+    _fsync_dir(path.parent)
+    return kept
+
+
+def check_store(path: str | os.PathLike) -> list[str]:
+    """SQLite's ``PRAGMA integrity_check`` of the database file ``path``, read-only: the problems it
+    reports (at most 100), [] when it is ok. ``FileNotFoundError`` when there is no such file."""
+    path = Path(path).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(2, "There is no run database here", str(path))
+    return _pragma_check(path, "integrity_check")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover_store` made: the new database ``path``, the ``runs`` it holds, the ``method``
+    used (``sqlite3 .recover`` or ``python iterdump``) and ``notes`` for the user."""
+
+    path: Path
+    runs: int
+    method: str
+    notes: tuple[str, ...] = ()
+
+
+def recover_store(damaged: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                  use_cli: bool = True) -> Recovery:
+    """Copy what can be read from the damaged database ``damaged`` into the new file ``out`` (default
+    ``<damaged>.recovered.db``), which must not exist: nothing is ever overwritten.
+
+    Uses the ``sqlite3`` command line's ``.recover`` when it is installed (and ``use_cli``), which also
+    finds rows past damaged pages; otherwise Python's :meth:`sqlite3.Connection.iterdump`, then, where
+    that stops at damage, a table-by-table read that re-enters tables through their indexes. The result
+    is written to a temporary file and only then given its name, so ``out`` is complete or absent.
+    """
+    damaged = Path(damaged).expanduser().absolute()
+    if not damaged.is_file():
+        raise FileNotFoundError(2, "No such database file to recover from", str(damaged))
+    out = Path(out).expanduser().absolute() if out else damaged.with_name(f"{damaged.name}.recovered.db")
+    if any(Path(f"{out}{suffix}").exists() for suffix in ("", *_SIBLINGS)):
+        raise ValueError(f"{out} already exists; recovery never overwrites a file. Give another --out path.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+    notes: list[str] = []
+    try:
+        method = _recover_into(damaged, tmp, notes, use_cli)
+        _copy_user_version(damaged, tmp)
+        runs = _count_rows(tmp, "runs")
+        lost = _count_rows(tmp, "lost_and_found")
+        if lost:
+            notes.append(f"{lost} row(s) whose table could not be told apart are in its lost_and_found table.")
+        try:
+            _move_no_clobber(tmp, out)
+        except FileExistsError:
+            raise ValueError(f"{out} appeared while recovering; it was left alone. Give another --out path.") from None
+        _fsync_dir(out.parent)
+    finally:
+        for suffix in ("", *_SIBLINGS):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    return Recovery(out, runs, method, tuple(notes))
+
+
+def _recover_into(damaged: Path, tmp: Path, notes: list[str], use_cli: bool) -> str:
+    """Fill the new database ``tmp`` from ``damaged``; returns the method used, appends notes for the user."""
+    import shutil
+
+    cli = shutil.which("sqlite3") if use_cli else None
+    if cli:
+        error = _recover_with_cli(cli, damaged, tmp)
+        if error is None:
+            return "sqlite3 .recover"
+        notes.append(f"The sqlite3 command line's .recover did not work here ({error}; some builds lack the "
+                     "sqlite_dbpage table it needs), so Python's fallback was used instead.")
+        for suffix in ("", *_SIBLINGS):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+    else:
+        notes.append("The sqlite3 command line is not installed, so Python's less thorough fallback was used; "
+                     "for a fuller recovery install it (apt-get install sqlite3) and run this again.")
+    _recover_with_python(damaged, tmp, notes)
+    return "python iterdump"
+
+
+def _recover_with_cli(cli: str, damaged: Path, tmp: Path) -> str | None:
+    """``sqlite3 damaged .recover | sqlite3 tmp``, run on a copy of ``damaged`` (and its ``-wal``), so the
+    kept file and its folder stay exactly as they were; None on success, else what went wrong."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".recover-", dir=tmp.parent) as work:
+        copy = Path(work) / "damaged.db"
+        shutil.copyfile(damaged, copy)
+        if Path(f"{damaged}-wal").is_file():
+            shutil.copyfile(f"{damaged}-wal", f"{copy}-wal")
+        dump = subprocess.run([cli, str(copy), ".recover"], capture_output=True, check=False)
+    if dump.returncode != 0 or not dump.stdout.strip():
+        return (dump.stderr.decode("utf-8", "replace").strip() or f"exit status {dump.returncode}")[:300]
+    load = subprocess.run([cli, str(tmp)], input=dump.stdout, capture_output=True, check=False)
+    if load.returncode != 0 or not tmp.is_file():
+        return (load.stderr.decode("utf-8", "replace").strip() or f"exit status {load.returncode}")[:300]
+    return None
+
+
+def _recover_with_python(damaged: Path, tmp: Path, notes: list[str]) -> None:
+    """Python's fallback: :meth:`~sqlite3.Connection.iterdump` statement by statement; where it stops at
+    damage, :func:`_salvage_tables` reads on table by table."""
+    src = _checking_connection(damaged)
+    dst = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        dst.execute("BEGIN")
+        done = 0
+        try:
+            for statement in src.iterdump():
+                if statement in ("BEGIN TRANSACTION;", "COMMIT;"):
+                    continue
+                with contextlib.suppress(sqlite3.Error):
+                    dst.execute(statement)
+                    done += 1
+        except sqlite3.DatabaseError as exc:
+            notes.append(f"Python's iterdump stopped at damage ({exc}) after {done} statement(s); "
+                         "the rest was read table by table, skipping unreadable pages.")
+            _salvage_tables(src, dst)
+        dst.execute("COMMIT")
+    finally:
+        src.close()
+        dst.close()
+
+
+def _salvage_tables(src: sqlite3.Connection, dst: sqlite3.Connection) -> None:
+    """Create ``src``'s tables in ``dst`` where missing, copy every row that can be read, then the indexes."""
+    try:
+        schema = src.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                             "AND name NOT LIKE 'sqlite_%'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"The list of tables of the damaged file cannot be read ({exc}), so Python's fallback "
+                         "finds nothing. Install the sqlite3 command line (apt-get install sqlite3) and run "
+                         "this again: its .recover can find rows without it.") from exc
+    for kind, name, sql in schema:
+        if kind == "table":
+            with contextlib.suppress(sqlite3.Error):  # already made by iterdump
+                dst.execute(sql)
+            _salvage_rows(src, dst, name)
+    for kind, _name, sql in schema:
+        if kind in ("index", "trigger", "view"):
+            with contextlib.suppress(sqlite3.Error):
+                dst.execute(sql)
+
+
+def _salvage_rows(src: sqlite3.Connection, dst: sqlite3.Connection, table: str) -> None:
+    """Copy the readable rows of ``table``: a plain scan up to the first damaged page, then (for a rowid
+    table) each row its indexes still point at, one by one. Duplicates are ignored through the keys."""
+    quoted = '"' + table.replace('"', '""') + '"'
+
+    def insert(row: tuple) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            dst.execute(f"INSERT OR IGNORE INTO {quoted} VALUES ({', '.join('?' * len(row))})", tuple(row))
+
+    with contextlib.suppress(sqlite3.DatabaseError):
+        for row in src.execute(f"SELECT * FROM {quoted}"):
+            insert(row)
+    for rowid in _rowids_by_index(src, table):
+        with contextlib.suppress(sqlite3.DatabaseError):
+            row = src.execute(f"SELECT * FROM {quoted} WHERE rowid = ?", (rowid,)).fetchone()
+            if row is not None:
+                insert(row)
+
+
+def _rowids_by_index(src: sqlite3.Connection, table: str) -> set[int]:
+    """The rowids that ``table``'s readable indexes hold (none for a WITHOUT ROWID table)."""
+    quoted = '"' + table.replace('"', '""') + '"'
+    rowids: set[int] = set()
+    try:
+        indexes = [row[1] for row in src.execute(f"PRAGMA index_list({quoted})")]
+    except sqlite3.Error:
+        return rowids
+    for index in indexes:
+        index_q = '"' + str(index).replace('"', '""') + '"'
+        with contextlib.suppress(sqlite3.Error):
+            for (rowid,) in src.execute(f"SELECT rowid FROM {quoted} INDEXED BY {index_q}"):
+                rowids.add(rowid)
+    return rowids
+
+
+def _copy_user_version(damaged: Path, tmp: Path) -> None:
+    """Give ``tmp`` the schema version in ``damaged``'s header (bytes 60-63), which no dump carries, so
+    the recovered file opens as a store without being migrated again."""
+    with open(damaged, "rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
+        return
+    version = int.from_bytes(header[60:64], "big")
+    if 0 < version <= SCHEMA_VERSION:
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.commit()
+        finally:
+            conn.close()
+
+
+def _count_rows(path: Path, table: str) -> int:
+    """How many rows ``table`` of the database ``path`` holds (0 when it has no such table)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
