@@ -196,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from calibprompt.prompting.engine import Engine
     from calibprompt.evaluation.report import evaluate_head
     from calibprompt.training.features import FeatureCache
-    from calibprompt.runs.jobs import open_dataset
+    from calibprompt.runs.jobs import failure_text, open_dataset
     from calibprompt.backbones import load_backbone
     from calibprompt.runs.store import RunStore
 
@@ -235,7 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                n_bins=args.bins)
         store.finish_run(run_id, result.report, None, result.rows)
     except BaseException as exc:
-        store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        store.fail_run(run_id, failure_text(exc))
         raise
     if args.csv:
         _write_csv(args.csv, [{k: v for k, v in r.items() if k != "probs"} | {
@@ -272,6 +272,40 @@ def cmd_runs(args: argparse.Namespace) -> int:
                      "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece"))})
     _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece"])
     return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store check``: SQLite's integrity check of the run database; ``store recover``: copy what can be
+    read from a damaged one into a new file."""
+    from calibprompt.paths import data_dir
+    from calibprompt.runs.store import check_store, recover_store
+
+    if args.store_command == "recover":
+        result = recover_store(args.damaged, args.out)
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"Recovered {result.runs} run(s) into {result.path} (with {result.method}).")
+        print(f"To use it: stop calibprompt, move the current {data_dir(args.data_dir) / 'runs.db'} aside, and "
+              f"rename {result.path} to runs.db in the data directory.")
+        return 0
+    path = data_dir(args.data_dir) / "runs.db"
+    if not path.is_file():
+        print(f"There is no run database at {path} (calibprompt creates one on first use). If your runs are "
+              "elsewhere, give --data-dir.")
+        return 1
+    problems = check_store(path)
+    kept = sorted(path.parent.glob("runs.db.damaged-*[0-9Z]"))
+    if problems:
+        print(f"The run database {path} is damaged; SQLite's integrity check reports:")
+        print("\n".join(f"  {line}" for line in problems))
+        print("Start the app (python app.py) to keep it aside as runs.db.damaged-<time> and start a new, empty "
+              "one; then run: calibprompt store recover FILE (the kept file) to copy what can still be read.")
+    else:
+        print(f"ok: {path} passed SQLite's integrity check.")
+    for old in kept:
+        print(f"A damaged run database was kept as {old}; to copy what can be read from it, run: "
+              f"calibprompt store recover {old}")
+    return 1 if problems else 0
 
 
 def _show_run(store, run_id: str, *, as_json: bool, top_k: int) -> int:
@@ -559,11 +593,11 @@ def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = Tru
                    help="a folder (class folders, train/test, images/train|test + classnames.txt) or CSV, or a task name")
     p.add_argument("--task", help="task name or .json file supplying class names and templates")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
+    p.add_argument("--bins", type=_bounded("bins"), default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
 
 
 def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-batch-prompts", type=_positive_int, default=defaults.MAX_BATCH_PROMPTS, metavar="N",
+    p.add_argument("--max-batch-prompts", type=_bounded("max_batch_prompts"), default=defaults.MAX_BATCH_PROMPTS, metavar="N",
                    help="the runs of one backbone and dataset train together, at most N class prompts per "
                         f"text-encoder pass (more runs are trained in chunks; bounds the memory; default "
                         f"{defaults.MAX_BATCH_PROMPTS})")
@@ -590,9 +624,9 @@ def _add_ray_arguments(p: argparse.ArgumentParser, what: str = "each group of ru
     p.add_argument("--ray", metavar="ADDRESS",
                    help=f"run {what} as a Ray task: 'local' starts a Ray cluster on this machine, anything else "
                         "joins one (e.g. auto, ray://head:10001); needs pip install -e \".[ray]\"")
-    p.add_argument("--ray-gpus-per-task", type=float, default=0.0, metavar="G",
+    p.add_argument("--ray-gpus-per-task", type=_bounded("ray_gpus_per_task"), default=0.0, metavar="G",
                    help="GPUs each Ray task asks for (default 0: train on the workers' CPUs)")
-    p.add_argument("--ray-cpus-per-task", type=float, default=1.0, metavar="C",
+    p.add_argument("--ray-cpus-per-task", type=_bounded("ray_cpus_per_task"), default=1.0, metavar="C",
                    help="CPUs each Ray task asks for (also its torch threads; default 1)")
 
 
@@ -643,14 +677,19 @@ def _ray_event(event: dict) -> None:
         print(event["error"], file=sys.stderr)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def _bounded(name: str):
+    """An argparse ``type`` for the numeric option ``name`` of ``calibprompt.runs.requests.CLI_LIMITS``:
+    a value outside its range is refused by argparse, naming the option and the range (exit status 2)."""
+    from calibprompt.runs.requests import check_option
+
+    def parse(text: str):
+        try:
+            return check_option(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
@@ -664,6 +703,21 @@ def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS,
                    help="compute precision of the text encoder and logits (autocast), overriding the protocol's "
                         "choice for the backbone; fp16 on a CPU may be slow; recorded with every run")
+
+
+def _add_store_parser(sub) -> None:
+    """``calibprompt store check|recover``: see :func:`cmd_store`."""
+    p = sub.add_parser("store", help="check the run database, or recover runs from a damaged one")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("check", help="SQLite's integrity check of the run database: ok or its problems (exit 1)")
+    q.add_argument("--data-dir",
+                   help="the data directory holding runs.db (default $CALIBPROMPT_HOME or ~/.calibprompt)")
+    q = store_sub.add_parser("recover", help="copy what can be read from a damaged run database into a new file")
+    q.add_argument("damaged", metavar="DAMAGED_FILE", help="the damaged database, e.g. runs.db.damaged-<time>")
+    q.add_argument("--out", metavar="NEW_FILE", help="the new database to write (must not exist; default "
+                   "DAMAGED_FILE.recovered.db)")
+    q.add_argument("--data-dir", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -700,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--alpha", type=float, help="LS/SMAC smoothing (default: the paper's value for the task)")
     p.add_argument("--beta", type=float, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
-    p.add_argument("--views", type=int, default=defaults.N_VIEWS, help="cached augmented views per training image")
+    p.add_argument("--views", type=_bounded("views"), default=defaults.N_VIEWS, help="cached augmented views per training image")
     _add_protocol_arguments(p)
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_train)
@@ -709,21 +763,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_arguments(p, model_required=False)
     p.add_argument("--checkpoint", help="prompt checkpoint (.json); default: zero-shot")
     p.add_argument("--run", help="evaluate a stored run's checkpoint (its model, dataset and split by default)")
-    p.add_argument("--shots", type=int, help="shots of the split whose test part is used (default 8)")
-    p.add_argument("--seed", type=int, help="seed of that split (default 1)")
+    p.add_argument("--shots", type=_bounded("shots"), help="shots of the split whose test part is used (default 8)")
+    p.add_argument("--seed", type=_bounded("seed"), help="seed of that split (default 1)")
     p.add_argument("--json", help="write the report and per-image rows to this JSON file")
     p.add_argument("--csv", help="write the per-image rows to this CSV file")
-    p.add_argument("--alpha", type=float, default=0.1,
+    p.add_argument("--alpha", type=_bounded("coverage_alpha"), default=0.1,
                    help="error level of the conformal prediction sets, in (0, 1) (default 0.1: 90%% coverage)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("runs", help="list the run store")
     p.add_argument("--json", action="store_true")
     p.add_argument("--status", help="only runs with this status")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_bounded("limit"))
     p.add_argument("--show", metavar="RUN_ID", help="one run in full, with the nearest words of its learned prompt")
-    p.add_argument("--top-k", type=int, default=3, help="nearest vocabulary tokens per context vector (with --show)")
+    p.add_argument("--top-k", type=_bounded("top_k"), default=3, help="nearest vocabulary tokens per context vector (with --show)")
     p.set_defaults(func=cmd_runs)
+
+    _add_store_parser(sub)
 
     p = sub.add_parser("reviews", help="the readers' case verdicts and their agreement, or a CSV export of them")
     p.add_argument("--csv", help="write the verdicts to this CSV file (spreadsheet-safe) instead of printing them")
@@ -756,12 +812,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="zeroshot,coop,calibprompt",
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
-    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--shots", type=_bounded("shots"), default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    p.add_argument("--epochs", type=_bounded("epochs"), default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--protocol", choices=["paper", "authors-code"], default="paper",
                    help="the training protocol the paper describes, or the one of the authors' published code")
-    p.add_argument("--tolerance", type=float, default=1.5, help="ECE points within which a row matches (default 1.5)")
-    p.add_argument("--bins", type=int, default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
+    p.add_argument("--tolerance", type=_bounded("tolerance"), default=1.5, help="ECE points within which a row matches (default 1.5)")
+    p.add_argument("--bins", type=_bounded("bins"), default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--dry-run", action="store_true", help="list the cells, the paper's values and missing data; run nothing")
     _add_batch_arguments(p)
@@ -777,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (without --ray, or for Ray workers)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="image-encoder precision (autocast); each has its own cache (default fp32)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
+    p.add_argument("--batch-size", type=_bounded("batch_size"), default=64, help="images per encoder call (default 64)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_ray_arguments(p, "the extraction through Ray Data (an actor pool that loads the model once per worker)")
     p.set_defaults(func=cmd_features)
@@ -785,18 +841,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="write a synthetic demo dataset (train/ and test/ class folders)")
     p.add_argument("--task", required=True, choices=["demo", "demo-binary"])
     p.add_argument("--out", required=True, help="a new folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-per-class", type=int, help="default: the standard split's")
-    p.add_argument("--test-per-class", type=int, help="default: the standard split's")
-    p.add_argument("--shift", type=float, help="stain/scanner shift from the pretraining domain (default: the standard split's)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=_bounded("seed"), default=0)
+    p.add_argument("--train-per-class", type=_bounded("train_per_class"), help="default: the standard split's")
+    p.add_argument("--test-per-class", type=_bounded("test_per_class"), help="default: the standard split's")
+    p.add_argument("--shift", type=_bounded("shift"), help="stain/scanner shift from the pretraining domain (default: the standard split's)")
+    p.add_argument("--workers", type=_bounded("workers"), default=2)
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("demo-build", help="pretrain the bundled demo backbone on the synthetic world (CPU, minutes)")
     p.add_argument("--out", help="model folder (default: the package's bundled demo model)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=900)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=_bounded("seed"), default=0)
+    p.add_argument("--steps", type=_bounded("steps"), default=900)
+    p.add_argument("--workers", type=_bounded("workers"), default=2)
     p.add_argument("--stage", choices=["all", "backbone", "prompts"], default="all",
                    help="pretrain the backbone, train the bundled demo prompts and sample images, or both")
     p.set_defaults(func=cmd_demo_build)

@@ -35,21 +35,30 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """
     if isinstance(device, torch.device):
         device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"The device must be a name such as 'auto' or 'cpu', got {device!r}. {_choices_text()}")
     name = (device or "auto").strip().lower()
     if name == "auto":
         return torch.device(available_devices()[0])
-    kind = name.split(":", 1)[0]
-    if kind not in DEVICE_CHOICES:
-        raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N').")
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or kind == "auto" or (index and not index.isdigit()):
+        raise ValueError(f"Unknown device {device!r}. {_choices_text()}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA is not available on this machine; choose 'auto' or 'cpu'.")
+        raise ValueError(f"CUDA is not available on this machine, so {device!r} cannot be used. {_choices_text()}")
     if kind == "mps" and not _mps_available():
-        raise ValueError("Apple MPS is not available on this machine; choose 'auto' or 'cpu'.")
-    if kind == "cuda" and ":" in name:
-        index = int(name.split(":", 1)[1])
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        raise ValueError(f"Apple MPS is not available on this machine, so {device!r} cannot be used. {_choices_text()}")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s). "
+                         f"{_choices_text()}")
     return torch.device(name)
+
+
+def _choices_text() -> str:
+    """The devices this machine offers, for an error message."""
+    found = available_devices()
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if "cuda" in found else []
+    names = ", ".join(["auto", *found, *(cuda if len(cuda) > 1 else [])])
+    return f"The devices available here are: {names}."
 
 
 def autocast(device: torch.device, precision: str):

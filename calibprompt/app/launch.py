@@ -37,6 +37,13 @@ from pathlib import Path
 logger = logging.getLogger("calibprompt.app")
 
 MAX_UPLOAD = "25mb"
+#: Events Gradio's queue holds waiting (4 run at once). Above it Gradio itself refuses new events: the
+#: HTTP API answers 503 "Queue is full. Max size is N and size is N.", gradio_client raises
+#: QueueError("Queue is full! Please try again."), and the page shows its own notice. Gradio 6.31 has no
+#: setting for that text, so the queue is made long enough that only a real overload reaches it
+#: (training runs wait in the JobRunner's queue, not here).
+QUEUE_SIZE = 256
+QUEUE_CONCURRENCY = 4
 PRIVATE_ENTRIES = ("runs.db", "runs.db-wal", "runs.db-shm", "runs", "datasets", "uploads", "features", "exports",
                    "models", "logs")
 
@@ -151,6 +158,6 @@ def main(argv=None) -> None:
         logger.info("Sign-in required: %d account(s); 5 failed sign-ins lock a user name or address.", len(auth))
     del auth  # the plain passwords: only their hashes stay
     preload_when_serving(demo, core)
-    demo.queue(default_concurrency_limit=4, max_size=64).launch(
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_SIZE).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login,
         allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs())

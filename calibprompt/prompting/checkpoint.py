@@ -8,8 +8,10 @@ Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,9 +22,59 @@ from safetensors.torch import load_file, save_file
 from calibprompt.fileio import atomic_write, atomic_write_json
 from calibprompt.prompting.learner import PromptLearner
 
-__all__ = ["FORMAT", "save_prompt", "save_context", "read_prompt_metadata", "load_prompt", "checkpoint_paths"]
+__all__ = ["FORMAT", "save_prompt", "save_context", "read_prompt_metadata", "load_prompt", "checkpoint_paths",
+           "CheckpointWriteError"]
 
 FORMAT = "calibprompt-prompt/1"
+
+_EDQUOT = getattr(errno, "EDQUOT", None)
+_FULL = {errno.ENOSPC} | ({_EDQUOT} if _EDQUOT is not None else set())
+_DENIED = {errno.EROFS, errno.EACCES, errno.EPERM}
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")  # how safetensors (Rust) reports an OS error
+
+
+class CheckpointWriteError(OSError):
+    """A prompt checkpoint that could not be written for lack of space or permission; ``str()`` is a
+    plain message that names the file (relative to the data directory) and says what to do. Nothing of
+    the checkpoint is left behind."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _os_error_code(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of an OS error that safetensors wraps in a SafetensorError."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    match = _OS_ERROR_CODE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the data directory when it lies inside it (as the app shows it)."""
+    from calibprompt.paths import data_dir
+
+    try:
+        return str(path.resolve().relative_to(data_dir()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _write_error(exc: BaseException, path: Path) -> CheckpointWriteError | None:
+    """The plain error for a write that failed for lack of space or permission (None for others)."""
+    code = _os_error_code(exc)
+    shown = _shown_path(path)
+    if code in _FULL:
+        text = f"The disk is full: the prompt could not be saved to {shown}. Free some space and train again."
+    elif code == errno.EROFS:
+        text = (f"The disk is read-only: the prompt could not be saved to {shown}. Make the data directory "
+                "writable (or set CALIBPROMPT_HOME to a writable folder) and train again.")
+    elif code in _DENIED:
+        text = (f"Permission denied: the prompt could not be saved to {shown}. Make the data directory "
+                "writable (or set CALIBPROMPT_HOME to a writable folder) and train again.")
+    else:
+        return None
+    return CheckpointWriteError(code, text, str(path))
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -45,11 +97,24 @@ def save_context(path: str | os.PathLike, ctx: torch.Tensor, prompt_config: Mapp
     does for a learner, for a context that travelled without one (from a worker process, say)."""
     weights, meta_path = checkpoint_paths(path)
     ctx = ctx.detach().to("cpu", torch.float32).contiguous()
-    atomic_write(weights, lambda tmp: save_file({"ctx": ctx}, tmp))
     meta = {"format": FORMAT, "backbone": backbone, **dict(prompt_config), "ctx_shape": list(ctx.shape)}
     meta.update(dict(metadata or {}))
     meta["weights"] = weights.name
-    atomic_write_json(meta_path, meta)
+    try:
+        atomic_write(weights, lambda tmp: save_file({"ctx": ctx}, tmp))
+    except (OSError, SafetensorError) as exc:
+        plain = _write_error(exc, weights)
+        if plain is None:
+            raise
+        raise plain from exc
+    try:
+        atomic_write_json(meta_path, meta)
+    except BaseException as exc:
+        weights.unlink(missing_ok=True)  # weights without their description are no checkpoint: remove them
+        plain = _write_error(exc, meta_path) if isinstance(exc, OSError) else None
+        if plain is None:
+            raise
+        raise plain from exc
     return meta_path
 
 

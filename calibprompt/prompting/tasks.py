@@ -110,21 +110,13 @@ class Task:
             name = str(data["name"])
         except KeyError as exc:
             raise ValueError(f"Task file{where} lacks the key {exc.args[0]!r} (needs 'name' and 'classes').") from None
-        classes = []
-        for entry in raw_classes:
-            if isinstance(entry, str):
-                entry = {"id": entry}
-            if not isinstance(entry, Mapping) or "id" not in entry:
-                raise ValueError(f"Task file{where}: each class needs an 'id' (its folder name), got {entry!r}.")
-            cid = str(entry["id"])
-            cname = str(entry.get("name") or cid.replace("_", " "))
-            classes.append(TaskClass(cid, cname, str(entry.get("display") or cname)))
+        classes = _classes_from(raw_classes, where)
         hparams = {
             str(family): {str(k): float(v) for k, v in values.items()}
             for family, values in (data.get("calibprompt") or {}).items()
         }
         return cls(
-            name=name, classes=tuple(classes), templates=tuple(data.get("templates") or DEFAULT_TEMPLATES),
+            name=name, classes=tuple(classes), templates=_templates_from(data, where),
             title=str(data.get("title", "")), modality=str(data.get("modality", "")),
             description=str(data.get("description", "")), source=str(data.get("source", "")),
             paper_hparams=hparams, path=path,
@@ -138,6 +130,54 @@ class Task:
         names = [n for n in names if n]
         return cls(name=name, classes=tuple(TaskClass(n, n, n) for n in names),
                    templates=tuple(templates or DEFAULT_TEMPLATES))
+
+
+def _classes_from(raw_classes: Any, where: str) -> list[TaskClass]:
+    """The ``classes`` of a task file: a list of class ids (strings) or of ``{"id", "name", "display"}``
+    objects, each id and name non-empty (ValueError naming the field and the file otherwise)."""
+    if isinstance(raw_classes, str):
+        raise ValueError(f"Task file{where}: 'classes' must be a list of class names such as "
+                         f"[\"normal\", \"pneumonia\"], not a single string ({raw_classes!r}).")
+    if not isinstance(raw_classes, (list, tuple)):
+        raise ValueError(f"Task file{where}: 'classes' must be a list of class names such as "
+                         f"[\"normal\", \"pneumonia\"]; got {type(raw_classes).__name__}.")
+    classes = []
+    for index, entry in enumerate(raw_classes):
+        if isinstance(entry, str):
+            entry = {"id": entry}
+        if not isinstance(entry, Mapping) or "id" not in entry:
+            raise ValueError(f"Task file{where}: each class needs an 'id' (its folder name), got {entry!r}.")
+        for key in ("id", "name", "display"):
+            value = entry.get(key)
+            if key != "id" and value is None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"Task file{where}: class {index + 1} of 'classes' has an empty or non-text "
+                                 f"{key!r} ({value!r}); give every class a non-empty name.")
+        cid = entry["id"].strip()
+        cname = (entry.get("name") or cid.replace("_", " ")).strip()
+        classes.append(TaskClass(cid, cname, (entry.get("display") or cname).strip()))
+    return classes
+
+
+def _templates_from(data: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The ``templates`` of a task file (the default when the key is absent): a non-empty list of
+    texts, each with one ``{}`` where the class name goes (ValueError naming the file otherwise)."""
+    if "templates" not in data or data["templates"] is None:
+        return DEFAULT_TEMPLATES
+    templates = data["templates"]
+    example = '["a chest X-ray showing {}."]'
+    if isinstance(templates, str) or not isinstance(templates, (list, tuple)):
+        raise ValueError(f"Task file{where}: 'templates' must be a list of texts such as {example}; "
+                         f"got {templates!r}.")
+    if not templates:
+        raise ValueError(f"Task file{where}: 'templates' is empty; give at least one, such as {example}, "
+                         "or leave the key out for the default.")
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise ValueError(f"Task file{where}: each of 'templates' must be text with '{{}}' exactly once, where "
+                             f"the class name goes, such as {example}; got {template!r}.")
+    return tuple(templates)
 
 
 def list_tasks(prompts_dir: str | os.PathLike | None = None) -> list[str]:
@@ -159,7 +199,7 @@ def load_task(name_or_path: str | os.PathLike, prompts_dir: str | os.PathLike | 
             known = ", ".join(list_tasks(prompts_dir)) or "none found"
             raise ValueError(f"Unknown task {str(name_or_path)!r}; choose one of: {known} (or give a task .json file).")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"Cannot read the task file {path}: {exc}") from exc
     if not isinstance(data, Mapping):

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 from calibprompt import defaults
 from calibprompt.backbones import load_backbone
 from calibprompt.devices import resolve_device
-from calibprompt.runs.jobs import (JobOutcome, TrainJob, recording_progress, evaluate_trained, prepare_jobs,
-                                  record_outcome)
+from calibprompt.runs.jobs import (JobOutcome, TrainJob, evaluate_trained, failure_text, prepare_jobs,
+                                  record_outcome, recording_progress)
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.training.batched import RunInputs, layout_key, train_many
 from calibprompt.training.trainer import StepInfo, TrainingCancelled, resolve_settings
@@ -129,7 +129,7 @@ def run_train_jobs(jobs: Sequence[TrainJob], store: RunStore, *, run_ids: Sequen
     except BaseException as exc:
         for run_id in run_ids:
             if run_id not in finished and store.get_run(run_id).status in ("queued", "running"):
-                store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+                store.fail_run(run_id, failure_text(exc))
         raise
     return [store.get_run(run_id) for run_id in run_ids]
 

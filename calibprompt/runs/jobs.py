@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from calibprompt import defaults
-from calibprompt.prompting.checkpoint import save_context
+from calibprompt.prompting.checkpoint import CheckpointWriteError, save_context
 from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "JobRunner", "DEFAULT_VIEWS",
            "PreparedJob", "JobOutcome", "prepare_job", "prepare_jobs", "recording_progress", "evaluate_trained", "record_outcome", "same_training",
-           "find_done_run", "check_run_name", "RUN_NAME_LIMIT"]
+           "find_done_run", "check_run_name", "RUN_NAME_LIMIT", "failure_text"]
 
 DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
 RUN_NAME_LIMIT = 80  # characters of a run's optional name
@@ -308,6 +308,14 @@ def record_outcome(store: RunStore, outcome: JobOutcome) -> RunRecord:
     return store.get_run(outcome.run_id)
 
 
+def failure_text(exc: BaseException) -> str:
+    """What a failed run records: a plain message for a checkpoint that could not be written (a full or
+    read-only disk), the exception's type and message for anything else."""
+    if isinstance(exc, CheckpointWriteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, backbone=None,
                   on_step: Callable[[StepInfo], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, n_boot: int = defaults.N_BOOT) -> RunRecord:
@@ -317,8 +325,8 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
     no checkpoint) or ``failed`` (the exception is recorded, then re-raised). Several jobs on one
     backbone train faster together: :func:`calibprompt.runs.batch.run_train_jobs`.
     """
+    device = resolve_device(job.device)  # an unusable device is refused before any run is recorded
     run_id = run_id or store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}")
-    device = resolve_device(job.device)
     if store.get_run(run_id).status == "queued":  # a JobRunner marks its job running before loading the model
         store.start_run(run_id, str(device))
     try:
@@ -336,7 +344,7 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
         store.cancel_run(run_id)
     except BaseException as exc:
         if store.get_run(run_id).status in ("queued", "running"):
-            store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+            store.fail_run(run_id, failure_text(exc))
         raise
     return store.get_run(run_id)
 
@@ -483,7 +491,7 @@ class JobRunner:
             run_train_job(entry.job, self.store, run_id=entry.run_id, backbone=backbone, on_step=on_step,
                           should_stop=entry.cancel.is_set)
         except Exception as exc:  # recorded in the store by run_train_job; keep the worker alive
-            entry.error = f"{type(exc).__name__}: {exc}"
+            entry.error = failure_text(exc)
             logger.warning("Run %s failed: %s", entry.run_id, entry.error)
             record = self.store.get_run(entry.run_id)
             if record.status in ("queued", "running"):

@@ -37,7 +37,7 @@ from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
 from calibprompt.runs.compare import ZERO_SHOT, parse_methods
 from calibprompt.runs.batch import run_train_jobs
-from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, find_done_run, open_dataset
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, failure_text, find_done_run, open_dataset
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.training.protocols import get_protocol, list_protocols
 
@@ -394,7 +394,7 @@ def _zero_shot_cell(cell: Cell, backbone, task, dataset, cache, store: RunStore,
                          evaluation.rows)
     except BaseException as exc:
         if store.get_run(run_id).status in ("queued", "running"):
-            store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+            store.fail_run(run_id, failure_text(exc))
         raise
     return store.get_run(run_id)
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from calibprompt.defaults import EPOCHS, LIMITS, N_BINS, SHOTS
 
-__all__ = ["check_train_request", "class_counts_for_split"]
+__all__ = ["check_train_request", "class_counts_for_split", "OptionRange", "CLI_LIMITS", "check_option"]
 
 
 def class_counts_for_split(dataset) -> dict[str, int]:
@@ -28,6 +28,80 @@ def class_counts_for_split(dataset) -> dict[str, int]:
     if pool is None:
         return {}
     return {str(k): int(v) for k, v in pool.counts().items()}
+
+
+class OptionRange(NamedTuple):
+    """The values a numeric command-line option accepts: whole numbers (``integer``) or numbers from
+    ``low`` to ``high``, either end excluded when ``low_open`` / ``high_open``."""
+
+    integer: bool
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def text(self) -> str:
+        if self.integer:
+            return f"a whole number from {_num(self.low)} to {_num(self.high)}"
+        low, high = _num(self.low), _num(self.high)
+        if self.low_open:
+            return f"a number above {low} and {'below' if self.high_open else 'at most'} {high}"
+        if self.high_open:
+            return f"a number from {low} up to, but not including, {high}"
+        return f"a number from {low} to {high}"
+
+
+def _whole(name: str, high: int | None = None) -> OptionRange:
+    low, limit = LIMITS[name]
+    return OptionRange(True, low, limit if high is None else high)
+
+
+#: The ranges of the numeric options of the ``calibprompt`` command line, by option (without the
+#: leading dashes, with underscores); :func:`check_option` checks a value against them.
+CLI_LIMITS: dict[str, OptionRange] = {
+    "shots": _whole("shots", 10_000),  # and at most the smallest class (checked against the dataset)
+    "epochs": _whole("epochs"),
+    "seed": _whole("seed"),
+    "bins": _whole("n_bins"),
+    "views": OptionRange(True, 1, 100),  # cached augmented views per training image (memory grows with it)
+    "batch_size": OptionRange(True, 1, 4096),
+    "max_batch_prompts": OptionRange(True, 1, 100_000),
+    "alpha": OptionRange(False, *LIMITS["alpha"], high_open=True),  # the smoothing weight of training
+    "beta": OptionRange(False, *LIMITS["beta"]),
+    "coverage_alpha": OptionRange(False, 0.0, 1.0, low_open=True, high_open=True),  # evaluate's conformal level
+    "tolerance": OptionRange(False, 0.0, 100.0),
+    "limit": OptionRange(True, 1, 1_000_000),
+    "top_k": OptionRange(True, 1, 100),
+    "train_per_class": OptionRange(True, 1, 10_000),
+    "test_per_class": OptionRange(True, 1, 100_000),
+    "shift": OptionRange(False, 0.0, 10.0),
+    "workers": OptionRange(True, 1, 256),
+    "steps": OptionRange(True, 1, 1_000_000),
+    "ray_gpus_per_task": OptionRange(False, 0.0, 64.0),
+    "ray_cpus_per_task": OptionRange(False, 0.0, 1024.0, low_open=True),
+}
+
+
+def check_option(name: str, text: str) -> int | float:
+    """The value of the numeric command-line option ``name`` (a key of :data:`CLI_LIMITS`) typed as
+    ``text``; ValueError saying the range when it is not a number in that range."""
+    spec = CLI_LIMITS[name]
+    allowed = f"must be {spec.text()}"
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{allowed}; got {text!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{allowed}; got {text!r}")
+    if spec.integer:
+        if not number.is_integer():
+            raise ValueError(f"{allowed}; got {text!r}, which is not a whole number")
+        number = int(number)
+    below = number <= spec.low if spec.low_open else number < spec.low
+    above = number >= spec.high if spec.high_open else number > spec.high
+    if below or above:
+        raise ValueError(f"{allowed}; got {text}")
+    return number
 
 
 def _bounds(name: str) -> tuple[Any, Any]:
