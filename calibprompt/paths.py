@@ -5,10 +5,12 @@ and uploaded datasets) lives below this folder.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "inside", "SAMPLE_IMAGES_DIR"]
+__all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "owner_key", "owner_uploads_dir",
+           "inside", "SAMPLE_IMAGES_DIR"]
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -38,6 +40,19 @@ def datasets_dir(override: str | os.PathLike | None = None) -> Path:
 
 def uploads_dir(override: str | os.PathLike | None = None) -> Path:
     return _sub("uploads", override)
+
+
+def owner_key(owner: str) -> str:
+    """An owner's folder name: the first 16 hex digits of the SHA-256 of the owner (``user:<name>``,
+    ``browser:<hash>``), so no user text ever becomes a path."""
+    if not owner:
+        raise ValueError("An upload needs an owner.")
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
+
+
+def owner_uploads_dir(owner: str, override: str | os.PathLike | None = None) -> Path:
+    """Where one owner's uploads are unpacked: ``uploads/<owner_key(owner)>`` (not created here)."""
+    return uploads_dir(override) / owner_key(owner)
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:

@@ -209,7 +209,7 @@ def build(core, shared, export_dir):
     with gr.Tab("Calibration"):
         (dataset, n_bins, ts, layout, button, note, reliability, histogram, classwise, metrics, estimators, first,
          second, significance, threshold, risk, selective, export_report, export_images, exported) = \
-            _layout(core.dataset_choices())
+            _layout(core.dataset_choices(None))  # shared datasets only; the page load adds the owner's uploads
         evaluation = gr.State(None)
         figures = gr.State(None)
 

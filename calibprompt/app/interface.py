@@ -82,7 +82,7 @@ def build_demo(core) -> gr.Blocks:
         @handler
         def on_load(state, token, request: gr.Request):
             state, token = identity(core, state, token, request)
-            datasets = core.dataset_choices()
+            datasets = core.dataset_choices(state.owner)  # the shared datasets and this owner's own uploads
             menus = [update_choices(datasets) for _ in dataset_menus]
             # without a login the Reader field keeps whatever the user may already have typed
             reader = gr.update(value=state.reader, interactive=False) if username(request) else gr.update()
@@ -114,7 +114,15 @@ def build_demo(core) -> gr.Blocks:
                   [browser_id, banner, model, task, prompts, task_info, train["history"], train["run"],
                    train["progress"], train["timer"], *dataset_menus, review["reader"]], api_visibility="private",
                   js=READ_IDENTITY_JS.replace("{key}", IDENTITY_KEY))
-        _follow_identity(core, state, browser_id, train, loaded)
+        _follow_identity(core, state, browser_id, train, loaded, dataset_menus)
+        others = calibration["datasets"] + review["datasets"]  # the Train menu is the upload's own output
+
+        @handler
+        def after_upload(state, request: gr.Request):
+            """The other dataset menus once an upload is unpacked: they list it too (for its owner only)."""
+            return dataset_menu_updates(core, session_for(core, state, request).owner, len(others))
+
+        train["upload"].success(after_upload, [state], others, api_visibility="private")
         load_button.click(load_model, [state, model], [state, banner, model, task, prompts, task_info],
                           concurrency_limit=1, api_visibility="private")
         task.input(change_task, [state, task, gr.State("")], [state, prompts, task_info], api_visibility="private")
@@ -145,28 +153,37 @@ def signed_in_html(request: gr.Request) -> str:
             f'<a href="{SIGN_OUT_URL}">Sign out</a></span>')
 
 
-def _follow_identity(core, state, browser_id, train, loaded) -> None:
+def dataset_menu_updates(core, owner: str | None, count: int) -> list[dict]:
+    """``count`` dataset menus listing what ``owner`` may pick (shared datasets and ``owner``'s own uploads);
+    each menu keeps its value."""
+    datasets = core.dataset_choices(owner)
+    return [gr.update(choices=datasets) for _ in range(count)]
+
+
+def _follow_identity(core, state, browser_id, train, loaded, menus) -> None:
     """Gradio's BrowserState reads local storage as it mounts, which can come after the page's load event:
-    when the stored token arrives later (its change event), the session takes that browser's identity and
-    the Train tab follows its job again; once the load is over, a page still without a usable token (none
-    could be read, e.g. one stored under another server's secret) gets a new one."""
+    when the stored token arrives later (its change event), the session takes that browser's identity, the
+    Train tab follows its job again and the dataset ``menus`` list that browser's uploads; once the load is
+    over, a page still without a usable token (none could be read, e.g. one stored under another server's
+    secret) gets a new one."""
 
     @handler
     def follow(state, token, request: gr.Request):
-        nothing = (gr.update(),) * 5
+        nothing = (gr.update(),) * (5 + len(menus))
         before = page_owner(request)
         if valid_token(token):
             state, _ = identity(core, state, token, request)
             if state.owner == before:
                 return nothing
-            return (gr.update(), *train_tab.resume(core, state), import_history(core, state))
+            return (gr.update(), *train_tab.resume(core, state), import_history(core, state),
+                    *dataset_menu_updates(core, state.owner, len(menus)))
         if username(request) or not is_provisional(before):
             return nothing  # logged in, or this page already has its identity
         state, token = identity(core, state, None, request)  # a fresh token, stored in this browser
         return (token, *nothing[1:])
 
     # the page's state is not an output: the owner lives on the server (PAGE_OWNERS)
-    outputs = [browser_id, train["run"], train["progress"], train["timer"], train["history"]]
+    outputs = [browser_id, train["run"], train["progress"], train["timer"], train["history"], *menus]
     browser_id.change(follow, [state, browser_id], outputs, api_visibility="private")
     loaded.then(follow, [state, browser_id], outputs, api_visibility="private")
 

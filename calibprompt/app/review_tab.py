@@ -25,6 +25,7 @@ from typing import Any
 import gradio as gr
 
 from calibprompt.app.common import handler, percent, session_for, username
+from calibprompt.data.resolve import resolve_choice
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.service import reviews as service
 
@@ -234,7 +235,7 @@ def build(core, shared, export_dir: Path):
 
 
 def _layout(core) -> dict[str, Any]:
-    datasets = core.dataset_choices()
+    datasets = core.dataset_choices(None)  # shared datasets only; the page load adds the owner's uploads
     ui: dict[str, Any] = {}
     with gr.Tab("Review"):
         with gr.Row():
@@ -399,6 +400,7 @@ class ReviewTab:
         if case is None:
             raise gr.Error("Select a case first: click a thumbnail, or press N for the next case.")
         method = chosen if chosen in case["predictions"] else case["method"]
+        resolve_choice(data["dataset"], st.owner)  # a verdict only on a dataset this page's owner may open
         service.save_review(self.core, st, data["dataset"], case, method, value, text)
         saved = (f"<p role='status'>Saved: {esc(value)} on {esc(method)}'s answer for case #{case['rank']} "
                  f"({esc(case['image'])}), by {esc(st.reader)}.</p>")
@@ -434,9 +436,10 @@ class ReviewTab:
         return self.view(session_for(self.core, st), data, blinded, page=True, case=False)
 
     @handler
-    def adjudicate(self, data, dataset):
+    def adjudicate(self, st, data, dataset, request: gr.Request):
         if not dataset:
             raise gr.Error("Choose a test set first.")
+        resolve_choice(dataset, session_for(self.core, st, request).owner)  # only a dataset this owner may open
         known = data["wrong"] if data and data["dataset"] == dataset else []
         items = service.disagreements(self.core, dataset, data["root"] if known else None, known)
         pictures = [(thumbnail(d["path"]), f"{d['image']} — " + ", ".join(
@@ -444,7 +447,10 @@ class ReviewTab:
         return adjudication_html(items), pictures
 
     @handler
-    def export_csv(self, dataset_choice):
+    def export_csv(self, st, dataset_choice, request: gr.Request):
+        """The verdicts on the chosen test set as CSV; only a test set this page's owner may open."""
+        if dataset_choice:
+            resolve_choice(dataset_choice, session_for(self.core, st, request).owner)
         return gr.update(value=str(self.core.export_reviews(self.export_dir, dataset=dataset_choice or None)),
                          visible=True)
 
@@ -467,9 +473,9 @@ class ReviewTab:
             ui[name].click(getattr(self, name), given, out, **private)
         ui["method"].input(self.choose_method, [data, ui["method"]], [ui["verdict"], ui["note"]], **private)
         ui["blinded"].input(self.blind, [st, data, ui["blinded"]], out, **private)
-        ui["adjudicate"].click(self.adjudicate, [data, ui["dataset"]],
+        ui["adjudicate"].click(self.adjudicate, [st, data, ui["dataset"]],
                                [ui["adjudication"], ui["adjudication_gallery"]], **private)
-        ui["export"].click(self.export_csv, [ui["dataset"]], [ui["export_file"]], **private)
+        ui["export"].click(self.export_csv, [st, ui["dataset"]], [ui["export_file"]], **private)
 
 
 def _selected(data: dict | None) -> dict | None:

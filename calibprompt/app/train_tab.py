@@ -89,7 +89,7 @@ def _settings(datasets, methods, params):
 
 
 def build(core, shared):
-    datasets = core.dataset_choices()
+    datasets = core.dataset_choices(None)  # the page as built is everyone's: shared datasets only
     start_state = core.new_session()
     params = core.method_defaults(start_state, "calibprompt", core.model_family(start_state.model))
     with gr.Tab("Train"):
@@ -111,9 +111,11 @@ def build(core, shared):
         timer = gr.Timer(1.0, active=False)
 
     @handler
-    def use_upload(zip_file):
-        choice = core.upload_dataset(file_paths(zip_file)[0] if zip_file else None)
-        return gr.update(choices=core.dataset_choices(), value=choice)
+    def use_upload(state, zip_file, request: gr.Request):
+        """Unpack the zip as this page's owner's own dataset (listed and opened for that owner only)."""
+        state = session_for(core, state, request)
+        choice = core.upload_dataset(file_paths(zip_file)[0] if zip_file else None, state.owner)
+        return gr.update(choices=core.dataset_choices(state.owner), value=choice)
 
     @handler
     def method_defaults(state, method, request: gr.Request):
@@ -158,14 +160,15 @@ def build(core, shared):
         return interpretation_markdown(core.interpret_run(current.strip()))
 
     words_button.click(show_words, [run_id], [words], api_visibility="private")
-    upload_button.click(use_upload, [upload], [dataset], api_visibility="private")
+    uploaded = upload_button.click(use_upload, [shared.state, upload], [dataset], api_visibility="private")
     method.change(method_defaults, [shared.state, method], [alpha, beta], api_visibility="private")
     start.click(start_job, [shared.state, dataset, name, method, shots, seed, epochs, alpha, beta, device],
                 [shared.state, run_id, progress, timer, history], api_visibility="private")
     timer.tick(poll_job, [shared.state, run_id], [progress, loss_plot, timer, history, shared.prompts],
                api_visibility="private")
     cancel.click(cancel_job, [shared.state, run_id], [progress, history], api_visibility="private")
-    return {"datasets": [dataset], "history": history, "run": run_id, "progress": progress, "timer": timer}
+    return {"datasets": [dataset], "history": history, "run": run_id, "progress": progress, "timer": timer,
+            "upload": uploaded}
 
 
 def interpretation_markdown(found: list[dict]) -> str:

@@ -2,7 +2,9 @@
 
 :func:`open_dataset` is what the CLI, the job pipeline and the service layer call; :func:`dataset_choices`
 and :func:`resolve_choice` are the app's view of the same thing, confined to the data directory (a
-hosted app never reads a folder a user names).
+hosted app never reads a folder a user names) and to the requesting owner's own uploads: an upload is
+unpacked under ``uploads/<owner_key(owner)>/`` and shown as ``uploads/<name>``, which resolves against
+the owner of the request, never against anything the client sent.
 """
 from __future__ import annotations
 
@@ -11,10 +13,15 @@ from pathlib import Path
 
 from calibprompt.data.layouts import Dataset, load_dataset
 from calibprompt.data.sources import get_registered_dataset, list_registered_datasets
-from calibprompt.paths import data_dir, datasets_dir, inside, uploads_dir
+from calibprompt.paths import data_dir, datasets_dir, inside, owner_uploads_dir, uploads_dir
 from calibprompt.prompting.tasks import Task, TaskClass, list_tasks, load_task
 
-__all__ = ["open_dataset", "task_from_dataset", "dataset_choices", "resolve_choice", "upload_root"]
+__all__ = ["open_dataset", "task_from_dataset", "dataset_choices", "upload_choices", "resolve_choice", "upload_root",
+           "LOCAL_OWNER"]
+
+#: who owns uploads made without a web request (the CLI, scripts, the library's own callers): its own owner,
+#: which no request's owner (``user:<name>``, ``browser:<hash>``, a provisional ``session-...``) ever equals
+LOCAL_OWNER = "local"
 
 
 def task_from_dataset(dataset: Dataset) -> Task:
@@ -64,26 +71,57 @@ def upload_root(folder: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
-def dataset_choices() -> list[str]:
-    """What an app user may pick: registered datasets, folders under ``datasets/`` and unpacked uploads
-    (``uploads/<name>``), all inside the data directory."""
+def _owns_uploads(owner: str | None) -> bool:
+    """Whether ``owner`` may have uploads: a provisional page owner (before its browser identity is read) or
+    no owner at all owns nothing."""
+    from calibprompt.service.session import is_provisional
+
+    return bool(owner) and not is_provisional(owner)
+
+
+def upload_choices(owner: str | None) -> list[str]:
+    """``owner``'s own unpacked uploads, as the readable choices ``uploads/<name>`` (nobody else's)."""
+    if not _owns_uploads(owner):
+        return []
+    base = owner_uploads_dir(owner)
+    if not base.is_dir():
+        return []
+    return sorted(f"uploads/{upload_root(p).relative_to(base).as_posix()}"
+                  for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def dataset_choices(owner: str | None = LOCAL_OWNER) -> list[str]:
+    """What ``owner`` may pick: registered datasets and folders under ``datasets/`` (shared by everyone), and
+    ``owner``'s own unpacked uploads (``uploads/<name>``). Without an argument the owner is
+    :data:`LOCAL_OWNER` (the CLI, scripts); ``None`` or a provisional page owner lists the shared ones only."""
     root = datasets_dir()
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                      and "-standard-" not in p.name) if root.is_dir() else []
-    up = uploads_dir()
-    uploads = sorted(f"uploads/{upload_root(p).relative_to(up).as_posix()}"
-                     for p in up.iterdir() if p.is_dir() and not p.name.startswith(".")) if up.is_dir() else []
-    return list_registered_datasets() + [f for f in folders if f not in list_registered_datasets()] + uploads
+    registered = list_registered_datasets()
+    return registered + [f for f in folders if f not in registered] + upload_choices(owner)
 
 
-def resolve_choice(choice: str) -> str:
-    """A dataset choice as a registered name or a path, refusing anything outside the data directory."""
+def resolve_choice(choice: str, owner: str | None = LOCAL_OWNER) -> str:
+    """A dataset choice as a registered name or a path, for ``owner``: a shared dataset, or one of ``owner``'s
+    own uploads (``uploads/<name>`` is looked up in ``owner``'s folder only). Anything else (another owner's
+    upload, a path outside the data directory, a name that does not exist) gets the same refusal, so it never
+    tells whether someone else's upload exists."""
     choice = (choice or "").strip()
     if not choice:
         raise ValueError("Pick a dataset: a demo set, an uploaded zip or a folder under the data directory.")
     if get_registered_dataset(choice) is not None:
         return choice
-    path = (uploads_dir().parent / choice) if choice.startswith("uploads/") else datasets_dir() / choice
-    if not inside(path, data_dir()) or not path.exists() or ".." in Path(choice).parts:
-        raise ValueError(f"No dataset {choice!r} in the data directory; choose one from the list.")
+    refusal = ValueError(f"No dataset named {choice!r}; choose one from the list.")
+    if ".." in Path(choice).parts:
+        raise refusal
+    if choice.startswith("uploads/"):
+        if not _owns_uploads(owner):
+            raise refusal
+        base = owner_uploads_dir(owner)
+        path = base / choice[len("uploads/"):]
+    else:
+        base = data_dir()
+        path = datasets_dir() / choice
+    if not inside(path, base) or path.resolve() in (base.resolve(), datasets_dir().resolve()) or not path.exists():
+        raise refusal
     return str(path)

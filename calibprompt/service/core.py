@@ -22,9 +22,9 @@ from calibprompt import defaults
 from calibprompt.backbones import get_backbone_spec
 from calibprompt.data.archives import extract_zip
 from calibprompt.data.layouts import Dataset, LabeledImages
-from calibprompt.data.resolve import dataset_choices, open_dataset, resolve_choice
+from calibprompt.data.resolve import LOCAL_OWNER, dataset_choices, open_dataset, resolve_choice
 from calibprompt.devices import resolve_device
-from calibprompt.paths import SAMPLE_IMAGES_DIR, uploads_dir
+from calibprompt.paths import SAMPLE_IMAGES_DIR, owner_uploads_dir
 from calibprompt.prompting.checkpoint import checkpoint_paths, load_prompt
 from calibprompt.prompting.engine import Head
 from calibprompt.prompting.library import bundled_prompt_for
@@ -38,7 +38,7 @@ from calibprompt.service import evaluation as evaluation_service
 from calibprompt.service import reviews as reviews_service
 from calibprompt.service.evaluation import EvaluationSet
 from calibprompt.service.pool import BackbonePool, ContentCache, LoadedBackbone, file_digest, task_key
-from calibprompt.service.session import SessionState, new_session
+from calibprompt.service.session import SessionState, is_provisional, new_session
 from calibprompt.service.startup import default_task_for
 from calibprompt.training.losses import build_objective, get_method, list_methods
 
@@ -100,7 +100,8 @@ class Core:
         backbone: the model the app starts on (kept loaded): a loaded backbone, or the name of a registered
             one, which then loads on first use, or in the background from :meth:`preload` on (requests wait
             for that load), so the app can serve its page before the model is in memory.
-        banner: the start-up banner (which model is active and why).
+        banner: the start-up banner (which model is active and why); the store's notice of a damaged run
+            database it set aside is added to it.
         store: the run store (default: the data directory's).
         pool: the backbone pool (default: two models in memory).
         models: the backbones users may switch to (default: every registered one but the test twins).
@@ -112,7 +113,8 @@ class Core:
         # an unknown name or device fails here, before the store is opened or anything loads
         spec = get_backbone_spec(backbone) if isinstance(backbone, str) else None
         device = str(resolve_device(device)) if spec is not None else None
-        self.store = store or RunStore()
+        # the app starts even on a damaged run database: it is kept aside and a new one started
+        self.store = store or RunStore(set_aside_damaged=True)
         self.pool = pool or BackbonePool()
         if spec is not None:
             self.default_model, self.default_device = backbone, device
@@ -124,6 +126,9 @@ class Core:
             self.default_family, description = backbone.family, backbone.description
         self.default_task = default_task_for(self.default_family)
         self.banner = banner or f"Model: {self.default_model}. {description}"
+        notice = getattr(self.store, "notice", None)  # a damaged run database was set aside (logged by the store)
+        if notice:
+            self.banner = f"{self.banner} Warning: {notice}"  # one paragraph: the page shows it in bold
         self.heads = ContentCache(512)
         self.evaluations = ContentCache(64)
         self._models = list(models) if models is not None else None
@@ -493,20 +498,29 @@ class Core:
 
     # -- datasets and training ----------------------------------------------------------------
     @staticmethod
-    def dataset_choices() -> list[str]:
-        return dataset_choices()
+    def dataset_choices(owner: str | None = LOCAL_OWNER) -> list[str]:
+        """The datasets ``owner`` may pick (a session's ``state.owner``): the shared ones and ``owner``'s own
+        uploads; see :func:`calibprompt.data.resolve.dataset_choices` (no argument: the CLI's own uploads)."""
+        return dataset_choices(owner)
 
     @staticmethod
-    def upload_dataset(zip_path: str | None) -> str:
-        """Unpack an uploaded zip into the data directory; returns its dataset choice name."""
+    def upload_dataset(zip_path: str | None, owner: str | None = LOCAL_OWNER) -> str:
+        """Unpack an uploaded zip into ``owner``'s own folder of the data directory
+        (``uploads/<owner_key(owner)>/<name>``); returns its dataset choice name, ``uploads/<name>``, which
+        only ``owner`` can list or open. A provisional owner (no browser identity yet) cannot upload."""
         if not zip_path:
             raise ValueError("Choose a .zip file with one folder of images per class (or train/ and test/ folders).")
-        root = extract_zip(zip_path, uploads_dir())
-        return f"uploads/{root.relative_to(uploads_dir()).as_posix()}"
+        if not owner or is_provisional(owner):
+            raise ValueError("This page does not know who you are yet, so an upload could not be kept yours. "
+                             "Reload the page, then upload the zip again.")
+        base = owner_uploads_dir(owner)
+        root = extract_zip(zip_path, base)
+        return f"uploads/{root.relative_to(base).as_posix()}"
 
     def _open(self, state: SessionState, dataset: str) -> tuple[str, Task, Dataset]:
-        """A dataset choice opened against this session's task (classes must match)."""
-        source = resolve_choice(dataset)
+        """A dataset choice opened against this session's task (classes must match), for this session's owner
+        (an upload of another owner is refused as if it did not exist)."""
+        source = resolve_choice(dataset, state.owner)
         task = state.task_object()
         task_file = None if state.classes else task
         opened_task, ds = open_dataset(source, task_file)
