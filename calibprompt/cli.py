@@ -767,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_bounded("seed"), help="seed of that split (default 1)")
     p.add_argument("--json", help="write the report and per-image rows to this JSON file")
     p.add_argument("--csv", help="write the per-image rows to this CSV file")
-    p.add_argument("--alpha", type=_bounded("coverage_alpha"), default=0.1,
+    p.add_argument("--alpha", type=float, default=0.1,
                    help="error level of the conformal prediction sets, in (0, 1) (default 0.1: 90%% coverage)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -812,8 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="zeroshot,coop,calibprompt",
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--shots", type=_bounded("shots"), default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
-    p.add_argument("--epochs", type=_bounded("epochs"), default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
     p.add_argument("--protocol", choices=["paper", "authors-code"], default="paper",
                    help="the training protocol the paper describes, or the one of the authors' published code")
     p.add_argument("--tolerance", type=_bounded("tolerance"), default=1.5, help="ECE points within which a row matches (default 1.5)")
