@@ -42,6 +42,14 @@ def tiny_backbone(request, tiny_native, tiny_hf):
     return tiny_native if request.param == "tiny-random" else tiny_hf
 
 
+@pytest.fixture(scope="session")
+def demo_backbone():
+    """The bundled demo model (offline), loaded once."""
+    from calibprompt.backbones import load_backbone
+
+    return load_backbone("demo", device="cpu")
+
+
 @pytest.fixture()
 def calibprompt_home(tmp_path, monkeypatch):
     """A private data directory for tests that write runs, caches or checkpoints."""

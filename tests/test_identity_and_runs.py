@@ -17,13 +17,6 @@ from calibprompt.service.session import identify, is_provisional, new_token, own
 TOKEN = "A" * 21 + "b_-" + "9" * 19  # 43 URL-safe characters, the shape of secrets.token_urlsafe(32)
 
 
-@pytest.fixture(scope="module")
-def demo_backbone():
-    from calibprompt.backbones import load_backbone
-
-    return load_backbone("demo", device="cpu")
-
-
 @pytest.fixture()
 def core(demo_backbone, calibprompt_home):
     from calibprompt.service.core import Core

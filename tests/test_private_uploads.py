@@ -48,13 +48,6 @@ def refusal(name: str) -> str:
 
 
 # -- the service layer ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def demo_backbone():
-    from calibprompt.backbones import load_backbone
-
-    return load_backbone("demo", device="cpu")
-
-
 @pytest.fixture()
 def core(demo_backbone, calibprompt_home):
     from calibprompt.service.core import Core
@@ -235,18 +228,6 @@ def _find(dataset):
 def _error(message: dict) -> str:
     assert message.get("success") is False, message
     return str((message.get("output") or {}).get("error") or "")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    from conftest import BROWSER_ARGS
-
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.mark.slow
