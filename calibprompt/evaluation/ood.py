@@ -216,9 +216,12 @@ class KNNDistance:
         100 at or beyond the farthest of them (so ``> 99`` means "further out than 99 % of the task's
         own images").
         """
-        scores = self.score(features)
+        return self.percentile_of(self.score(features))
+
+    def percentile_of(self, scores: Any) -> np.ndarray:
+        """:meth:`percentile` for scores already computed with :meth:`score` (no second neighbour search)."""
         held_in = self._sorted_held_in
-        return 100.0 * np.searchsorted(held_in, scores, side="right") / held_in.size
+        return 100.0 * np.searchsorted(held_in, np.asarray(scores, dtype=np.float64), side="right") / held_in.size
 
     def flag(self, features: Any) -> np.ndarray:
         """``score > threshold_`` (M,) bool: True for images unlike the reference images."""

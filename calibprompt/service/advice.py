@@ -173,8 +173,8 @@ def _likeness_check(calibration: CalibrationData | None, features: np.ndarray) -
     if calibration.ood is None:
         return Check(NOT_RUN, calibration.note or "the likeness reference could not be built"), {}
     ood = calibration.ood
-    score = float(ood.score(features)[0])
-    percentile = float(ood.percentile(features)[0])
+    scores = ood.score(features)  # one neighbour search per image
+    score, percentile = float(scores[0]), float(ood.percentile_of(scores)[0])
     threshold = float(ood.threshold_)
     entry = {"score": score, "percentile": percentile, "threshold": threshold}
     if score > threshold:
