@@ -108,9 +108,15 @@ def _check_train_args(args: argparse.Namespace, seeds: Sequence[int]) -> None:
     from calibprompt.data.resolve import open_dataset
     from calibprompt.runs.requests import check_train_request, class_counts_for_split
 
+    from calibprompt.runs.requests import check_number
+
     for seed in seeds:
         check_train_request(shots=args.shots, epochs=args.epochs, seed=seed, alpha=args.alpha, beta=args.beta,
-                            n_bins=args.bins)
+                            n_bins=args.bins, n_views=getattr(args, "views", None))
+    for field, option in (("shots", "shots"), ("epochs", "epochs"), ("n_bins", "bins"), ("n_views", "views"),
+                          ("alpha", "alpha"), ("beta", "beta"), ("seed", "seed")):
+        if getattr(args, option, None) is not None:  # checked above: now as the numbers the run uses
+            setattr(args, option, check_number(field, getattr(args, option)))
     _, dataset = open_dataset(args.dataset, args.task)
     check_train_request(shots=args.shots, epochs=args.epochs, seed=seeds[0],
                         class_counts=class_counts_for_split(dataset))
@@ -258,6 +264,8 @@ def _fmt(value) -> str:
 def cmd_runs(args: argparse.Namespace) -> int:
     from calibprompt.runs.store import RunStore
 
+    if getattr(args, "runs_command", None) == "share":
+        return _share_run(RunStore(), args.run_id, shared=not args.unshare)
     if args.show:
         return _show_run(RunStore(), args.show, as_json=args.json, top_k=args.top_k)
     records = RunStore().list_runs(status=args.status, limit=args.limit)
@@ -269,8 +277,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         m = r.metrics or {}
         rows.append({"id": r.id, "kind": r.kind, "status": r.status, "method": r.params.get("method", ""),
                      "model": r.params.get("model", ""), "seed": r.params.get("seed", ""),
-                     "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece"))})
-    _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece"])
+                     "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece")),
+                     "shared": "yes" if r.params.get("shared") is True else ""})
+    _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece", "shared"])
     return 0
 
 
@@ -280,6 +289,8 @@ def cmd_store(args: argparse.Namespace) -> int:
     from calibprompt.paths import data_dir
     from calibprompt.runs.store import check_store, recover_store
 
+    if args.store_command == "clean-uploads":
+        return _clean_uploads(args)
     if args.store_command == "recover":
         result = recover_store(args.damaged, args.out)
         for note in result.notes:
@@ -306,6 +317,48 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(f"A damaged run database was kept as {old}; to copy what can be read from it, run: "
               f"calibprompt store recover {old}")
     return 1 if problems else 0
+
+
+def _clean_uploads(args: argparse.Namespace) -> int:
+    """``store clean-uploads [--days N]``: remove the uploaded datasets older than N days (default
+    ``$CALIBPROMPT_UPLOAD_DAYS`` or 30), one line each; 0 days removes nothing."""
+    import os
+
+    from calibprompt.data.uploads import clean_uploads, upload_days
+    from calibprompt.runs.requests import check_option
+
+    if args.data_dir:
+        os.environ["CALIBPROMPT_HOME"] = args.data_dir
+    try:
+        days = upload_days() if args.days is None else check_option("days", args.days)
+    except ValueError as exc:
+        raise ValueError(f"--days {exc}.") from None
+    if days == 0:
+        print("Nothing removed: 0 days keeps uploads forever.")
+        return 0
+    removed = clean_uploads(days)
+    for path in removed:
+        print(f"removed {path.parent.name}/{path.name}")
+    print(f"Removed {len(removed)} upload(s) older than {days} days.")
+    return 0
+
+
+def _share_run(store, run_id: str, *, shared: bool) -> int:
+    """``runs share RUN_ID [--unshare]``: the operator shares one of their runs (made at the command line, or
+    before owners were kept) with every user of the app, or stops sharing it. A run started in the app belongs
+    to its user: only they can share it, from the Train tab."""
+    from calibprompt.service.access import LOCAL, record_owner
+
+    owner = record_owner(store.get_run(run_id).params.get("owner"))
+    if owner != LOCAL:
+        who = f"the user {owner[5:]}" if owner.startswith("user:") else "a browser without a login"
+        raise ValueError(f"Run {run_id} was started in the app by {who}; only its owner can share it (the Train "
+                         "tab's 'Share with team', when logged in).")
+    record = store.set_shared(run_id, shared)
+    name = record.params.get("name") or f"Run {record.id}"
+    print(f"{name} is now shared with every user of the app: it is in their prompt menus and run history."
+          if shared else f"{name} is no longer shared: the app's users no longer see it.")
+    return 0
 
 
 def _show_run(store, run_id: str, *, as_json: bool, top_k: int) -> int:
@@ -587,13 +640,16 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+def _add_job_arguments(p: argparse.ArgumentParser, *, model_required: bool = True, training: bool = False) -> None:
+    """The model, dataset, task, device and bins of a command; ``training``: its numbers are checked with the
+    request (:func:`_check_train_args`), not by argparse."""
     p.add_argument("--model", required=model_required, help="backbone name (calibprompt backbones), hf-hub: id or folder")
     p.add_argument("--dataset", required=model_required,
                    help="a folder (class folders, train/test, images/train|test + classnames.txt) or CSV, or a task name")
     p.add_argument("--task", help="task name or .json file supplying class names and templates")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--bins", type=_bounded("bins"), default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
+    p.add_argument("--bins", type=_request_number if training else _bounded("bins"), default=defaults.N_BINS,
+                   help=f"calibration bins (default {defaults.N_BINS})")
 
 
 def _add_batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -677,6 +733,15 @@ def _ray_event(event: dict) -> None:
         print(event["error"], file=sys.stderr)
 
 
+def _request_number(text: str):
+    """The argparse ``type`` of a train or compare number: the value as typed, made a number where it is one
+    (:func:`calibprompt.runs.requests.number_from_text`); :func:`_check_train_args` checks it by its field
+    (:func:`calibprompt.runs.requests.check_number`), so 8.5 shots, "abc" or NaN exit 2 naming the field."""
+    from calibprompt.runs.requests import number_from_text
+
+    return number_from_text(text)
+
+
 def _bounded(name: str):
     """An argparse ``type`` for the numeric option ``name`` of ``calibprompt.runs.requests.CLI_LIMITS``:
     a value outside its range is refused by argparse, naming the option and the range (exit status 2)."""
@@ -705,9 +770,27 @@ def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
                         "choice for the backbone; fp16 on a CPU may be slow; recorded with every run")
 
 
+def _add_runs_parser(sub) -> None:
+    """``calibprompt runs [--json|--show RUN_ID ...]`` and ``calibprompt runs share RUN_ID [--unshare]``: see
+    :func:`cmd_runs`."""
+    p = sub.add_parser("runs", help="list the run store, or share a run with the app's users")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", help="only runs with this status")
+    p.add_argument("--limit", type=_bounded("limit"))
+    p.add_argument("--show", metavar="RUN_ID", help="one run in full, with the nearest words of its learned prompt")
+    p.add_argument("--top-k", type=_bounded("top_k"), default=3, help="nearest vocabulary tokens per context vector (with --show)")
+    runs_sub = p.add_subparsers(dest="runs_command", metavar="{share}")
+    q = runs_sub.add_parser("share", help="share a finished run made at the command line with every user of the "
+                            "app (their prompt menus and run history), or stop sharing it")
+    q.add_argument("run_id", metavar="RUN_ID", help="the run's id (see: calibprompt runs)")
+    q.add_argument("--unshare", action="store_true", help="stop sharing the run: the app's users no longer see it")
+    p.set_defaults(func=cmd_runs)
+
+
 def _add_store_parser(sub) -> None:
-    """``calibprompt store check|recover``: see :func:`cmd_store`."""
-    p = sub.add_parser("store", help="check the run database, or recover runs from a damaged one")
+    """``calibprompt store check|recover|clean-uploads``: see :func:`cmd_store`."""
+    p = sub.add_parser("store", help="check the run database, recover runs from a damaged one, or remove old "
+                       "uploads")
     store_sub = p.add_subparsers(dest="store_command", required=True)
     q = store_sub.add_parser("check", help="SQLite's integrity check of the run database: ok or its problems (exit 1)")
     q.add_argument("--data-dir",
@@ -717,6 +800,11 @@ def _add_store_parser(sub) -> None:
     q.add_argument("--out", metavar="NEW_FILE", help="the new database to write (must not exist; default "
                    "DAMAGED_FILE.recovered.db)")
     q.add_argument("--data-dir", help=argparse.SUPPRESS)
+    q = store_sub.add_parser("clean-uploads", help="remove uploaded datasets older than N days")
+    q.add_argument("--days", metavar="N", help="age in days (default $CALIBPROMPT_UPLOAD_DAYS or "
+                   f"{defaults.UPLOAD_DAYS}; 0 keeps every upload)")
+    q.add_argument("--data-dir",
+                   help="the data directory holding uploads/ (default $CALIBPROMPT_HOME or ~/.calibprompt)")
     p.set_defaults(func=cmd_store)
 
 
@@ -747,14 +835,15 @@ def build_parser() -> argparse.ArgumentParser:
     from calibprompt.training.losses import list_methods
 
     p = sub.add_parser("train", help="learn a prompt on a few shots (the paper's protocol by default)")
-    _add_job_arguments(p)
-    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
-    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"split and training seed (default {defaults.SEED})")
+    _add_job_arguments(p, training=True)
+    number = _request_number  # checked with the request by check_number, naming the field (exit 2)
+    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    p.add_argument("--seed", type=number, default=defaults.SEED, help=f"split and training seed (default {defaults.SEED})")
     p.add_argument("--method", default="calibprompt", choices=list_methods())
-    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
-    p.add_argument("--alpha", type=float, help="LS/SMAC smoothing (default: the paper's value for the task)")
-    p.add_argument("--beta", type=float, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
-    p.add_argument("--views", type=_bounded("views"), default=defaults.N_VIEWS, help="cached augmented views per training image")
+    p.add_argument("--epochs", type=number, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--alpha", type=number, help="LS/SMAC smoothing (default: the paper's value for the task)")
+    p.add_argument("--beta", type=number, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
+    p.add_argument("--views", type=number, default=defaults.N_VIEWS, help="cached augmented views per training image")
     _add_protocol_arguments(p)
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_train)
@@ -771,13 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="error level of the conformal prediction sets, in (0, 1) (default 0.1: 90%% coverage)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("runs", help="list the run store")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--status", help="only runs with this status")
-    p.add_argument("--limit", type=_bounded("limit"))
-    p.add_argument("--show", metavar="RUN_ID", help="one run in full, with the nearest words of its learned prompt")
-    p.add_argument("--top-k", type=_bounded("top_k"), default=3, help="nearest vocabulary tokens per context vector (with --show)")
-    p.set_defaults(func=cmd_runs)
+    _add_runs_parser(sub)
 
     _add_store_parser(sub)
 
@@ -788,14 +871,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reviews)
 
     p = sub.add_parser("compare", help="several methods over several seeds: a paper-style table")
-    _add_job_arguments(p)
-    p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    _add_job_arguments(p, training=True)
+    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--methods", default="zeroshot,coop,calibprompt",
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
-    p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--beta", type=float)
+    p.add_argument("--epochs", type=number, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--alpha", type=number)
+    p.add_argument("--beta", type=number)
     _add_protocol_arguments(p)
     _add_batch_arguments(p)
     _add_ray_arguments(p, "the training runs")

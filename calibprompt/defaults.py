@@ -6,7 +6,8 @@ bootstrap size from here, and checks user-supplied values against :data:`LIMITS`
 from __future__ import annotations
 
 __all__ = ["SHOTS", "SEED", "EPOCHS", "N_BINS", "N_BOOT", "N_BOOT_INTERACTIVE", "N_VIEWS", "BATCH_SIZE", "LR",
-           "N_CTX", "MAX_BATCH_PROMPTS", "ALPHA", "HIGH_CONFIDENCE", "DEFAULT_HEADS", "LIMITS", "PROTOCOL"]
+           "N_CTX", "MAX_BATCH_PROMPTS", "ALPHA", "HIGH_CONFIDENCE", "DEFAULT_HEADS", "LIMITS", "PROTOCOL",
+           "UPLOAD_DAYS", "PREVIEW_SIDE"]
 
 SHOTS = 8  #: labelled training images per class (the paper's k)
 SEED = 1  #: the split and training seed
@@ -23,6 +24,10 @@ PROTOCOL = "paper"  #: training protocol (calibprompt.training.protocols): "pape
 ALPHA = 0.1  #: conformal miscoverage: prediction sets cover the true class 90 % of the time on average
 HIGH_CONFIDENCE = 0.8  #: a confidence at or above this is "highly confident"
 DEFAULT_HEADS = ("zero-shot", "coop", "calibprompt")  #: the methods compared side by side
+PREVIEW_SIDE = 1024  #: the long side (px) of the preview of a compared image kept in a session
+#: Uploaded datasets older than this many days are removed (at app start, then hourly, and by
+#: ``calibprompt store clean-uploads``); ``$CALIBPROMPT_UPLOAD_DAYS`` overrides it, 0 keeps them forever.
+UPLOAD_DAYS = 30
 
 #: Inclusive bounds of user-supplied training parameters (``None``: unbounded on that side). Shots are
 #: also bounded by the smallest class of the dataset; alpha's upper bound is exclusive.
@@ -36,4 +41,10 @@ LIMITS = {
     "images_per_request": (1, 16),  #: images one Compare (or /assess) request may hold
     "typed_classes": (2, 1000),  #: class names typed instead of a task
     "class_name_chars": (1, 200),  #: characters in one typed class name
+    "n_views": (1, 100),  #: cached augmented views per training image (memory grows with it)
+    "batch_size": (1, 4096),  #: training images per step
+    #: one owner's unpacked uploads, in total (``$CALIBPROMPT_UPLOAD_QUOTA_BYTES`` /
+    #: ``$CALIBPROMPT_UPLOAD_QUOTA_DATASETS`` override the upper bounds)
+    "upload_quota_bytes": (0, 2 * 1024**3),
+    "upload_quota_datasets": (0, 20),
 }

@@ -41,8 +41,17 @@ def _in_data_dir(filename) -> bool:
         return False
 
 
+def _named(filename) -> str:
+    """A file as a message names it: relative to the data directory when inside it (no server path shown),
+    else as given (a file the user named, e.g. on the command line)."""
+    from calibprompt.paths import shown
+
+    text = os.fsdecode(filename)
+    return shown(text) if _in_data_dir(text) else text
+
+
 def _file_part(exc: OSError) -> str:
-    return f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+    return f" ({_named(exc.filename)})" if exc.filename else ""
 
 
 def _os_message(exc: OSError) -> str:
@@ -59,14 +68,14 @@ def _os_message(exc: OSError) -> str:
         filename = os.fsdecode(exc.filename) if exc.filename else None
         state = "is on a read-only file system" if code == errno.EROFS else "is not writable (permission denied)"
         if _in_data_dir(filename):
-            detail = f": could not write {filename}" if filename else ""
+            detail = f": could not write {_named(filename)}" if filename else ""
             return (f"The data directory {home} {state}{detail}. Make it writable, or set CALIBPROMPT_HOME "
                     "to a writable folder, then try again.")
         reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
         return f"Cannot write or open {filename}: {reason}. Choose another location or fix its permissions."
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.filename:
-        return (f"A file operation failed on {os.fsdecode(exc.filename)}: {reason}. "
+        return (f"A file operation failed on {_named(exc.filename)}: {reason}. "
                 "Check that it exists and is accessible.")
     return f"A file operation failed: {reason}. Check the disk and the data directory {home}, then try again."
 

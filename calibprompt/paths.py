@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 __all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "owner_key", "owner_uploads_dir",
-           "inside", "SAMPLE_IMAGES_DIR"]
+           "inside", "shown", "SAMPLE_IMAGES_DIR"]
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -62,6 +62,23 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
         return True
     except ValueError:
         return False
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a message shows it: relative to the data directory when inside it (``runs/r1/prompt.json``),
+    else only its file name, so no message reveals where the server keeps its files. The data directory is
+    neither created nor required to exist (the disk may be what failed)."""
+    text = os.fsdecode(path)
+    configured = os.environ.get("CALIBPROMPT_HOME") or os.path.join("~", ".calibprompt")
+    try:
+        root = os.path.realpath(os.path.expanduser(configured))
+        full = os.path.realpath(os.path.expanduser(text))
+        if os.path.commonpath([root, full]) == root:
+            relative = os.path.relpath(full, root)
+            return "the data directory" if relative == "." else Path(relative).as_posix()
+    except (TypeError, ValueError, OSError):
+        pass
+    return Path(text).name or text
 
 
 #: The bundled sample images (package data), the only folder of the package a hosted app serves.

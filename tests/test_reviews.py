@@ -57,8 +57,9 @@ def test_same_reader_again_updates_the_verdict(store):
     assert second["reviewed_at"] > first["reviewed_at"]
     rows = store.reviews()
     assert len(rows) == 1 and rows[0] == second
-    assert set(second) == {"reader", "dataset", "image", "method", "verdict", "note", "true_class", "prediction",
-                           "confidence", "model", "task", "run_id", "reviewed_at"}
+    assert set(second) == {"owner", "reader", "dataset", "image", "method", "verdict", "note", "true_class",
+                           "prediction", "confidence", "model", "task", "run_id", "reviewed_at"}
+    assert second["owner"] == ""  # the operator's (no owner given)
     assert (second["true_class"], second["prediction"], second["confidence"], second["model"], second["task"]) == (
         "TUM", "STR", 0.9, "demo", "demo")
     # the image key is normalised, so the same file spelled differently is the same case
@@ -314,9 +315,11 @@ class _FakeCore:
 
 
 def _state(reader="dr a"):
+    """A logged-in reader's session (``user:<reader>``): logged-in readers see each other's verdicts (team review)."""
     from calibprompt.service.session import SessionState
 
-    return SessionState(model="demo", task="demo", reader=reader)
+    owner = f"user:{reader}" if reader else "browser:" + "0" * 32
+    return SessionState(model="demo", task="demo", reader=reader, owner=owner)
 
 
 def test_every_confidently_wrong_case_is_counted_ranked_and_named():
@@ -421,12 +424,12 @@ def test_disagreements_list_readers_and_verdicts(store):
     save_review(core, _state("ann"), "demo", case, case["method"], "agree", "fine")
     save_review(core, _state("bob"), "demo", case, case["method"], "disagree", "no")
     save_review(core, _state("bob"), "demo", found.wrong[1], found.wrong[1]["method"], "agree")
-    [item] = disagreements(core, "demo", found.root, found.wrong)
+    [item] = disagreements(core, _state("ann"), "demo", found.root, found.wrong)
     assert item["image"] == case["image"] and item["method"] == case["method"]
     assert item["true_class"] == case["true_name"] and item["path"] == case["path"]
     assert item["readers"] == [{"reader": "ann", "verdict": "agree", "note": "fine"},
                                {"reader": "bob", "verdict": "disagree", "note": "no"}]
-    [unknown] = disagreements(core, "demo")  # without the listing: names as stored, no file
+    [unknown] = disagreements(core, _state("bob"), "demo")  # without the listing: names as stored, no file
     assert unknown["path"] is None and unknown["true_class"] == case["true_name"]
 
 
@@ -527,7 +530,7 @@ def test_migrates_a_version_1_database_and_keeps_its_reviews(tmp_path):
 
     store = RunStore(db)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 3
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     rows = {(r["reader"], r["image"], r["run_id"]): r for r in store.reviews()}
     assert len(rows) == 4
@@ -571,7 +574,7 @@ def test_new_database_has_the_new_table(tmp_path):
     store = RunStore(tmp_path / "new.db")
     with sqlite3.connect(store.path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(reviews)")]
-    assert set(columns) == {"id", *EXPECTED_COLUMNS}
+    assert set(columns) == {"id", "owner", *EXPECTED_COLUMNS}  # the owner is stored, not exported
 
 
 # ------------------------------------------------------------------------------------------------ CLI

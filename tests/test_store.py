@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from calibprompt.runs import store as store_mod
+from calibprompt.paths import shown
 from calibprompt.runs.store import INTERRUPTED_ERROR, STATUSES, RunRecord, RunStore
 
 
@@ -173,7 +174,7 @@ def test_cancel_fail_interrupt(store):
 
 
 def test_unknown_ids_and_bad_arguments(store):
-    message = f"No run 'nope' in the store {store.path}"
+    message = f"No run 'nope' in the store {shown(store.path)}"  # no server path in a message
     for call in (lambda: store.get_run("nope"), lambda: store.start_run("nope", "cpu"),
                  lambda: store.update_progress("nope", {}), lambda: store.finish_run("nope", {}, None),
                  lambda: store.fail_run("nope", "x"), lambda: store.cancel_run("nope"),

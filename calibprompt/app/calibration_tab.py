@@ -216,7 +216,7 @@ def build(core, shared, export_dir):
     @handler
     def run(state, dataset, heads, bins, scaling, layout_choice, cut, request: gr.Request):
         state = session_for(core, state, request)
-        reports, ev = core.calibration(state, dataset, heads or state.prompts, n_bins=int(bins),
+        reports, ev = core.calibration(state, dataset, heads or state.prompts, n_bins=bins,
                                        temperature_scaling=bool(scaling))
         shown = {k: v for k, v in reports.items() if bool(scaling) or not k.endswith("+ TS")}
         diagram = plots.reliability_overlay(shown) if layout_choice == "overlaid" else plots.reliability_grid(shown)

@@ -162,9 +162,12 @@ def identity(core, state, token, request: gr.Request | None = None):
 
 
 def run_label(option: dict) -> str:
-    """How a run is named to the user: "My run (calibprompt, seed 1)", or "run <id> (...)" without a name."""
+    """How a run is named to the user: "My run (calibprompt, seed 1)", or "run <id> (...)" without a name; a run
+    shared by another user or the operator adds who it is by ("..., by alice")."""
     name = option.get("name") or f"run {option.get('id', '')}"
-    details = ", ".join(str(v) for v in (option.get("method"), f"seed {option['seed']}" if option.get("seed") is not None else None) if v)
+    by = option.get("by")
+    details = ", ".join(str(v) for v in (option.get("method"), f"seed {option['seed']}" if option.get("seed") is not None else None,
+                                         f"by {by}" if by and by != "you" else None) if v)
     return f"{name} ({details})" if details else name
 
 

@@ -17,7 +17,7 @@ from calibprompt.service.advice import AUTO
 
 TABLE_COLUMNS = ["image", "method", "prediction", "confidence", "set", "advice"]
 AUTO_LABEL = "Auto: lowest ECE on the labelled images"
-PREVIEW_SIDE = 1024  #: the preview kept per image (the long side, in pixels)
+PREVIEW_SIDE = defaults.PREVIEW_SIDE  #: the preview kept per image (the long side, in pixels; see Core.assess)
 
 
 def _answer_choices(prompts, labels: dict | None = None) -> list[tuple[str, str]]:
@@ -56,8 +56,17 @@ def _table(found: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in TABLE_COLUMNS])
 
 
-def _gallery(found: dict) -> list:
-    return [(im["preview"], f"{im['name']} — {VERDICT_TEXT[im['verdict']][0]}") for im in found["images"]]
+def _gallery(found: dict, cache_dir: str | None = None) -> list:
+    """The previews with their verdicts. With ``cache_dir`` (Gradio's cache) each preview is written there
+    first, inside the handler, so a full or read-only disk is said in plain words rather than failing later in
+    Gradio's own post-processing with an empty error."""
+    items = []
+    for im in found["images"]:
+        picture = im["preview"]
+        if cache_dir is not None:
+            picture = gr.processing_utils.save_pil_to_cache(picture, cache_dir, format="webp")
+        items.append((picture, f"{im['name']} — {VERDICT_TEXT[im['verdict']][0]}"))
+    return items
 
 
 def _assess(core, state, images, heads, cov, answer_with, frames=None) -> dict:
@@ -65,9 +74,7 @@ def _assess(core, state, images, heads, cov, answer_with, frames=None) -> dict:
                         answer_with=answer_with or AUTO, frames=frames)
     sources = [s for s, im in zip(images, found["images"]) if "error" not in im]
     errors = [im for im in found["images"] if "error" in im]
-    good = [im for im in found["images"] if "error" not in im]
-    for im in good:  # the session keeps a preview, not the full image
-        im["preview"].thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    good = [im for im in found["images"] if "error" not in im]  # previews: bounded copies (Core.assess)
     return {**found, "images": good, "errors": errors, "sources": sources, "coverage": float(cov),
             "labels": _labels(core, state),
             "heads": list(heads or state.prompts), "answer_with": answer_with or AUTO}
@@ -143,10 +150,11 @@ def _wire(core, shared, samples, ui: dict) -> None:
             state = session_for(core, state, request)
             images = file_paths(files) + ([sample] if sample else [])
             found = handler(_assess)(core, state, images, heads, cov, answer_with)
+            gallery = handler(_gallery)(found, ui["preview"].GRADIO_CACHE)
         except gr.Error as exc:  # shown in the page, so no component is left in an error state
             return (state, None, 0, [], f"<div class='cp-errors' role='alert'><p>{html.escape(exc.message)}</p></div>",
                     gr.update(visible=False), "")
-        return (state, found, 0, _gallery(found), *_shown(found, 0), errors_html(found["errors"]))
+        return (state, found, 0, gallery, *_shown(found, 0), errors_html(found["errors"]))
 
     def rerun(found, state, files, sample, heads, cov, answer_with, request: gr.Request):
         """A changed answering method re-advises the images already compared (nothing to do before)."""
@@ -170,7 +178,7 @@ def _wire(core, shared, samples, ui: dict) -> None:
         images = list(found["images"])
         images[index] = {**again["images"][0], "name": images[index]["name"]}
         found = {**found, "images": images}
-        return found, _gallery(found), advice_html(images[index], found["labels"])
+        return found, _gallery(found, ui["preview"].GRADIO_CACHE), advice_html(images[index], found["labels"])
 
     def api_compare(image, task=None):
         """One image in; ``{method: {class: probability}}`` out for the zero-shot, CoOp and CalibPrompt

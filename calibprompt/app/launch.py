@@ -37,11 +37,12 @@ from pathlib import Path
 logger = logging.getLogger("calibprompt.app")
 
 MAX_UPLOAD = "25mb"
-#: Events Gradio's queue holds waiting (4 run at once). Above it Gradio itself refuses new events: the
-#: HTTP API answers 503 "Queue is full. Max size is N and size is N.", gradio_client raises
-#: QueueError("Queue is full! Please try again."), and the page shows its own notice. Gradio 6.31 has no
-#: setting for that text, so the queue is made long enough that only a real overload reaches it
-#: (training runs wait in the JobRunner's queue, not here).
+#: Events Gradio's queue holds waiting (4 run at once). Above it Gradio itself refuses new events with HTTP
+#: 503 "Queue is full. Max size is N and size is N."; Gradio 6.31 has no setting for that text, so
+#: :class:`calibprompt.app.guards.PlainFaults` rewrites it to "The app is busy: ... Try again in a minute."
+#: (gradio_client raises QueueError("Queue is full! Please try again."), and the page shows its own notice).
+#: The queue is long enough that only a real overload reaches it (training runs wait in the JobRunner's
+#: queue, not here).
 QUEUE_SIZE = 256
 QUEUE_CONCURRENCY = 4
 PRIVATE_ENTRIES = ("runs.db", "runs.db-wal", "runs.db-shm", "runs", "datasets", "uploads", "features", "exports",
@@ -111,6 +112,25 @@ def preload_when_serving(demo, core, *, poll: float = 0.02, timeout: float = 600
 
 
 def main(argv=None) -> None:
+    """Start the app (see the module's docstring). A fault the person starting it can fix (a read-only or full
+    data directory, a locked run database) stops it with one plain line on stderr and exit status 1, never a
+    traceback."""
+    import sqlite3
+
+    try:
+        _serve(argv)
+    except (OSError, sqlite3.Error) as exc:
+        from calibprompt.errors import user_message
+
+        message = user_message(exc)
+        if message is None:
+            raise
+        logger.debug("Start-up failed", exc_info=True)
+        raise SystemExit(f"calibprompt: the app cannot start: {message}") from None
+
+
+def _serve(argv=None) -> None:
+    """Parse the command line, set up the data directory, the model and the interface, and serve."""
     parser = argparse.ArgumentParser(description="CalibPrompt web app")
     parser.add_argument("--model", default="auto", help="auto (BiomedCLIP if available, else the demo model) or a backbone")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
@@ -133,6 +153,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.data_dir:
         os.environ["CALIBPROMPT_HOME"] = str(Path(args.data_dir).expanduser().resolve())
+    from calibprompt.service.startup import check_data_dir
+
+    check_data_dir()  # a read-only or full data directory stops here, in plain words
 
     import calibprompt.demo
     from calibprompt.service.core import Core
@@ -143,9 +166,11 @@ def main(argv=None) -> None:
 
     from calibprompt.app import build_demo, upload_dir
     from calibprompt.app.theme import launch_kwargs
+    from calibprompt.data.uploads import start_cleaner
     from calibprompt.paths import SAMPLE_IMAGES_DIR
 
     os.environ["GRADIO_TEMP_DIR"] = str(upload_dir())  # uploads live in the data directory, not in /tmp
+    start_cleaner()  # uploads older than $CALIBPROMPT_UPLOAD_DAYS (30) days: now, then hourly
     core = Core(choice.backbone if choice.backbone is not None else choice.name, choice.banner)
     demo = build_demo(core)
     if auth is None and args.host not in ("127.0.0.1", "localhost") or args.share and auth is None:
@@ -157,6 +182,9 @@ def main(argv=None) -> None:
         login.update(guarded_launch_kwargs(auth))  # hashed passwords, and the lockout before /login
         logger.info("Sign-in required: %d account(s); 5 failed sign-ins lock a user name or address.", len(auth))
     del auth  # the plain passwords: only their hashes stay
+    from calibprompt.app.guards import with_guards
+
+    login["app_kwargs"] = with_guards(login.get("app_kwargs"))  # a full queue and a full disk in plain words
     preload_when_serving(demo, core)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_SIZE).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login,

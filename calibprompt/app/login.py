@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from calibprompt.app.asgi import read_body, replay, route_path, send_text
+
 logger = logging.getLogger("calibprompt.app.login")
 
 #: The environment variable that may hold accounts: ``user:password`` items, comma- or newline-separated.
@@ -162,11 +164,6 @@ def refusal_message(seconds: float) -> str:
     return f"Too many failed sign-ins; try again in {minutes} minute{'s' if minutes > 1 else ''}."
 
 
-def _route_path(scope: Mapping) -> str:
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
 class LoginGuard:
     """ASGI middleware: applies a :class:`LoginThrottle` to ``POST /login`` (Gradio's login route) and
     passes every other request through untouched. Gradio answers a login 200 (signed in) or 400 (wrong
@@ -176,23 +173,20 @@ class LoginGuard:
         self.app, self.throttle, self.max_body = app, throttle or LoginThrottle(), max_body
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) not in LOGIN_PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in LOGIN_PATHS:
             await self.app(scope, receive, send)
             return
-        body = await self._body(receive)
+        body = await read_body(receive, self.max_body)
         if body is None:
-            await _plain(send, 413, "The sign-in form is too large; send only a user name and a password.")
+            await send_text(send, 413, "The sign-in form is too large; send only a user name and a password.")
             return
         user = await _form_user(scope, body)
         address = (scope.get("client") or ("unknown",))[0]
         wait = self.throttle.begin(user, address)
         if wait > 0:
-            await _plain(send, 429, refusal_message(wait), {"retry-after": str(math.ceil(wait))})
+            await send_text(send, 429, refusal_message(wait), {"retry-after": str(math.ceil(wait))})
             return
         status: list[int] = []
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
 
         async def watch(message):
             if message["type"] == "http.response.start":
@@ -200,36 +194,18 @@ class LoginGuard:
             await send(message)
 
         try:
-            await self.app(scope, replay, watch)
+            await self.app(scope, replay(body), watch)
         finally:
             code = status[0] if status else None
             self.throttle.finish(user, address, True if code == 200 else False if code == 400 else None)
-
-    async def _body(self, receive) -> bytes | None:
-        """The request's body, or None past ``max_body`` bytes."""
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
 
 
 async def _form_user(scope, body: bytes) -> str:
     """The ``username`` field of a login form (URL-encoded or multipart), stripped as Gradio does; "" if none."""
     from starlette.requests import Request
 
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
     try:
-        form = await Request(scope, receive).form()
+        form = await Request(scope, replay(body)).form()
     except Exception:  # noqa: BLE001 - a malformed form: Gradio refuses it; it counts for the address
         return ""
     try:
@@ -237,13 +213,6 @@ async def _form_user(scope, body: bytes) -> str:
         return value.strip() if isinstance(value, str) else ""
     finally:
         await form.close()
-
-
-async def _plain(send, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-    raw = [(b"content-type", b"text/plain; charset=utf-8")]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": text.encode()})
 
 
 class PasswordBook:
@@ -327,9 +296,13 @@ def collect_credentials(cli: list[tuple[str, str]] | None, auth_file: str | os.P
 def guarded_launch_kwargs(accounts: Iterable[tuple[str, str]],
                           throttle: LoginThrottle | None = None) -> dict:
     """``launch()`` arguments for a guarded login: ``auth`` (a :class:`PasswordBook`'s check) and
-    ``app_kwargs`` that put :class:`LoginGuard` in Gradio's app."""
+    ``app_kwargs`` that put :class:`LoginGuard` and :class:`~calibprompt.app.page_binding.PageBinding` (a page
+    serves only the sign-in that opened it) in Gradio's app."""
     from starlette.middleware import Middleware
+
+    from calibprompt.app.page_binding import PageBinding
 
     book = PasswordBook(accounts)
     return {"auth": book.check,
-            "app_kwargs": {"middleware": [Middleware(LoginGuard, throttle=throttle or LoginThrottle())]}}
+            "app_kwargs": {"middleware": [Middleware(LoginGuard, throttle=throttle or LoginThrottle()),
+                                          Middleware(PageBinding)]}}

@@ -14,7 +14,11 @@ Element ids: ``reader``, ``review-find``, ``review-referred``, ``review-filter``
 ``review-note``, ``review-agree``, ``review-disagree``, ``review-unsure``, ``review-prev``,
 ``review-next``, ``review-save``, ``review-saved``, ``review-progress``, ``review-agreement``,
 ``review-export``, ``review-file``, ``review-adjudicate``, ``review-adjudication``,
-``review-adjudication-gallery``.
+``review-adjudication-gallery``; with a login, ``dataset-share`` and ``dataset-unshare`` (share the chosen
+test set, an upload of this user's, with the team, or stop) and ``dataset-share-result``.
+
+Verdicts shown (cases, agreement, disagreements, export) are those this page may see: its owner's own and,
+logged in, the team's on data the team can open (:func:`calibprompt.service.reviews.visible_reviews`).
 """
 from __future__ import annotations
 
@@ -286,6 +290,9 @@ def _layout(core) -> dict[str, Any]:
         ui["agreement"] = gr.HTML(elem_id="review-agreement")
         with gr.Row():
             ui["export"] = gr.Button("Export reviews (CSV)", elem_id="review-export")
+            ui["share"] = gr.Button("Share this test set with the team", elem_id="dataset-share", visible=False)
+            ui["unshare"] = gr.Button("Stop sharing it", elem_id="dataset-unshare", visible=False)
+        ui["share_result"] = gr.HTML(elem_id="dataset-share-result")
         ui["export_file"] = gr.File(label="Reviews CSV", elem_id="review-file", visible=False)
         with gr.Accordion("Adjudication: answers on which readers' verdicts differ", open=False):
             ui["adjudicate"] = gr.Button("List disagreements", elem_id="review-adjudicate")
@@ -322,7 +329,7 @@ class ReviewTab:
         out = {self.state: st, self.listing: data, ui["summary"]: summary_html(data), ui["page"]: page_html(data),
                ui["info"]: case_html(data, blinded), ui["saved"]: saved,
                ui["progress"]: progress_html(data, st.reader),
-               ui["agreement"]: agreement_html(service.agreement(self.core, data["dataset"]))}
+               ui["agreement"]: agreement_html(service.agreement(self.core, st, data["dataset"]))}
         if page:
             out[ui["gallery"]] = gallery_items(data, blinded)
         if case:
@@ -439,20 +446,45 @@ class ReviewTab:
     def adjudicate(self, st, data, dataset, request: gr.Request):
         if not dataset:
             raise gr.Error("Choose a test set first.")
-        resolve_choice(dataset, session_for(self.core, st, request).owner)  # only a dataset this owner may open
+        st = session_for(self.core, st, request)
+        resolve_choice(dataset, st.owner)  # only a dataset this owner may open
         known = data["wrong"] if data and data["dataset"] == dataset else []
-        items = service.disagreements(self.core, dataset, data["root"] if known else None, known)
+        items = service.disagreements(self.core, st, dataset, data["root"] if known else None, known)
         pictures = [(thumbnail(d["path"]), f"{d['image']} — " + ", ".join(
             f"{r['reader']}: {r['verdict']}" for r in d["readers"])) for d in items if d["path"]]
         return adjudication_html(items), pictures
 
     @handler
     def export_csv(self, st, dataset_choice, request: gr.Request):
-        """The verdicts on the chosen test set as CSV; only a test set this page's owner may open."""
+        """The verdicts this page may see on the chosen test set as CSV; only a test set this page's owner may
+        open."""
+        st = session_for(self.core, st, request)
         if dataset_choice:
-            resolve_choice(dataset_choice, session_for(self.core, st, request).owner)
-        return gr.update(value=str(self.core.export_reviews(self.export_dir, dataset=dataset_choice or None)),
+            resolve_choice(dataset_choice, st.owner)
+        return gr.update(value=str(self.core.export_reviews(st, self.export_dir, dataset=dataset_choice or None)),
                          visible=True)
+
+    def _share(self, st, dataset_choice, request, shared: bool):
+        """Share the chosen test set (this user's upload) with the team, or stop; the result in words, escaped."""
+        st = session_for(self.core, st, request)
+        if not dataset_choice:
+            raise gr.Error("Choose a test set first: one of your uploads (uploads/<name>).")
+        message = self.core.share_dataset(st, dataset_choice, shared)
+        return f"<p role='status'>{esc(message)}</p>"
+
+    @handler
+    def share(self, st, dataset_choice, request: gr.Request):
+        return self._share(st, dataset_choice, request, True)
+
+    @handler
+    def unshare(self, st, dataset_choice, request: gr.Request):
+        return self._share(st, dataset_choice, request, False)
+
+    @staticmethod
+    def sharing_shown(request: gr.Request):
+        """The share buttons: shown to a logged-in user only (without a login there is no team)."""
+        shown = bool(username(request))
+        return gr.update(visible=shown), gr.update(visible=shown)
 
     def wire(self) -> None:
         ui, st, data, out = self.ui, self.state, self.listing, self.view_out
@@ -476,6 +508,10 @@ class ReviewTab:
         ui["adjudicate"].click(self.adjudicate, [st, data, ui["dataset"]],
                                [ui["adjudication"], ui["adjudication_gallery"]], **private)
         ui["export"].click(self.export_csv, [st, ui["dataset"]], [ui["export_file"]], **private)
+        ui["share"].click(self.share, [st, ui["dataset"]], [ui["share_result"]], **private)
+        ui["unshare"].click(self.unshare, [st, ui["dataset"]], [ui["share_result"]], **private)
+        if gr.context.Context.root_block is not None:  # built inside the app's Blocks: show them on a login
+            gr.context.Context.root_block.load(self.sharing_shown, None, [ui["share"], ui["unshare"]], **private)
 
 
 def _selected(data: dict | None) -> dict | None:

@@ -3,20 +3,19 @@ to the browser's identity, or to the logged-in user), cancel it, see the history
 from __future__ import annotations
 
 import html
-import math
 
 import gradio as gr
 import pandas as pd
 
 from calibprompt import defaults
-from calibprompt.app.common import file_paths, handler, percent, prompt_update, session_for
+from calibprompt.app.common import file_paths, handler, percent, prompt_update, run_label, session_for, username
 from calibprompt.evaluation import plots
 
 DEVICES = ["auto", "cuda", "mps", "cpu"]
 ACTIVE = ("queued", "running")
 # what a narrow screen shows first comes first: the status, the name and the results
-HISTORY_COLUMNS = ["status", "name", "method", "accuracy", "ECE", "by", "run", "shots", "seed", "model", "task",
-                   "created", "error"]
+HISTORY_COLUMNS = ["status", "name", "method", "accuracy", "ECE", "by", "shared", "run", "shots", "seed", "model",
+                   "task", "created", "error"]
 
 
 def _status_text(status: dict) -> str:
@@ -51,10 +50,12 @@ def progress_html(status: dict, run_id: str = "") -> str:
 
 
 def history_frame(rows: list[dict]) -> pd.DataFrame:
-    """The run history as shown: accuracy and ECE in % (one decimal), empty cells for what a run lacks."""
+    """The run history as shown: accuracy and ECE in % (one decimal), "yes" for a shared run, empty cells for
+    what a run lacks."""
     shown = []
     for r in rows:
         shown.append({**{k: r.get(k, "") for k in HISTORY_COLUMNS},
+                      "shared": "yes" if r.get("shared") else "",
                       "accuracy": "" if r.get("accuracy") is None else percent(r["accuracy"]),
                       "ECE": "" if r.get("ece") is None else percent(r["ece"])})
     return pd.DataFrame(shown, columns=HISTORY_COLUMNS)
@@ -65,7 +66,40 @@ def resume(core, state) -> tuple:
     run_id = core.active_job(state)
     if run_id is None:
         return gr.update(), gr.update(), gr.update(active=False)
-    return run_id, progress_html(core.job_status(run_id), run_id), gr.update(active=True)
+    return run_id, progress_html(core.job_status(state, run_id), run_id), gr.update(active=True)
+
+
+def own_done_runs(rows: list[dict]) -> list[tuple[str, str]]:
+    """``(label, run id)`` of this owner's finished runs in the history ``rows`` (those it can share); a shared
+    one is marked as such. Labels are shown as text by the dropdown."""
+    return [(run_label({"id": r["run"], "name": r.get("name"), "method": r.get("method"), "seed": r.get("seed")})
+             + (" — shared" if r.get("shared") else ""), r["run"])
+            for r in rows if r.get("by") == "you" and r.get("status") == "done"]
+
+
+def share_box_update(core, state, request, current=None) -> tuple:
+    """The sharing controls: shown to a logged-in user only (sharing needs a team), listing their finished runs."""
+    if not username(request):
+        return gr.update(visible=False), gr.update(choices=[], value=None)
+    choices = own_done_runs(core.run_history(state))
+    ids = [value for _, value in choices]
+    return gr.update(visible=True), gr.update(choices=choices, value=current if current in ids else None)
+
+
+def share_result_html(message: str) -> str:
+    """The sharing result line; the message names the run as its owner typed it, so it is escaped."""
+    return f"<p class='cp-share-result'>{html.escape(message)}</p>"
+
+
+def _share_section():
+    """The "Share with team" controls (hidden until a logged-in user opens the tab)."""
+    with gr.Group(visible=False, elem_id="run-share-box") as box:
+        chosen = gr.Dropdown([], value=None, label="Your finished run", elem_id="run-share-id")
+        with gr.Row():
+            share = gr.Button("Share with team", elem_id="run-share")
+            unshare = gr.Button("Stop sharing", elem_id="run-unshare")
+        result = gr.HTML(elem_id="run-share-result")
+    return box, chosen, share, unshare, result
 
 
 def _settings(datasets, methods, params):
@@ -77,10 +111,11 @@ def _settings(datasets, methods, params):
                       placeholder="e.g. 16 shots, new alpha")
     method = gr.Dropdown(methods, value="calibprompt", label="Method", elem_id="train-method")
     with gr.Row():
-        shots = gr.Number(defaults.SHOTS, label="Shots per class", precision=0, minimum=1)
-        seed = gr.Number(defaults.SEED, label="Seed", precision=0, minimum=0)
-        epochs = gr.Number(defaults.EPOCHS, label="Epochs (1–1000)", precision=0, minimum=1,
-                           maximum=defaults.LIMITS["epochs"][1], elem_id="train-epochs")
+        # no precision or bounds here: Gradio would round 8.5 to 8 and refuse text without a message; the values
+        # go as sent to check_train_request, which refuses them naming the field
+        shots = gr.Number(defaults.SHOTS, label="Shots per class")
+        seed = gr.Number(defaults.SEED, label="Seed")
+        epochs = gr.Number(defaults.EPOCHS, label="Epochs (1–1000)", elem_id="train-epochs")
     with gr.Row():
         alpha = gr.Number(params.get("alpha"), label="alpha (LS = SMAC), 0 ≤ α < 1")
         beta = gr.Number(params.get("beta"), label="beta (AS weight), 0–100")
@@ -92,7 +127,7 @@ def build(core, shared):
     datasets = core.dataset_choices(None)  # the page as built is everyone's: shared datasets only
     start_state = core.new_session()
     params = core.method_defaults(start_state, "calibprompt", core.model_family(start_state.model))
-    with gr.Tab("Train"):
+    with gr.Tab("Train") as tab:
         with gr.Row():
             with gr.Column():
                 dataset, upload, upload_button, name, method, shots, seed, epochs, alpha, beta, device = \
@@ -106,8 +141,9 @@ def build(core, shared):
                 loss_plot = gr.Plot(label="Loss")
                 words_button = gr.Button("What the learned prompt says", elem_id="train-words-button")
                 words = gr.Markdown(elem_id="train-interpretation")
-        history = gr.Dataframe(history_frame([]), label="Run history (all users; 'you' marks your jobs; accuracy "
-                               "and ECE in % on the run's test split)", elem_id="run-history")
+                share_box, share_id, share, unshare, share_result = _share_section()
+        history = gr.Dataframe(history_frame([]), label="Run history (your runs and those shared with you; 'you' "
+                               "marks your jobs; accuracy and ECE in % on the run's test split)", elem_id="run-history")
         timer = gr.Timer(1.0, active=False)
 
     @handler
@@ -127,23 +163,28 @@ def build(core, shared):
     @handler
     def start_job(state, dataset, run_name, method, shots, seed, epochs, alpha, beta, device, request: gr.Request):
         state = session_for(core, state, request)
-        state, new_id = core.start_training(state, dataset, method=method, shots=_number(shots, "shots"),
-                                            seed=_number(seed, "seed"), epochs=_number(epochs, "epochs"),
+        state, new_id = core.start_training(state, dataset, method=method, shots=shots, seed=seed, epochs=epochs,
                                             alpha=alpha, beta=beta, device=device, name=run_name)
-        return (state, new_id, progress_html(core.job_status(new_id), new_id), gr.update(active=True),
+        return (state, new_id, progress_html(core.job_status(state, new_id), new_id), gr.update(active=True),
                 history_frame(core.run_history(state)))
 
     @handler
     def poll_job(state, current, request: gr.Request):
+        """The progress of the run in the Run box, for a run this page's owner may see (checked by the core)."""
         state = session_for(core, state, request)
         current = (current or "").strip()
         if not current:
-            return gr.update(), gr.update(), gr.update(active=False), gr.update(), gr.update()
-        status = core.job_status(current)
+            return gr.update(), gr.update(), gr.update(active=False), gr.update(), gr.update(), gr.update()
+        try:
+            status = core.job_status(state, current)
+        except ValueError as exc:  # not a run of this owner's: say so once, and stop polling
+            return (f"<p>{html.escape(str(exc))}</p>", gr.update(), gr.update(active=False), gr.update(), gr.update(),
+                    gr.update())
         over = status["status"] not in ACTIVE
         return (progress_html(status, current), plots.loss_curve(status.get("losses") or []), gr.update(active=not over),
                 history_frame(core.run_history(state)) if over else gr.update(),
-                prompt_update(core, state) if over else gr.update())
+                prompt_update(core, state) if over else gr.update(),
+                share_box_update(core, state, request)[1] if over else gr.update())
 
     @handler
     def cancel_job(state, current, request: gr.Request):
@@ -151,24 +192,58 @@ def build(core, shared):
         current = (current or "").strip()
         if not current or not core.cancel(state, current):
             raise gr.Error("There is no queued or running job of yours to cancel.")
-        return progress_html(core.job_status(current), current), history_frame(core.run_history(state))
+        return progress_html(core.job_status(state, current), current), history_frame(core.run_history(state))
 
     @handler
-    def show_words(current):
-        if not current:
+    def show_words(state, current, request: gr.Request):
+        if not current or not current.strip():
             raise gr.Error("Start a job, or paste a finished run's id in the Run box, first.")
-        return interpretation_markdown(core.interpret_run(current.strip()))
+        state = session_for(core, state, request)
+        return interpretation_markdown(core.interpret_run(state, current.strip()))
 
-    words_button.click(show_words, [run_id], [words], api_visibility="private")
+    words_button.click(show_words, [shared.state, run_id], [words], api_visibility="private")
+    _wire_sharing(core, shared, tab, (share_box, share_id, share, unshare, share_result), history)
     uploaded = upload_button.click(use_upload, [shared.state, upload], [dataset], api_visibility="private")
     method.change(method_defaults, [shared.state, method], [alpha, beta], api_visibility="private")
     start.click(start_job, [shared.state, dataset, name, method, shots, seed, epochs, alpha, beta, device],
                 [shared.state, run_id, progress, timer, history], api_visibility="private")
-    timer.tick(poll_job, [shared.state, run_id], [progress, loss_plot, timer, history, shared.prompts],
+    timer.tick(poll_job, [shared.state, run_id], [progress, loss_plot, timer, history, shared.prompts, share_id],
                api_visibility="private")
     cancel.click(cancel_job, [shared.state, run_id], [progress, history], api_visibility="private")
     return {"datasets": [dataset], "history": history, "run": run_id, "progress": progress, "timer": timer,
             "upload": uploaded}
+
+
+def _wire_sharing(core, shared, tab, section, history) -> None:
+    """The sharing controls' events: opening the tab shows them to a logged-in user (with their finished runs);
+    each button shares or stops sharing the chosen run, then the history and the Prompts menu follow."""
+    box, chosen, share, unshare, result = section
+
+    @handler
+    def open_tab(state, current, request: gr.Request):
+        return share_box_update(core, session_for(core, state, request), request, current)
+
+    tab.select(open_tab, [shared.state, chosen], [box, chosen], api_visibility="private")
+    for button, flag in ((share, True), (unshare, False)):
+        button.click(_share_handler(core, flag), [shared.state, chosen], [result, chosen, history, shared.prompts],
+                     api_visibility="private")
+
+
+def _share_handler(core, shared: bool):
+    """The click of "Share with team" (``shared``) or "Stop sharing": the core checks the owner and the login;
+    the result, or the refusal, is shown escaped below the buttons."""
+
+    @handler
+    def share_event(state, chosen, request: gr.Request):
+        state = session_for(core, state, request)
+        try:
+            message = core.share_run(state, chosen, shared)["message"]
+        except ValueError as exc:
+            return share_result_html(str(exc)), gr.update(), gr.update(), gr.update()
+        return (share_result_html(message), share_box_update(core, state, request, chosen)[1],
+                history_frame(core.run_history(state)), prompt_update(core, state))
+
+    return share_event
 
 
 def interpretation_markdown(found: list[dict]) -> str:
@@ -179,11 +254,3 @@ def interpretation_markdown(found: list[dict]) -> str:
     lines += [f"| {e['class'] or 'all'} | {e['position'] + 1} | "
               + ", ".join(f"`{t['token']}` ({t['distance']:.2f})" for t in e["tokens"]) + " |" for e in found]
     return "\n".join(lines)
-
-
-def _number(value, name: str) -> int:
-    if value is None or not math.isfinite(float(value)):
-        raise ValueError(f"Enter a whole number for {name}.")
-    if float(value) != int(value):
-        raise ValueError(f"{name} must be a whole number, got {value}.")
-    return int(value)

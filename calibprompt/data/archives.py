@@ -13,6 +13,7 @@ returns ``dest_dir/Kather/Kather``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+
+from calibprompt.paths import shown
 
 __all__ = ["extract_zip", "DEFAULT_MAX_FILES", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_RATIO"]
 
@@ -36,6 +39,9 @@ _RATIO_EXEMPT_BYTES = 1024**2
 #: Archives expanding to more than this are held to ``max_ratio`` as a whole as well
 _WHOLE_RATIO_FLOOR = 16 * 1024**2
 _CHUNK = 1024**2
+#: OS errors passed on as they are (the caller says them in plain words): a full disk or quota, a read-only
+#: or permission-denied data directory
+_DISK_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -206,7 +212,9 @@ def _extract_all(zf: zipfile.ZipFile, plan, partial: Path, max_bytes: int) -> No
         except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required"
             raise ValueError(f"The archive member {name!r} could not be extracted ({exc}).") from exc
         except OSError as exc:
-            raise ValueError(f"Could not extract {name!r} from the archive: {exc}.") from exc
+            if exc.errno in _DISK_FAULTS:  # a full or read-only disk: said in plain words by errors.user_message
+                raise
+            raise ValueError(f"Could not extract {name!r} from the archive: {exc.strerror or exc}.") from exc
 
 
 def _dataset_root(folder: Path) -> Path:
@@ -239,7 +247,7 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
     zip_path = Path(zip_path)
     dest_dir = Path(dest_dir)
     if not zip_path.is_file():
-        raise ValueError(f"Archive not found: {zip_path}. Upload the .zip file again.")
+        raise ValueError(f"Archive not found: {shown(zip_path)}. Upload the .zip file again.")
     for value, label in ((max_files, "max_files"), (max_bytes, "max_bytes"), (max_ratio, "max_ratio")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ValueError(f"{label} must be a positive number, got {value!r}.")
@@ -252,7 +260,7 @@ def extract_zip(zip_path: str | os.PathLike, dest_dir: str | os.PathLike, *, max
             "'compress' or 'send to zip' command."
         ) from exc
     except OSError as exc:
-        raise ValueError(f"Cannot read the archive {zip_path.name}: {exc}.") from exc
+        raise ValueError(f"Cannot read the archive {zip_path.name}: {exc.strerror or exc}.") from exc
 
     with zf:
         plan = _plan(zf.infolist(), max_files, max_bytes, max_ratio)

@@ -26,6 +26,8 @@ from typing import IO, Any, NamedTuple, NoReturn, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from calibprompt.paths import shown
+
 logger = logging.getLogger(__name__)
 
 
@@ -242,7 +244,7 @@ def _load_from_path(path: pathlib.Path, pick: _Pick) -> Image.Image:
     label = f"The file {path.name}"
     try:
         if path.stat().st_size == 0:
-            raise ImageLoadError(f"The file is empty (0 bytes): {path}. {_UPLOAD_HINT}")
+            raise ImageLoadError(f"The file is empty (0 bytes): {shown(path)}. {_UPLOAD_HINT}")
         with path.open("rb") as stream:
             head = stream.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
             stream.seek(0)

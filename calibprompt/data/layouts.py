@@ -56,6 +56,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from calibprompt.data.images import is_image_file
+from calibprompt.paths import shown
 
 __all__ = [
     "Sample",
@@ -134,7 +135,7 @@ class LabeledImages:
         n = len(self.class_ids)
         for sample in self.samples:
             if not 0 <= sample.label < n:
-                raise ValueError(f"Label {sample.label} of {sample.path} is outside 0..{n - 1}.")
+                raise ValueError(f"Label {sample.label} of {shown(sample.path)} is outside 0..{n - 1}.")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -277,7 +278,7 @@ def load_dataset(source: str | os.PathLike, task=None, *, confine_to_root: bool 
         task = load_task(task)
     root = Path(source).expanduser().absolute()
     if not root.exists():
-        raise ValueError(f"Dataset path not found: {root}. Check the path and try again.")
+        raise ValueError(f"Dataset path not found: {shown(root)}. Check the path and try again.")
     if root.is_file():
         if root.suffix.lower() == ".csv":
             return _load_csv(root, task, confine_to_root)
@@ -286,9 +287,9 @@ def load_dataset(source: str | os.PathLike, task=None, *, confine_to_root: bool 
                 f"{root} is a zip archive; extract it first (calibprompt.data.extract_zip) and "
                 "give the extracted folder."
             )
-        raise ValueError(f"{root} is neither a folder nor a .csv manifest. {_LAYOUT_HELP}")
+        raise ValueError(f"{shown(root)} is neither a folder nor a .csv manifest. {_LAYOUT_HELP}")
     if not root.is_dir():
-        raise ValueError(f"{root} is neither a folder nor a .csv manifest. {_LAYOUT_HELP}")
+        raise ValueError(f"{shown(root)} is neither a folder nor a .csv manifest. {_LAYOUT_HELP}")
 
     for _ in range(_MAX_WRAPPER_DEPTH + 1):
         manifest = root / _MANIFEST_NAME
@@ -332,7 +333,7 @@ def _list_dir(folder: Path) -> tuple[list[Path], list[Path]]:
                     is_dir = False
                 (dirs if is_dir else files).append(Path(entry.path))
     except PermissionError as exc:
-        raise ValueError(f"Cannot read the folder {folder} (permission denied).") from exc
+        raise ValueError(f"Cannot read the folder {shown(folder)} (permission denied).") from exc
     return sorted(dirs, key=lambda p: p.name), sorted(files, key=lambda p: p.name)
 
 
@@ -383,7 +384,7 @@ def _read_classnames_file(*folders: Path) -> dict[str, str]:
             try:
                 text = path.read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"Cannot read {path}: {exc}. Save it as UTF-8 text.") from exc
+                raise ValueError(f"Cannot read {shown(path)}: {exc}. Save it as UTF-8 text.") from exc
             names: dict[str, str] = {}
             for line in text.splitlines():
                 line = line.strip()
@@ -522,7 +523,7 @@ def _load_image_folder(root: Path, task, confine: bool) -> Dataset:
     skipped: list[tuple[str, str]] = []
     class_dirs, _ = _list_dir(root)
     if not class_dirs:
-        raise ValueError(f"No class folders found in {root}. {_LAYOUT_HELP}")
+        raise ValueError(f"No class folders found in {shown(root)}. {_LAYOUT_HELP}")
     _record_loose_files(root, root, skipped)
     files_of = {}
     for folder in class_dirs:
@@ -630,7 +631,7 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")
     except OSError as exc:
-        raise ValueError(f"Cannot read the CSV manifest {path}: {exc}") from exc
+        raise ValueError(f"Cannot read the CSV manifest {shown(path)}: {exc}") from exc
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
         delimiter = dialect.delimiter
@@ -669,11 +670,11 @@ def _load_csv(csv_path: Path, task, confine: bool) -> Dataset:
     root = csv_path.parent
     rows = _read_csv_rows(csv_path)
     if not rows:
-        raise ValueError(f"The CSV manifest {csv_path} is empty; give one row per image: path,label[,split].")
+        raise ValueError(f"The CSV manifest {shown(csv_path)} is empty; give one row per image: path,label[,split].")
     has_header, path_col, label_col, split_col = _csv_columns(rows[0])
     body = list(enumerate(rows, start=1))[1 if has_header else 0:]
     if not body:
-        raise ValueError(f"The CSV manifest {csv_path} has a header but no rows.")
+        raise ValueError(f"The CSV manifest {shown(csv_path)} has a header but no rows.")
     if len(rows[0]) < 2:
         raise ValueError(
             f"The CSV manifest {csv_path} needs at least two columns, path and label "

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from calibprompt.fileio import atomic_write, atomic_write_json
+from calibprompt.paths import shown
 from calibprompt.prompting.learner import PromptLearner
 
 __all__ = ["FORMAT", "save_prompt", "save_context", "read_prompt_metadata", "load_prompt", "checkpoint_paths",
@@ -124,11 +125,11 @@ def read_prompt_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"No prompt checkpoint at {meta_path} (expected a .json file beside the .safetensors).") from None
+        raise ValueError(f"No prompt checkpoint at {shown(meta_path)} (expected a .json file beside the .safetensors).") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Cannot read the prompt checkpoint {meta_path}: {exc}") from exc
+        raise ValueError(f"Cannot read the prompt checkpoint {shown(meta_path)}: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a CalibPrompt prompt checkpoint (format {FORMAT!r}).")
+        raise ValueError(f"{shown(meta_path)} is not a CalibPrompt prompt checkpoint (format {FORMAT!r}).")
     return meta
 
 
@@ -148,7 +149,7 @@ def load_prompt(path: str | os.PathLike, backbone, *, check_backbone: bool = Tru
     try:
         ctx = load_file(str(weights))["ctx"]
     except (FileNotFoundError, SafetensorError, KeyError, OSError) as exc:
-        raise ValueError(f"Cannot read the context vectors {weights}: {exc}") from exc
+        raise ValueError(f"Cannot read the context vectors {shown(weights)}: {exc}") from exc
     learner = PromptLearner(
         backbone, meta["classnames"], n_ctx=int(meta["n_ctx"]), ctx_init=meta.get("ctx_init"),
         class_specific=bool(meta.get("class_specific", False)),

@@ -11,9 +11,10 @@ import math
 import numbers
 from typing import Any, Mapping, NamedTuple
 
-from calibprompt.defaults import EPOCHS, LIMITS, N_BINS, SHOTS
+from calibprompt.defaults import BATCH_SIZE, EPOCHS, LIMITS, N_BINS, N_VIEWS, SHOTS
 
-__all__ = ["check_train_request", "class_counts_for_split", "OptionRange", "CLI_LIMITS", "check_option"]
+__all__ = ["check_train_request", "check_number", "number_from_text", "FIELDS", "class_counts_for_split", "OptionRange",
+           "CLI_LIMITS", "check_option"]
 
 
 def class_counts_for_split(dataset) -> dict[str, int]:
@@ -63,8 +64,8 @@ CLI_LIMITS: dict[str, OptionRange] = {
     "epochs": _whole("epochs"),
     "seed": _whole("seed"),
     "bins": _whole("n_bins"),
-    "views": OptionRange(True, 1, 100),  # cached augmented views per training image (memory grows with it)
-    "batch_size": OptionRange(True, 1, 4096),
+    "views": _whole("n_views"),  # cached augmented views per training image (memory grows with it)
+    "batch_size": _whole("batch_size"),
     "max_batch_prompts": OptionRange(True, 1, 100_000),
     "alpha": OptionRange(False, *LIMITS["alpha"], high_open=True),  # the smoothing weight of training
     "beta": OptionRange(False, *LIMITS["beta"]),
@@ -79,6 +80,7 @@ CLI_LIMITS: dict[str, OptionRange] = {
     "steps": OptionRange(True, 1, 1_000_000),
     "ray_gpus_per_task": OptionRange(False, 0.0, 64.0),
     "ray_cpus_per_task": OptionRange(False, 0.0, 1024.0, low_open=True),
+    "days": OptionRange(True, 0, 100_000),  # store clean-uploads: age of the uploads removed (0: none)
 }
 
 
@@ -122,11 +124,15 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _got(value) -> str:
+    return "nothing" if value is None or value == "" else repr(value)
+
+
 def _check_integer(label: str, value, low: int, high: int | None, hint: str) -> int:
     """``value`` as an int, or ValueError naming the range; integral floats (8.0) are accepted."""
     allowed = f"{label} must be a whole number {_range_text(low, high)}"
     if not _is_number(value):
-        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+        raise ValueError(f"{allowed}; got {_got(value)}. {hint}")
     if not math.isfinite(float(value)):
         raise ValueError(f"{allowed}; got {value!r}. {hint}")
     if isinstance(value, numbers.Integral):
@@ -146,13 +152,68 @@ def _check_real(label: str, value, low: float, high: float, *, high_exclusive: b
     else:
         allowed = f"{label} must be a number from {_num(low)} to {_num(high)}"
     if not _is_number(value):
-        raise ValueError(f"{allowed}; got {value!r}. {hint}")
+        raise ValueError(f"{allowed}; got {_got(value)}. {hint}")
     number = float(value)
     if math.isnan(number) or math.isinf(number):
         raise ValueError(f"{allowed}; got {value!r}, which is not a finite number. {hint}")
     if number < low or number > high or (high_exclusive and number >= high):
         raise ValueError(f"{allowed}; got {value!r}. {hint}")
     return number
+
+
+class Field(NamedTuple):
+    """A number a request may hold: how a message names it, whether it is whole, its bounds (a key of
+    :data:`calibprompt.defaults.LIMITS`), whether the upper bound is excluded, and what to do."""
+
+    label: str
+    integer: bool
+    limits: str
+    hint: str
+    high_exclusive: bool = False
+
+
+#: Every number of a training or calibration request, from the app, the API, the jobs or the command line;
+#: :func:`check_number` checks a value against its field.
+FIELDS: dict[str, Field] = {
+    "shots": Field("Shots (training images per class)", True, "shots", f"The paper uses {SHOTS} per class."),
+    "epochs": Field("Epochs", True, "epochs", f"The paper trains for {EPOCHS} epochs; choose a value in that range."),
+    "seed": Field("The seed", True, "seed", "Use a small non-negative whole number such as 1, 2 or 3."),
+    "alpha": Field("Alpha (the smoothing weight)", False, "alpha",
+                   "Leave it empty for the paper's value, or use e.g. 0.1.", high_exclusive=True),
+    "beta": Field("Beta (the regulariser weight)", False, "beta",
+                  "Leave it empty for the paper's value, or use e.g. 1."),
+    "n_bins": Field("The number of calibration bins", True, "n_bins", f"The paper uses {N_BINS} bins."),
+    "n_views": Field("Views (cached augmented views per training image)", True, "n_views",
+                     f"The default is {N_VIEWS}; more views take more memory."),
+    "batch_size": Field("The batch size (training images per step)", True, "batch_size",
+                        f"The default is {BATCH_SIZE}."),
+}
+
+
+def check_number(field: str, value) -> int | float:
+    """``value`` checked as the request field ``field`` (a key of :data:`FIELDS`) and returned as an int
+    (whole-number fields; 8.0 becomes 8) or a float; ValueError naming the field, its range and what to do
+    for anything else: text, None, booleans, NaN, infinities, 8.5 for a whole number, a value out of range."""
+    spec = FIELDS[field]
+    low, high = _bounds(spec.limits)
+    if spec.integer:
+        return _check_integer(spec.label, value, low, high, spec.hint)
+    return _check_real(spec.label, value, low, high, high_exclusive=spec.high_exclusive, hint=spec.hint)
+
+
+def number_from_text(text: str):
+    """A command-line value as a number for :func:`check_number` (``"8"`` -> 8, ``"8.0"`` -> 8, ``"8.5"``
+    -> 8.5, ``"nan"`` -> nan), or the text itself when it is not a number, so that the check names the
+    field and says what it got."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(number) if math.isfinite(number) and number.is_integer() else number
 
 
 def _check_shots_against_classes(shots: int, class_counts: Mapping[str, int]) -> None:
@@ -173,7 +234,8 @@ def _check_shots_against_classes(shots: int, class_counts: Mapping[str, int]) ->
 
 
 def check_train_request(*, shots, epochs, seed, alpha=None, beta=None, method=None,
-                        class_counts: Mapping[str, int] | None = None, n_bins=None) -> None:
+                        class_counts: Mapping[str, int] | None = None, n_bins=None, n_views=None,
+                        batch_size=None) -> None:
     """Refuse a training request no run could honour, with a plain message (ValueError).
 
     Args:
@@ -187,31 +249,19 @@ def check_train_request(*, shots, epochs, seed, alpha=None, beta=None, method=No
         class_counts: images per class of the pool the shots are drawn from (the training pool, see
             :func:`class_counts_for_split`); None: not checked.
         n_bins: calibration bins, a whole number within ``LIMITS["n_bins"]`` (2..100); None: not checked.
+        n_views: cached augmented views per training image, ``LIMITS["n_views"]`` (1..100); None: not checked.
+        batch_size: training images per step, ``LIMITS["batch_size"]`` (1..4096); None: not checked.
 
     Booleans, NaN, infinities and non-integral numbers for whole-number fields (8.5 shots) are refused;
-    integral floats (8.0, as a number box sends) are accepted.
+    integral floats (8.0, as a number box sends) are accepted. Each number is checked by :func:`check_number`.
     """
-    shots_low, shots_high = _bounds("shots")
-    shots = _check_integer("Shots (training images per class)", shots, shots_low, shots_high,
-                           f"The paper uses {SHOTS} per class.")
-    epochs_low, epochs_high = _bounds("epochs")
-    _check_integer("Epochs", epochs, epochs_low, epochs_high,
-                   f"The paper trains for {EPOCHS} epochs; choose a value in that range.")
-    seed_low, seed_high = _bounds("seed")
-    _check_integer("The seed", seed, seed_low, seed_high,
-                   "Use a small non-negative whole number such as 1, 2 or 3.")
-    if alpha is not None:
-        low, high = _bounds("alpha")
-        _check_real("Alpha (the smoothing weight)", alpha, low, high, high_exclusive=True,
-                    hint="Leave it empty for the paper's value, or use e.g. 0.1.")
-    if beta is not None:
-        low, high = _bounds("beta")
-        _check_real("Beta (the regulariser weight)", beta, low, high, high_exclusive=False,
-                    hint="Leave it empty for the paper's value, or use e.g. 1.")
-    if n_bins is not None:
-        low, high = _bounds("n_bins")
-        _check_integer("The number of calibration bins", n_bins, low, high,
-                       f"The paper uses {N_BINS} bins.")
+    shots = check_number("shots", shots)
+    check_number("epochs", epochs)
+    check_number("seed", seed)
+    for field, value in (("alpha", alpha), ("beta", beta), ("n_bins", n_bins), ("n_views", n_views),
+                         ("batch_size", batch_size)):
+        if value is not None:
+            check_number(field, value)
     if method is not None:
         from calibprompt.training.losses import get_method
 

@@ -2,15 +2,20 @@
 
 A *verdict* is one reader's judgement (``agree`` | ``disagree`` | ``unsure``, see :data:`VERDICTS`)
 of one method's prediction on one image of one dataset. It belongs to the key
-``(reader, dataset, image, method)``: the same reader saving again for the same key updates the
-verdict; another reader or another method adds a row, so several readers' verdicts on one case
-are all kept and can be compared (:meth:`Reviews.agreement`).
+``(owner, reader, dataset, image, method)``: the same reader of the same owner saving again for the same
+key updates the verdict; another reader, owner or method adds a row, so several readers' verdicts on one
+case are all kept and can be compared (:meth:`Reviews.agreement`).
 
-Table ``reviews`` (run-store schema version 2; created by :data:`MIGRATION_V2`):
+Table ``reviews`` (run-store schema version 3; created by :data:`MIGRATION_V2`, owner added by
+:data:`MIGRATION_V3`):
 
 ``id``           INTEGER, internal row id
-``reader``       who gave the verdict (non-empty)
-``dataset``      the dataset's name as the app shows it (``''`` for verdicts migrated from version 1)
+``owner``        who owns the verdict: the page's identity (``user:<name>``, ``browser:<hash>``) or
+                 ``''`` for the operator at the command line and for verdicts kept from version 2
+                 (see :mod:`calibprompt.service.access`: ``''`` counts as ``local``)
+``reader``       who gave the verdict (non-empty; the name typed, or the logged-in user)
+``dataset``      the dataset's key (:func:`calibprompt.data.resolve.dataset_key`: a shared dataset's name, an
+                 upload's folder ``uploads/<owner key>/<name>``); ``''`` for verdicts migrated from version 1
 ``image``        the image's path inside the dataset: relative, posix (``tumour/0012.png``)
 ``method``       the prompt / head whose prediction was judged (non-empty)
 ``verdict``      one of :data:`VERDICTS`
@@ -22,7 +27,7 @@ Table ``reviews`` (run-store schema version 2; created by :data:`MIGRATION_V2`):
                  (a reader's verdict outlives the run that produced the prediction)
 ``reviewed_at``  ISO-8601 UTC time of the latest save
 
-``UNIQUE (reader, dataset, image, method)``.
+``UNIQUE (owner, reader, dataset, image, method)``.
 
 The CSV export (:meth:`Reviews.export_csv`) has the columns :data:`REVIEW_CSV_COLUMNS` and is safe
 to open in a spreadsheet: a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
@@ -41,7 +46,7 @@ import itertools
 import math
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -50,12 +55,14 @@ from calibprompt.evaluation.agreement import pair_agreement
 from calibprompt.fileio import atomic_write_text
 
 __all__ = ["VERDICTS", "REVIEW_FIELDS", "REVIEW_CSV_COLUMNS", "LEGACY_READER", "LEGACY_METHOD", "MIGRATION_V2",
-           "Reviews", "csv_cell"]
+           "MIGRATION_V3", "Reviews", "csv_cell", "write_reviews_csv", "reader_agreement"]
 
 VERDICTS = ("agree", "disagree", "unsure")
 # The fields of one verdict, as returned by Reviews.save / Reviews.find.
-REVIEW_FIELDS = ("reader", "dataset", "image", "method", "verdict", "note", "true_class", "prediction", "confidence",
-                 "model", "task", "run_id", "reviewed_at")
+REVIEW_FIELDS = ("owner", "reader", "dataset", "image", "method", "verdict", "note", "true_class", "prediction",
+                 "confidence", "model", "task", "run_id", "reviewed_at")
+# The columns that name one verdict (saving again for the same values updates it).
+_KEY = ("owner", "reader", "dataset", "image", "method")
 REVIEW_CSV_COLUMNS = ("image", "true_class", "method", "prediction", "confidence", "verdict", "note", "reader", "model",
                       "task", "dataset", "run_id", "reviewed_at")
 # What a verdict saved by schema version 1 (no reader required, no method) gets when migrated.
@@ -102,6 +109,37 @@ FROM (SELECT *, {_LEGACY_READER_SQL} AS legacy_reader,
 DROP TABLE reviews;
 ALTER TABLE reviews_v2 RENAME TO reviews;
 CREATE INDEX reviews_by_case ON reviews (dataset, image, method);
+"""
+
+# Schema version 2 -> 3: every verdict has an owner, part of its key, so that two owners' readers of the same
+# name never overwrite (or see) each other's verdicts. Old rows are kept with owner '' (the operator's).
+MIGRATION_V3 = f"""
+CREATE TABLE reviews_v3 (
+    id          INTEGER PRIMARY KEY,
+    owner       TEXT NOT NULL DEFAULT '',
+    reader      TEXT NOT NULL CHECK (reader <> ''),
+    dataset     TEXT NOT NULL DEFAULT '',
+    image       TEXT NOT NULL CHECK (image <> ''),
+    method      TEXT NOT NULL CHECK (method <> ''),
+    verdict     TEXT NOT NULL CHECK (verdict IN ({_VERDICT_SQL})),
+    note        TEXT NOT NULL DEFAULT '',
+    true_class  TEXT NOT NULL DEFAULT '',
+    prediction  TEXT NOT NULL DEFAULT '',
+    confidence  REAL CHECK (confidence IS NULL OR (confidence >= 0 AND confidence <= 1)),
+    model       TEXT NOT NULL DEFAULT '',
+    task        TEXT NOT NULL DEFAULT '',
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    reviewed_at TEXT NOT NULL,
+    UNIQUE (owner, reader, dataset, image, method)
+);
+INSERT INTO reviews_v3 (id, owner, reader, dataset, image, method, verdict, note, true_class, prediction, confidence,
+                        model, task, run_id, reviewed_at)
+SELECT id, '', reader, dataset, image, method, verdict, note, true_class, prediction, confidence, model, task, run_id,
+       reviewed_at
+FROM reviews;
+DROP TABLE reviews;
+ALTER TABLE reviews_v3 RENAME TO reviews;
+CREATE INDEX reviews_by_case ON reviews (dataset, image, method)
 """
 
 Transaction = Callable[..., contextlib.AbstractContextManager[sqlite3.Connection]]
@@ -222,14 +260,16 @@ class Reviews:
 
     def save(self, *, reader: str, dataset: str, image: str, method: str, verdict: str, note: str = "",
              true_class: str = "", prediction: str = "", confidence: float | None = None, model: str = "",
-             task: str = "", run_id: str | None = None) -> dict[str, Any]:
-        """Record ``reader``'s verdict on ``method``'s prediction for ``image`` of ``dataset``.
+             task: str = "", run_id: str | None = None, owner: str | None = "") -> dict[str, Any]:
+        """Record ``reader``'s verdict (owned by ``owner``) on ``method``'s prediction for ``image`` of ``dataset``.
 
-        Saving again for the same ``(reader, dataset, image, method)`` replaces that verdict and its
+        Saving again for the same ``(owner, reader, dataset, image, method)`` replaces that verdict and its
         other fields; returns the stored verdict (the :data:`REVIEW_FIELDS`). Text fields but ``note`` are stripped;
-        ``image`` is normalised (``./a//b.png`` -> ``a/b.png``) and must be relative without ``..``.
+        ``image`` is normalised (``./a//b.png`` -> ``a/b.png``) and must be relative without ``..``; ``owner``
+        ``''``, None or ``'local'`` is the operator's (stored as ``''``).
         """
         values = {
+            "owner": _owner(owner),
             "reader": _text(reader, "reader", required="the reader's name"),
             "dataset": _text(dataset, "dataset"),
             "image": _image_key(image),
@@ -249,76 +289,47 @@ class Reviews:
                 raise ValueError(f"A run id must be a non-empty string, got {run_id!r}.")
             values["run_id"] = run_id
         columns = ", ".join(REVIEW_FIELDS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in REVIEW_FIELDS if c not in ("reader", "dataset", "image",
-                                                                                        "method"))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in REVIEW_FIELDS if c not in _KEY)
         with self._transaction() as conn:
             if values["run_id"] is not None:
                 self._check_run(conn, values["run_id"])
             conn.execute(
                 f"INSERT INTO reviews ({columns}) VALUES ({', '.join('?' * len(REVIEW_FIELDS))}) "
-                f"ON CONFLICT (reader, dataset, image, method) DO UPDATE SET {updates}",
+                f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}",
                 [values[c] for c in REVIEW_FIELDS],
             )
             row = conn.execute(
-                f"SELECT {columns} FROM reviews WHERE reader = ? AND dataset = ? AND image = ? AND method = ?",
-                (values["reader"], values["dataset"], values["image"], values["method"]),
+                f"SELECT {columns} FROM reviews WHERE {' AND '.join(f'{c} = ?' for c in _KEY)}",
+                [values[c] for c in _KEY],
             ).fetchone()
         return dict(row)
 
     def find(self, *, reader: str | None = None, dataset: str | None = None, image: str | None = None,
-             method: str | None = None) -> list[dict[str, Any]]:
-        """Verdicts (dicts of :data:`REVIEW_FIELDS`), newest first; each given filter must match exactly."""
-        return list(self._select(reader=reader, dataset=dataset, image=image, method=method,
+             method: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Verdicts (dicts of :data:`REVIEW_FIELDS`), newest first; each given filter must match exactly
+        (``owner`` ``''`` or ``'local'``: the operator's and version-2 verdicts)."""
+        return list(self._select(reader=reader, dataset=dataset, image=image, method=method, owner=owner,
                                  order="reviewed_at DESC, id DESC"))
 
     def export_csv(self, path: str | os.PathLike, *, reader: str | None = None,
                    dataset: str | None = None) -> Path:
-        """Write the verdicts (all, or one reader's / one dataset's) as CSV, atomically; returns ``path``.
-
-        One row per verdict, columns :data:`REVIEW_CSV_COLUMNS`, sorted by dataset, image, method and
-        reader (so the readers of one case are adjacent). Every cell goes through :func:`csv_cell`;
-        a legacy verdict whose image is an absolute server path shows only the file name.
-        """
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(REVIEW_CSV_COLUMNS)
-        for review in self._select(reader=reader, dataset=dataset, order="dataset, image, method, reader, id"):
-            review["image"] = _export_image(review["image"])
-            writer.writerow([csv_cell(review[c]) for c in REVIEW_CSV_COLUMNS])
-        return atomic_write_text(path, buffer.getvalue())
+        """Write the verdicts of every owner (all, or one reader's / one dataset's) as CSV, atomically; returns
+        ``path``. See :func:`write_reviews_csv`."""
+        return write_reviews_csv(path, self._select(reader=reader, dataset=dataset, order="id"))
 
     def agreement(self, *, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
-        """Agreement for every pair of readers with at least one case (dataset, image, method) in common.
-
-        Returns ``[{"reader_a", "reader_b", "cases", "agreed", "percent", "kappa", "few"}]`` sorted by
-        reader names (``reader_a < reader_b``): ``cases`` is the number of common cases, ``agreed`` how
-        many of them got the same verdict, ``percent`` that fraction (0 to 1), ``few`` whether there
-        are fewer than :data:`calibprompt.evaluation.agreement.FEW_CASES` common cases (kappa is then
-        unstable), and ``kappa`` Cohen's kappa over :data:`VERDICTS`
-        (:func:`calibprompt.evaluation.agreement.pair_agreement`), None when it says nothing: fewer
-        than 2 common cases, or both readers gave every common case one and the same verdict (chance
-        agreement ``p_e = 1``, kappa undefined).
-        """
-        by_reader: dict[str, dict[tuple[str, str, str], str]] = {}
-        for review in self._select(dataset=dataset, method=method, order="reader, id"):
-            key = (review["dataset"], review["image"], review["method"])
-            by_reader.setdefault(review["reader"], {})[key] = review["verdict"]
-        pairs = []
-        for reader_a, reader_b in itertools.combinations(sorted(by_reader), 2):
-            common = sorted(by_reader[reader_a].keys() & by_reader[reader_b].keys())
-            if not common:
-                continue
-            stats = pair_agreement([by_reader[reader_a][k] for k in common], [by_reader[reader_b][k] for k in common],
-                                   labels=VERDICTS)
-            pairs.append({"reader_a": reader_a, "reader_b": reader_b, **stats})
-        return pairs
+        """Agreement for every pair of readers (of every owner) with a case in common; see
+        :func:`reader_agreement`."""
+        return reader_agreement(self._select(dataset=dataset, method=method, order="reader, id"))
 
     def _select(self, *, order: str, reader: str | None = None, dataset: str | None = None,
-                image: str | None = None, method: str | None = None) -> Iterator[dict[str, Any]]:
+                image: str | None = None, method: str | None = None,
+                owner: str | None = None) -> Iterator[dict[str, Any]]:
         filters = {"reader": _text(reader, "reader") if reader is not None else None,
                    "dataset": _text(dataset, "dataset") if dataset is not None else None,
                    "image": _image_filter(image) if image is not None else None,
-                   "method": _text(method, "method") if method is not None else None}
+                   "method": _text(method, "method") if method is not None else None,
+                   "owner": _owner(owner) if owner is not None else None}
         wanted = {c: v for c, v in filters.items() if v is not None}
         sql = f"SELECT {', '.join(REVIEW_FIELDS)} FROM reviews"
         if wanted:
@@ -326,3 +337,61 @@ class Reviews:
         with self._transaction(write=False) as conn:
             rows = conn.execute(f"{sql} ORDER BY {order}", list(wanted.values())).fetchall()
         return (dict(row) for row in rows)
+
+
+def _owner(value: Any) -> str:
+    """A verdict's owner as stored: ``''`` for the operator (``None``, ``''`` or ``'local'``), else the owner."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"owner must be a string, got a {type(value).__name__}.")
+    value = value.strip()
+    return "" if value == "local" else value
+
+
+def write_reviews_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write verdict rows (dicts with the :data:`REVIEW_CSV_COLUMNS`) as CSV, atomically; returns ``path``.
+
+    One row per verdict, columns :data:`REVIEW_CSV_COLUMNS`, sorted by dataset, image, method and
+    reader (so the readers of one case are adjacent). Every cell goes through :func:`csv_cell`;
+    a legacy verdict whose image is an absolute server path shows only the file name.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REVIEW_CSV_COLUMNS)
+    for review in sorted(rows, key=lambda r: (r["dataset"], r["image"], r["method"], r["reader"])):
+        review = dict(review, image=_export_image(review["image"]))
+        writer.writerow([csv_cell(review[c]) for c in REVIEW_CSV_COLUMNS])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def reader_agreement(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Agreement for every pair of readers with at least one case (dataset, image, method) in common among
+    verdict ``rows``.
+
+    A reader is a reader name of one owner; when two owners' readers have the same name, each is labelled
+    with its owner too (``dr a (user:alice)``). Returns ``[{"reader_a", "reader_b", "cases", "agreed",
+    "percent", "kappa", "few"}]`` sorted by reader names (``reader_a < reader_b``): ``cases`` is the number of
+    common cases, ``agreed`` how many of them got the same verdict, ``percent`` that fraction (0 to 1), ``few``
+    whether there are fewer than :data:`calibprompt.evaluation.agreement.FEW_CASES` common cases (kappa is then
+    unstable), and ``kappa`` Cohen's kappa over :data:`VERDICTS`
+    (:func:`calibprompt.evaluation.agreement.pair_agreement`), None when it says nothing: fewer
+    than 2 common cases, or both readers gave every common case one and the same verdict (chance
+    agreement ``p_e = 1``, kappa undefined).
+    """
+    by_reader: dict[tuple[str, str], dict[tuple[str, str, str], str]] = {}
+    for review in rows:
+        key = (review["dataset"], review["image"], review["method"])
+        by_reader.setdefault((_owner(review.get("owner")), review["reader"]), {})[key] = review["verdict"]
+    owners_of: dict[str, set[str]] = {}
+    for owner, reader in by_reader:
+        owners_of.setdefault(reader, set()).add(owner)
+    label = {(o, r): r if len(owners_of[r]) == 1 else f"{r} ({o or 'local'})" for o, r in by_reader}
+    pairs = []
+    for a, b in itertools.combinations(sorted(by_reader, key=label.get), 2):
+        common = sorted(by_reader[a].keys() & by_reader[b].keys())
+        if not common:
+            continue
+        stats = pair_agreement([by_reader[a][k] for k in common], [by_reader[b][k] for k in common], labels=VERDICTS)
+        pairs.append({"reader_a": label[a], "reader_b": label[b], **stats})
+    return pairs

@@ -5,7 +5,8 @@ Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version`` so later
 ``runs``
     ``id`` (``20261129-161530-coop-s1-3fa2``: UTC creation time, a short slug, 4 random hex digits),
     ``kind`` (``train`` | ``evaluate``), ``status`` (see :data:`STATUSES`), ``created_at``,
-    ``started_at``, ``finished_at`` (ISO-8601 UTC), ``params`` (JSON object), ``metrics`` (JSON, NULL
+    ``started_at``, ``finished_at`` (ISO-8601 UTC), ``params`` (JSON object; its ``owner`` and ``shared``
+    say who may see the run, see :mod:`calibprompt.service.access`), ``metrics`` (JSON, NULL
     until done), ``progress`` (JSON, the latest snapshot), ``checkpoint`` (absolute path of the
     checkpoint's JSON file, NULL unless done), ``error``, ``device``, and the owning process:
     ``pid``, ``host`` and ``pid_start`` (an internal marker of when that process started, used to
@@ -16,14 +17,16 @@ Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version`` so later
     ``predicted``, ``confidence``, ``probs`` (JSON list); deleted with their run.
 ``reviews``
     a reader's verdict (``agree`` | ``disagree`` | ``unsure``) on one method's prediction for one image
-    of a dataset; one verdict per (reader, dataset, image, method), so several readers and methods per
-    case are kept. A verdict outlives its run (``run_id`` becomes NULL). The table, its CSV export and
+    of a dataset; one verdict per (owner, reader, dataset, image, method), so several readers, owners and
+    methods per case are kept. A verdict outlives its run (``run_id`` becomes NULL). The table, its CSV export and
     reader agreement live in :mod:`calibprompt.runs.reviews`; the store exposes them as
     :meth:`RunStore.set_review`, :meth:`RunStore.reviews`, :meth:`RunStore.export_reviews_csv` and
     :meth:`RunStore.reader_agreement`.
 
-Versions: 1 = runs, predictions and one review per (run, image); 2 = the reviews above (a version-1
-database is upgraded when opened, its reviews kept: see :data:`calibprompt.runs.reviews.MIGRATION_V2`).
+Versions: 1 = runs, predictions and one review per (run, image); 2 = one review per (reader, dataset, image,
+method) (a version-1 database is upgraded when opened, its reviews kept: see
+:data:`calibprompt.runs.reviews.MIGRATION_V2`); 3 = the reviews above, with an owner (version-2 reviews are kept
+as the operator's: :data:`calibprompt.runs.reviews.MIGRATION_V3`).
 
 Guarantees:
 
@@ -60,8 +63,8 @@ from pathlib import Path
 from typing import Any
 
 from calibprompt.errors import damaged_store_notice
-from calibprompt.paths import data_dir
-from calibprompt.runs.reviews import MIGRATION_V2, REVIEW_CSV_COLUMNS, VERDICTS, Reviews
+from calibprompt.paths import data_dir, shown
+from calibprompt.runs.reviews import MIGRATION_V2, MIGRATION_V3, REVIEW_CSV_COLUMNS, VERDICTS, Reviews
 
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "ACTIVE_STATUSES", "FINAL_STATUSES", "TRANSITIONS", "KINDS", "VERDICTS",
@@ -71,7 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("done", "failed", "cancelled", "interrupted")
@@ -135,7 +138,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS reviews_one_per_image ON reviews (IFNULL(run_i
 """
 
 # version -> script that upgrades a database at version - 1 to it (all run in the one opening transaction).
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: MIGRATION_V2}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: MIGRATION_V2, 3: MIGRATION_V3}
 
 _RUN_COLUMNS = ("id", "kind", "status", "created_at", "started_at", "finished_at", "params", "metrics",
                 "progress", "checkpoint", "error", "device", "pid", "host")
@@ -434,7 +437,7 @@ class RunStore:
     def _row(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise ValueError(f"No run {run_id!r} in the store {self.path}")
+            raise ValueError(f"No run {run_id!r} in the store {shown(self.path)}")
         return row
 
     @staticmethod
@@ -599,6 +602,26 @@ class RunStore:
             logger.warning("Run %s was left unfinished by a stopped process; marked interrupted.", run_id)
         return marked
 
+    def set_shared(self, run_id: str, shared: bool) -> RunRecord:
+        """Record whether a run's owner shares it (``params["shared"]``, True or False), read and written in one
+        transaction; returns the updated run. Only a finished (``done``) run can be shared; any run can stop
+        being shared. Who may share what is the caller's rule (:mod:`calibprompt.service.access`)."""
+        run_id = self._check_id(run_id)
+        if not isinstance(shared, bool):
+            raise ValueError(f"shared must be True or False, got {shared!r}.")
+        with self._transaction() as conn:
+            row = self._row(conn, run_id)
+            if shared and row["status"] != "done":
+                raise ValueError(f"Run {run_id} is {row['status']}; only a finished run can be shared. Share it "
+                                 "once it is done.")
+            params = _load(row["params"])
+            params = dict(params) if isinstance(params, Mapping) else {}
+            params["shared"] = shared
+            self._update(conn, run_id, params=_dump(params, "params"))
+            record = RunRecord._from_row(self._row(conn, run_id))
+        logger.info("Run %s %s", run_id, "shared" if shared else "no longer shared")
+        return record
+
     # -- queries ----------------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -664,24 +687,27 @@ class RunStore:
 
     def set_review(self, *, reader: str, dataset: str, image: str, method: str, verdict: str, note: str = "",
                    true_class: str = "", prediction: str = "", confidence: float | None = None, model: str = "",
-                   task: str = "", run_id: str | None = None) -> dict[str, Any]:
-        """Record ``reader``'s verdict on ``method``'s prediction for ``image`` (its path inside ``dataset``).
+                   task: str = "", run_id: str | None = None, owner: str | None = "") -> dict[str, Any]:
+        """Record ``reader``'s verdict on ``method``'s prediction for ``image`` (its path inside ``dataset``, the
+        dataset's key), owned by ``owner`` (``''``: the operator's).
 
-        One verdict per (reader, dataset, image, method): saving again updates it. Returns the stored
+        One verdict per (owner, reader, dataset, image, method): saving again updates it. Returns the stored
         verdict; see :meth:`calibprompt.runs.reviews.Reviews.save`.
         """
         return self._reviews.save(reader=reader, dataset=dataset, image=image, method=method, verdict=verdict,
                                   note=note, true_class=true_class, prediction=prediction, confidence=confidence,
-                                  model=model, task=task, run_id=run_id)
+                                  model=model, task=task, run_id=run_id, owner=owner)
 
     def reviews(self, *, reader: str | None = None, dataset: str | None = None, image: str | None = None,
-                method: str | None = None) -> list[dict[str, Any]]:
-        """Verdicts matching the given filters, newest first (see :meth:`calibprompt.runs.reviews.Reviews.find`)."""
-        return self._reviews.find(reader=reader, dataset=dataset, image=image, method=method)
+                method: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Verdicts matching the given filters (of every owner unless ``owner`` is given), newest first (see
+        :meth:`calibprompt.runs.reviews.Reviews.find`)."""
+        return self._reviews.find(reader=reader, dataset=dataset, image=image, method=method, owner=owner)
 
     def export_reviews_csv(self, path: str | os.PathLike, *, reader: str | None = None,
                            dataset: str | None = None) -> Path:
-        """Write the verdicts as a spreadsheet-safe CSV (``REVIEW_CSV_COLUMNS``), atomically; returns the path."""
+        """Write the verdicts of every owner (the operator's export) as a spreadsheet-safe CSV
+        (``REVIEW_CSV_COLUMNS``), atomically; returns the path."""
         return self._reviews.export_csv(path, reader=reader, dataset=dataset)
 
     def reader_agreement(self, *, dataset: str | None = None, method: str | None = None) -> list[dict[str, Any]]:

@@ -20,22 +20,23 @@ import torch
 
 from calibprompt import defaults
 from calibprompt.backbones import get_backbone_spec
-from calibprompt.data.archives import extract_zip
 from calibprompt.data.layouts import Dataset, LabeledImages
-from calibprompt.data.resolve import LOCAL_OWNER, dataset_choices, open_dataset, resolve_choice
+from calibprompt.data.resolve import LOCAL_OWNER, dataset_choices, open_dataset, resolve_choice, set_upload_shared
 from calibprompt.devices import resolve_device
 from calibprompt.paths import SAMPLE_IMAGES_DIR, owner_uploads_dir
 from calibprompt.prompting.checkpoint import checkpoint_paths, load_prompt
 from calibprompt.prompting.engine import Head
 from calibprompt.prompting.library import bundled_prompt_for
 from calibprompt.prompting.tasks import Task, list_tasks, load_task
-from calibprompt.runs.store import RunStore
+from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.data.images import load_image
 from calibprompt.data.metadata import image_metadata
 from calibprompt.evaluation.ood import modality_mismatch, unknown_words
 from calibprompt.service.advice import CalibrationData, assess_image, choose_answering_method, fit_calibration
 from calibprompt.service import evaluation as evaluation_service
 from calibprompt.service import reviews as reviews_service
+from calibprompt.service.access import (LOCAL, SHARING_NEEDS_LOGIN, TEAM_PREFIX, can_see, can_share,
+                                        is_team_member, record_owner)
 from calibprompt.service.evaluation import EvaluationSet
 from calibprompt.service.pool import BackbonePool, ContentCache, LoadedBackbone, file_digest, task_key
 from calibprompt.service.session import SessionState, is_provisional, new_session
@@ -84,6 +85,25 @@ def _check_image_count(images: Sequence[Any]) -> None:
     if len(images) > most:
         raise ValueError(f"Compare at most {most} images at a time; you sent {len(images)}. Split them into "
                          "smaller batches.")
+
+
+def _no_such_run(run_id: str) -> str:
+    """The one refusal for a run id that does not exist or is another owner's and not shared with the
+    requester: the same words for both, so a refusal never tells whether a run exists."""
+    shown = run_id if len(run_id) <= 80 else f"{run_id[:80]}…"
+    return (f"There is no run {shown!r} of yours or shared with you; pick a run from the run history in the "
+            "Train tab (it lists every run you can use).")
+
+
+def _bounded_preview(picture: Any) -> Any:
+    """A copy of ``picture`` (PIL) at most ``defaults.PREVIEW_SIDE`` pixels on its long side (PIL ``thumbnail``:
+    the aspect ratio kept, never enlarged), so a result kept in a session never holds the full image."""
+    side = defaults.PREVIEW_SIDE
+    if max(picture.size) <= side:
+        return picture
+    preview = picture.copy()
+    preview.thumbnail((side, side))
+    return preview
 
 
 def _api_accuracy(acc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -245,21 +265,66 @@ class Core:
 
     # -- prompt heads -----------------------------------------------------------------------
     def finished_runs(self, state: SessionState, task: Task | None = None) -> list[dict[str, Any]]:
-        """Done training runs of this session's model on its task (newest first)."""
+        """Done training runs of this session's model on its task that this session's owner may use: its own
+        and those shared with it (:mod:`calibprompt.service.access`), newest first; ``by`` as in
+        :meth:`run_history`."""
         task = task or state.task_object()
         rows = []
         for run in self.store.list_runs(status="done", kind="train"):
-            if run.params.get("model") != state.model or not run.checkpoint:
+            if run.params.get("model") != state.model or not run.checkpoint or not self._sees(state, run):
                 continue
             if (run.metrics or {}).get("task") != task.name:
                 continue
             rows.append({"id": run.id, "method": run.params.get("method"), "seed": run.params.get("seed"),
-                         "name": run.params.get("name") or "", "checkpoint": run.checkpoint})
+                         "name": run.params.get("name") or "", "checkpoint": run.checkpoint,
+                         "by": self._by(state, run.params.get("owner"))})
         return rows
+
+    # -- who sees which run (the rules: calibprompt.service.access) ---------------------------------
+    @staticmethod
+    def _sees(state: SessionState, run: RunRecord) -> bool:
+        """Whether this session's owner may see (list, use, follow) ``run``: its own, or shared with it."""
+        params = run.params or {}
+        return can_see(state.owner, params.get("owner"), params.get("shared") is True)
+
+    @staticmethod
+    def _by(state: SessionState, owner: object) -> str:
+        """Who a run is by, as the history shows it: "you", a logged-in user's name, "operator" (the command
+        line's runs, and those from before owners were kept), or "" (another browser)."""
+        owner = record_owner(owner)
+        if owner == state.owner:
+            return "you"
+        if owner == LOCAL:
+            return "operator"
+        return owner[len(TEAM_PREFIX):] if is_team_member(owner) else ""
+
+    def _visible_run(self, state: SessionState, run_id: Any) -> RunRecord:
+        """The run ``run_id`` (as sent by a client: checked here) if this session's owner may see it. An unknown
+        id and another owner's unshared run are refused with the same words (:func:`_no_such_run`)."""
+        run_id = run_id.strip() if isinstance(run_id, str) else ""
+        if not run_id:
+            raise ValueError("Choose a run first: start a job, or paste a run id from the run history.")
+        try:
+            record = self.store.get_run(run_id)
+        except ValueError:  # no such run (the store's own words name its file: not for users)
+            record = None
+        if record is None or not self._sees(state, record):
+            raise ValueError(_no_such_run(run_id))
+        return record
+
+    def _own_run(self, state: SessionState, run_id: Any, action: str) -> RunRecord:
+        """The run ``run_id`` if this session's owner started it; one shared with it is named as such."""
+        record = self._visible_run(state, run_id)
+        owner = record_owner(record.params.get("owner"))
+        if owner != state.owner:
+            raise ValueError(f"Run {record.id} was shared with you by {self._by(state, owner) or 'its owner'}; "
+                             f"only the user who started it can {action}.")
+        return record
 
     def default_prompt(self, state: SessionState, method: str, task: Task | None = None) -> str | None:
         """The checkpoint used as ``method``'s prompt: the model's bundled one for the task, else the
-        newest finished run of this model, task and method."""
+        newest finished run of this model, task and method that this session's owner may use (its own or
+        one shared with it: never another owner's private run)."""
         task = task or state.task_object()
         if state.classes:
             return None
@@ -275,7 +340,8 @@ class Core:
     def prompt_options(self, state: SessionState) -> list[dict[str, Any]]:
         """What :meth:`prompt_choices` offers, described: ``{"value", "kind"}`` with ``kind`` ``"zero-shot"``,
         ``"bundled"`` (the model's bundled prompt for the task), ``"newest run"`` (a learned default taken from
-        the newest finished run) or ``"run"`` (with the run's ``"id"``, ``"name"``, ``"method"``, ``"seed"``)."""
+        the newest finished run) or ``"run"`` (with the run's ``"id"``, ``"name"``, ``"method"``, ``"seed"`` and
+        ``"by"``, see :meth:`run_history`); runs of other owners only where shared with this session's owner."""
         if state.classes:
             return [{"value": "zero-shot", "kind": "zero-shot"}]
         task = state.task_object()
@@ -287,7 +353,7 @@ class Core:
                 options.append({"value": method, "kind": "bundled" if bundled is not None else "newest run"})
         for run in self.finished_runs(state, task):
             options.append({"value": f"run:{run['id']}", "kind": "run", "id": run["id"], "name": run["name"],
-                            "method": run["method"], "seed": run["seed"]})
+                            "method": run["method"], "seed": run["seed"], "by": run["by"]})
         return options
 
     def _zero_shot_head(self, loaded: LoadedBackbone, task: Task) -> Head:
@@ -328,7 +394,7 @@ class Core:
                     raise ValueError(f"There is no {name} prompt for the task {task.name!r} on {state.model} yet; "
                                      "train one first, or compare zero-shot only.")
             elif name.startswith("run:"):
-                record = self.store.get_run(name[4:])
+                record = self._visible_run(state, name[4:])  # another owner's private run: as if unknown
                 if record.status != "done" or not record.checkpoint:
                     raise ValueError(f"Run {record.id} is {record.status}; only finished runs can be used.")
                 if record.params.get("model") != state.model:
@@ -420,7 +486,8 @@ class Core:
 
         Returns ``{"images": [{"name", "preview" (PIL), "metadata", "verdict", "answering_method", "checks",
         "methods", "ood", "refer", "reasons", "notes"} or {"name", "error"}], "calibration": str (where the
-        advice comes from, or why there is none), "vocabulary": str}``."""
+        advice comes from, or why there is none), "vocabulary": str}``; a preview is a copy at most
+        ``defaults.PREVIEW_SIDE`` pixels on its long side (the model saw the full image)."""
         _check_image_count(images)
         chosen = self.resolve_heads(state, heads)
         choose_answering_method(list(chosen), None, answer_with)  # a clear error before any work
@@ -430,6 +497,8 @@ class Core:
         if not good:
             raise ValueError(" ".join(r["error"] for r in read))
         feats = loaded.engine.image_features([r["preview"] for r in good])
+        for r in good:  # the model saw the full image; what is kept (in a session, too) is a bounded copy
+            r["preview"] = _bounded_preview(r["preview"])
         predictions = loaded.engine.predict_with(feats, chosen)
         calibration = self.calibration_data(state, list(chosen), alpha)
         no_data = (f"No labelled test images for the task {state.task_label!r} on {state.model}: no prediction sets, "
@@ -499,8 +568,9 @@ class Core:
     # -- datasets and training ----------------------------------------------------------------
     @staticmethod
     def dataset_choices(owner: str | None = LOCAL_OWNER) -> list[str]:
-        """The datasets ``owner`` may pick (a session's ``state.owner``): the shared ones and ``owner``'s own
-        uploads; see :func:`calibprompt.data.resolve.dataset_choices` (no argument: the CLI's own uploads)."""
+        """The datasets ``owner`` may pick (a session's ``state.owner``): the shared ones, ``owner``'s own
+        uploads and, logged in, the team's shared uploads (``team/<user>/<name>``); see
+        :func:`calibprompt.data.resolve.dataset_choices` (no argument: the CLI's own uploads)."""
         return dataset_choices(owner)
 
     @staticmethod
@@ -513,9 +583,34 @@ class Core:
         if not owner or is_provisional(owner):
             raise ValueError("This page does not know who you are yet, so an upload could not be kept yours. "
                              "Reload the page, then upload the zip again.")
+        from calibprompt.data.uploads import extract_upload  # within the owner's quota, checked before unpacking
+
         base = owner_uploads_dir(owner)
-        root = extract_zip(zip_path, base)
-        return f"uploads/{root.relative_to(base).as_posix()}"
+        root = extract_upload(zip_path, owner)
+        choice = f"uploads/{root.relative_to(base).as_posix()}"
+        set_upload_shared(choice, owner, shared=False)  # a new upload starts private, whatever its zip held
+        return choice
+
+    @staticmethod
+    def share_dataset(state: SessionState, choice: str, shared: bool = True) -> str:
+        """Share this session's owner's own upload ``choice`` (``uploads/<name>``) with the team, or stop sharing
+        it (``shared=False``); returns what happened, in plain words. Logged-in users only (else
+        ``ValueError(SHARING_NEEDS_LOGIN)``); anything but the owner's own upload is refused (another owner's
+        like a made-up name). Team mates then list and open it as ``team/<user>/<name>`` and see each other's
+        verdicts on it; see :func:`calibprompt.data.resolve.set_upload_shared`."""
+        owner = state.owner
+        if not can_share(owner):
+            raise ValueError(SHARING_NEEDS_LOGIN)
+        if not is_team_member(owner):  # the operator publishes by folder, not by marker
+            raise ValueError("To share a dataset with everyone as the operator, put its folder in the data "
+                             "directory's datasets/ folder; sharing an upload is for logged-in users.")
+        team_name = set_upload_shared(choice, owner, shared)
+        if shared:
+            return (f"Shared {choice.strip()} with the team: other logged-in users now find it as {team_name} in "
+                    "their dataset menus (after a reload) and see each other's verdicts on it. Press 'Stop "
+                    "sharing' to make it yours alone again.")
+        return (f"{choice.strip()} is no longer shared: only you can list and open it, and team mates' verdicts "
+                "on it are no longer shown. Your own verdicts are kept.")
 
     def _open(self, state: SessionState, dataset: str) -> tuple[str, Task, Dataset]:
         """A dataset choice opened against this session's task (classes must match), for this session's owner
@@ -569,21 +664,32 @@ class Core:
             return None
         return self._runner.active_job(state.owner)
 
-    def job_status(self, run_id: str) -> dict[str, Any]:
-        return self.runner.progress(run_id)
+    def job_status(self, state: SessionState, run_id: str) -> dict[str, Any]:
+        """A run's progress (see :meth:`calibprompt.runs.jobs.JobRunner.progress`), for a run this session's
+        owner may see; any other id is refused as unknown."""
+        record = self._visible_run(state, run_id)
+        return self.runner.progress(record.id)
 
     def cancel(self, state: SessionState, run_id: str) -> bool:
-        """Cancel a queued or running job this session owns."""
-        return self.runner.cancel(run_id, owner=state.owner)
+        """Cancel a queued or running job this session's owner started; False when it is already over (or ran
+        in another process). Another owner's job is refused exactly as an unknown run id is."""
+        record = self._own_run(state, run_id, "cancel it")
+        if self._runner is None:  # no job was ever started here: it is not running in this process
+            return False
+        return self._runner.cancel(record.id)
 
     def run_history(self, state: SessionState, limit: int = 200) -> list[dict[str, Any]]:
-        """Training runs, newest first, as data: ``accuracy`` and ``ece`` are fractions (None before a run is
-        done), ``name`` the name its owner gave it, ``by`` "you" for this session's owner, a logged-in user's
-        name, or "" (another browser)."""
+        """The training runs this session's owner may see (its own and those shared with it), newest first, as
+        data: ``accuracy`` and ``ece`` are fractions (None before a run is done), ``name`` the name its owner
+        gave it, ``by`` "you" for this session's owner, a logged-in user's name, or "operator" (the command
+        line's runs), ``shared`` whether its owner shares it."""
         rows = []
-        for run in self.store.list_runs(kind="train", limit=limit):
+        for run in self.store.list_runs(kind="train"):
+            if len(rows) >= limit:
+                break
+            if not self._sees(state, run):
+                continue
             m = run.metrics or {}
-            owner = run.params.get("owner", "")
             rows.append({
                 "run": run.id, "name": run.params.get("name") or "", "status": run.status,
                 "method": run.params.get("method", ""), "model": run.params.get("model", ""),
@@ -591,16 +697,37 @@ class Core:
                 "shots": run.params.get("shots", ""), "seed": run.params.get("seed", ""),
                 "accuracy": float(m["accuracy"]) if isinstance(m.get("accuracy"), (int, float)) else None,
                 "ece": float(m["ece"]) if isinstance(m.get("ece"), (int, float)) else None,
-                "by": "you" if owner == state.owner else (owner[5:] if owner.startswith("user:") else ""),
+                "by": self._by(state, run.params.get("owner")), "shared": run.params.get("shared") is True,
                 "created": run.created_at, "error": run.error or "",
             })
         return rows
 
-    def interpret_run(self, run_id: str, top_k: int = 3) -> list[dict[str, Any]]:
-        """The nearest vocabulary tokens of a finished run's context vectors (CoOp's interpretation)."""
+    def share_run(self, state: SessionState, run_id: str, shared: bool = True) -> dict[str, Any]:
+        """Share a finished run of this session's owner, or stop sharing it (``shared=False``). A logged-in
+        user's run is then seen by the team (the other logged-in users), the operator's by everyone: in their
+        prompt menus and run history (:func:`calibprompt.service.access.can_see`). Only the run's owner may,
+        and only a logged-in user or the operator (:func:`~calibprompt.service.access.can_share`; else
+        :data:`~calibprompt.service.access.SHARING_NEEDS_LOGIN`). Returns ``{"run", "name", "shared",
+        "message"}`` with ``message`` in plain words (user text: escape it where it is shown)."""
+        if not can_share(state.owner):
+            raise ValueError(SHARING_NEEDS_LOGIN)
+        record = self._own_run(state, run_id, "change who sees it")
+        record = self.store.set_shared(record.id, bool(shared))
+        name = record.params.get("name") or f"Run {record.id}"
+        if shared:
+            who = "every user of the app" if state.owner == LOCAL else "the team (every logged-in user)"
+            message = f"{name} is now shared with {who}: it is in their prompt menus and run history."
+        else:
+            message = f"{name} is no longer shared: only you see it now."
+        return {"run": record.id, "name": record.params.get("name") or "", "shared": bool(shared),
+                "message": message}
+
+    def interpret_run(self, state: SessionState, run_id: str, top_k: int = 3) -> list[dict[str, Any]]:
+        """The nearest vocabulary tokens of a finished run's context vectors (CoOp's interpretation), for a run
+        this session's owner may see; any other id is refused as unknown."""
         from calibprompt.prompting.interpret import interpret_prompt
 
-        record = self.store.get_run(run_id)
+        record = self._visible_run(state, run_id)
         if record.status != "done" or not record.checkpoint:
             raise ValueError(f"Run {record.id} is {record.status}; only a finished run has a prompt to read.")
         backbone = self.pool.get(record.params["model"], self.default_device).backbone
@@ -669,6 +796,7 @@ class Core:
         done = reviews_service.progress(reviews_service.refresh_cases(self, state, dataset, list(cases)))
         return f"You ({state.reader or 'no reader name yet'}) have reviewed {done['reviewed']} of the {done['listed']} listed cases."
 
-    def export_reviews(self, folder: Path, dataset: str | None = None) -> Path:
-        """See :func:`calibprompt.service.reviews.export_reviews`."""
-        return reviews_service.export_reviews(self, folder, dataset)
+    def export_reviews(self, state: SessionState, folder: Path, dataset: str | None = None) -> Path:
+        """The verdicts ``state``'s owner may see (of ``dataset``, or all of them) as CSV; see
+        :func:`calibprompt.service.reviews.export_reviews`."""
+        return reviews_service.export_reviews(self, state, folder, dataset)

@@ -135,9 +135,9 @@ def calibration(core: Core, state: SessionState, dataset: str, heads: Sequence[s
     from calibprompt.evaluation.card import debiased_ece, kde_ece, per_class_ece, smooth_ece
     from calibprompt.evaluation.report import evaluate_probs
 
-    lo, hi = defaults.LIMITS["n_bins"]
-    if not lo <= int(n_bins) <= hi:
-        raise ValueError(f"The number of bins must be from {lo} to {hi}, got {n_bins}.")
+    from calibprompt.runs.requests import check_number
+
+    n_bins = check_number("n_bins", n_bins)  # 8.5, NaN or text refused, naming the field
     ev = evaluate(core, state, dataset, heads)
     reports = {}
     for head in ev.probs:

@@ -12,6 +12,12 @@ evaluation of the chosen prompts) or plain case lists, and return dicts and list
      "verdicts": {method: {"verdict", "note"}} (this reader's), "readers": {reader: {method: verdict}}}
 
 Class *names* are the task's prompt names (what Compare shows: "mucus", not the folder id "MUC").
+
+Who sees which verdicts (:func:`visible_reviews`, see :mod:`calibprompt.service.access`): a page sees the
+verdicts its owner gave; a logged-in user also sees the other logged-in users' verdicts on data the team can
+open (shared datasets, uploads shared with the team): team review, with agreement between readers. A browser
+without a login sees only its own. Verdicts are stored under the data's key
+(:func:`calibprompt.data.resolve.dataset_key`), so two owners' uploads of one name never mix.
 :class:`~calibprompt.service.core.Core` keeps thin methods (``review_cases``, ``save_review``,
 ``review_summary``, ``export_reviews``) that call these.
 """
@@ -26,7 +32,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from calibprompt import defaults
-from calibprompt.runs.reviews import VERDICTS
+from calibprompt.data.resolve import dataset_choices, dataset_key, team_can_open
+from calibprompt.runs.reviews import VERDICTS, reader_agreement, write_reviews_csv
+from calibprompt.service.access import is_team_member, record_owner
 from calibprompt.service.advice import lowest_ece_method, refers_on_sets
 
 if TYPE_CHECKING:
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["READER_FILTERS", "PER_PAGE", "CaseList", "rank_cases", "attach_verdicts", "readers_disagree",
            "filter_cases", "page_of", "progress", "find_cases", "refresh_cases", "save_review", "agreement",
-           "disagreements", "export_reviews", "VERDICTS"]
+           "disagreements", "export_reviews", "visible_reviews", "VERDICTS"]
 
 #: which listed cases to show, by this reader's and other readers' verdicts
 READER_FILTERS = ("all", "mine", "todo", "disagreements")
@@ -100,9 +108,10 @@ def rank_cases(ev: EvaluationSet, sets: dict[str, np.ndarray] | None, *, true_cl
     return cases
 
 
-def attach_verdicts(cases: list[dict[str, Any]], rows: Sequence[dict[str, Any]], reader: str) -> list[dict[str, Any]]:
-    """Set each case's ``verdicts`` (``reader``'s) and ``readers`` (everyone's) from verdict rows of the
-    store (:meth:`~calibprompt.runs.store.RunStore.reviews` of one dataset); returns ``cases``."""
+def attach_verdicts(cases: list[dict[str, Any]], rows: Sequence[dict[str, Any]], reader: str,
+                    owner: str | None = None) -> list[dict[str, Any]]:
+    """Set each case's ``verdicts`` (``reader``'s, of ``owner`` when given) and ``readers`` (every row's reader)
+    from verdict rows of one dataset (:func:`visible_reviews`: only what the page may see); returns ``cases``."""
     by_image: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_image.setdefault(row["image"], []).append(row)
@@ -111,7 +120,7 @@ def attach_verdicts(cases: list[dict[str, Any]], rows: Sequence[dict[str, Any]],
         mine: dict[str, dict[str, str]] = {}
         for row in by_image.get(case["image"], []):
             readers.setdefault(row["reader"], {})[row["method"]] = row["verdict"]
-            if reader and row["reader"] == reader:
+            if reader and row["reader"] == reader and (owner is None or _same_owner(row, owner)):
                 mine[row["method"]] = {"verdict": row["verdict"], "note": row["note"]}
         case["readers"], case["verdicts"] = readers, mine
     return cases
@@ -164,7 +173,7 @@ def find_cases(core: Core, state: SessionState, dataset: str, heads: Sequence[st
     ev = core.evaluate(state, dataset, heads)
     wrong = rank_cases(ev, core.cross_fitted_sets(ev, alpha), true_class=true_class, method=method,
                        min_confidence=min_confidence, referred_only=referred_only)
-    attach_verdicts(wrong, core.store.reviews(dataset=dataset), state.reader)
+    attach_verdicts(wrong, visible_reviews(core, state, dataset), state.reader, state.owner)
     return CaseList(dataset=dataset, description=ev.describe(), root=str(ev.root), wrong=wrong,
                     cases=filter_cases(wrong, reader_filter), classes=list(zip(ev.task.classnames, ev.task.class_ids)),
                     methods=list(ev.probs))
@@ -172,18 +181,19 @@ def find_cases(core: Core, state: SessionState, dataset: str, heads: Sequence[st
 
 def refresh_cases(core: Core, state: SessionState, dataset: str, wrong: list[dict[str, Any]],
                   reader_filter: str = "all") -> list[dict[str, Any]]:
-    """Re-read everyone's verdicts into ``wrong`` (from :func:`find_cases`) and return those that pass
-    ``reader_filter`` now."""
+    """Re-read the verdicts this page may see into ``wrong`` (from :func:`find_cases`) and return those that
+    pass ``reader_filter`` now."""
     if reader_filter in ("mine", "todo") and not state.reader:
         raise ValueError("Enter your name as the reader first: 'mine' and 'not yet reviewed by me' need to "
                          "know who you are.")
-    attach_verdicts(wrong, core.store.reviews(dataset=dataset), state.reader)
+    attach_verdicts(wrong, visible_reviews(core, state, dataset), state.reader, state.owner)
     return filter_cases(wrong, reader_filter)
 
 
 def save_review(core: Core, state: SessionState, dataset: str, case: dict[str, Any] | None, method: str,
                 verdict: str, note: str = "") -> dict[str, Any]:
-    """Record this session's reader's verdict on ``method``'s answer for ``case``; the case's
+    """Record this session's reader's verdict on ``method``'s answer for ``case``, owned by the session's owner
+    and stored under the data's key (refused like a made-up name for data the owner may not open); the case's
     ``verdicts`` and ``readers`` are updated in place. Returns the stored verdict."""
     if not state.reader:
         raise ValueError("Enter your name as the reader first: every verdict records who gave it.")
@@ -192,15 +202,16 @@ def save_review(core: Core, state: SessionState, dataset: str, case: dict[str, A
     if method not in case["predictions"]:
         raise ValueError(f"Method {method!r} has no answer for this case; choose one of "
                          f"{', '.join(case['predictions'])}.")
+    key = dataset_key(dataset, state.owner)
     _, confidence = case["predictions"][method]
     names = case.get("prediction_names", {})
     run_id = method[4:] if method.startswith("run:") else case.get("run_ids", {}).get(method)
     if run_id is not None and not _known_run(core, run_id):
         run_id = None  # a bundled prompt's training run lives in another store
     row = core.store.set_review(
-        reader=state.reader, dataset=dataset, image=case["image"], method=method, verdict=verdict, note=note or "",
+        reader=state.reader, dataset=key, image=case["image"], method=method, verdict=verdict, note=note or "",
         true_class=case.get("true_name", case["true"]), prediction=names.get(method, case["predictions"][method][0]),
-        confidence=float(confidence), model=state.model, task=state.task_label, run_id=run_id)
+        confidence=float(confidence), model=state.model, task=state.task_label, run_id=run_id, owner=state.owner)
     case.setdefault("verdicts", {})[method] = {"verdict": row["verdict"], "note": row["note"]}
     case.setdefault("readers", {}).setdefault(state.reader, {})[method] = row["verdict"]
     return row
@@ -214,21 +225,49 @@ def _known_run(core: Core, run_id: str) -> bool:
     return True
 
 
-def agreement(core: Core, dataset: str | None) -> list[dict[str, Any]]:
-    """Per pair of readers on ``dataset``: shared cases, percentage agreement, Cohen's kappa and whether
-    the shared cases are few (see :meth:`calibprompt.runs.reviews.Reviews.agreement`)."""
-    return core.store.reader_agreement(dataset=dataset)
+def _same_owner(row: dict[str, Any], owner: str | None) -> bool:
+    """Whether verdict ``row`` belongs to ``owner`` (a row without owner is the operator's)."""
+    return record_owner(row.get("owner")) == record_owner(owner)
 
 
-def disagreements(core: Core, dataset: str, root: str | None = None,
+def visible_reviews(core: Core, state: SessionState, dataset: str | None = None) -> list[dict[str, Any]]:
+    """The verdicts the session's owner may see, newest first: of ``dataset`` (a choice the owner may open;
+    refused like a made-up name otherwise), or of every dataset. Its own, and for a logged-in owner the other
+    logged-in users' verdicts on data the team can open (:func:`calibprompt.data.resolve.team_can_open`)."""
+    requester = state.owner
+    rows = core.store.reviews(dataset=dataset_key(dataset, requester) if dataset is not None else None)
+    team = is_team_member(requester)
+    opens: dict[str, bool] = {}
+
+    def visible(row: dict[str, Any]) -> bool:
+        if _same_owner(row, requester):
+            return True
+        if not (team and is_team_member(record_owner(row.get("owner")))):
+            return False
+        if row["dataset"] not in opens:
+            opens[row["dataset"]] = team_can_open(row["dataset"])
+        return opens[row["dataset"]]
+
+    return [row for row in rows if visible(row)]
+
+
+def agreement(core: Core, state: SessionState, dataset: str | None) -> list[dict[str, Any]]:
+    """Per pair of readers on ``dataset`` (or every dataset), over the verdicts this page may see
+    (:func:`visible_reviews`): shared cases, percentage agreement, Cohen's kappa and whether the shared cases
+    are few (see :func:`calibprompt.runs.reviews.reader_agreement`)."""
+    return reader_agreement(visible_reviews(core, state, dataset))
+
+
+def disagreements(core: Core, state: SessionState, dataset: str, root: str | None = None,
                   known: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """The cases of ``dataset`` where readers gave different verdicts on one method's answer, for
-    adjudication: ``[{"image", "path" (or None when the file is not under ``root``), "method",
-    "true_class", "prediction", "readers": [{"reader", "verdict", "note"}]}]`` by image and method.
+    """The cases of ``dataset`` where readers gave different verdicts on one method's answer, among the
+    verdicts this page may see (:func:`visible_reviews`), for adjudication: ``[{"image", "path" (or None when
+    the file is not under ``root``), "method", "true_class", "prediction", "readers": [{"reader", "verdict",
+    "note"}]}]`` by image and method.
     Class names come from ``known`` cases (:func:`find_cases`) where the image is among them."""
     cases = {c["image"]: c for c in known}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in core.store.reviews(dataset=dataset):
+    for row in visible_reviews(core, state, dataset):
         groups.setdefault((row["image"], row["method"]), []).append(row)
     out = []
     for (image, method), rows in sorted(groups.items()):
@@ -253,9 +292,24 @@ def _inside(root: str | None, image: str) -> str | None:
     return str(path) if path.is_file() and path.is_relative_to(base) else None
 
 
-def export_reviews(core: Core, folder: Path, dataset: str | None = None) -> Path:
-    """Write the verdicts (of ``dataset``, or all) as CSV into a new folder with an unguessable name under
-    ``folder``; returns the file."""
+def export_reviews(core: Core, state: SessionState, folder: Path, dataset: str | None = None) -> Path:
+    """Write the verdicts the session's owner may see (:func:`visible_reviews`; of ``dataset``, or of every
+    dataset) as CSV into a new folder with an unguessable name under ``folder``; returns the file. The dataset
+    column names each dataset as this owner's menus do (``uploads/<name>``, ``team/<user>/<name>``)."""
+    rows = visible_reviews(core, state, dataset)
+    names = _readable_names(state.owner)
+    rows = [dict(row, dataset=names.get(row["dataset"], row["dataset"])) for row in rows]
     target = Path(folder) / secrets.token_urlsafe(16)
     target.mkdir(parents=True, exist_ok=False)
-    return core.store.export_reviews_csv(target / "reviews.csv", dataset=dataset)
+    return write_reviews_csv(target / "reviews.csv", rows)
+
+
+def _readable_names(owner: str | None) -> dict[str, str]:
+    """Dataset key -> the name ``owner``'s menus show for it, for every dataset ``owner`` may pick."""
+    names = {}
+    for choice in dataset_choices(owner):
+        try:
+            names.setdefault(dataset_key(choice, owner), choice)
+        except ValueError:  # gone since it was listed
+            continue
+    return names

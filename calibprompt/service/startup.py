@@ -7,19 +7,39 @@ can serve its page while that model loads in the background (:meth:`calibprompt.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from calibprompt.backbones import BACKBONES, hub_is_offline, hub_reachable, load_backbone, missing_hub_files
 
-__all__ = ["choose_backbone", "choose_model", "StartupModel", "DEFAULT_TASK", "DISCLAIMER", "default_task_for"]
+__all__ = ["choose_backbone", "choose_model", "StartupModel", "DEFAULT_TASK", "DISCLAIMER", "default_task_for",
+           "check_data_dir"]
 
 DISCLAIMER = ("For research and review only, not for diagnosis. The probabilities come from a vision-language "
               "model and can be confidently wrong.")
 #: the task a backbone family starts on
 DEFAULT_TASK = {"demo": "demo", "biomedclip": "covid", "medclip": "covid", "quiltnet": "kather", "plip": "kather",
                 "clip": "kather"}
+
+
+def check_data_dir() -> Path:
+    """The data directory, created if missing and checked writable by writing (and removing) a small file in
+    it; an OSError (read-only, full, permission denied) goes to the caller, which says it in plain words
+    (:func:`calibprompt.errors.user_message`)."""
+    from calibprompt.paths import data_dir
+
+    root = data_dir()
+    handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=root)
+    try:
+        os.write(handle, b"ok")
+    finally:
+        os.close(handle)
+        os.unlink(probe)
+    return root
 
 
 def default_task_for(family: str) -> str:
