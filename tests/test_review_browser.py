@@ -48,8 +48,10 @@ def _wait_for(page, selector: str, pattern: str, timeout_s: float = 120):
     raise AssertionError(f"{pattern!r} never appeared in {selector}: {page.inner_text(selector)[:600]!r}")
 
 
-def _open_review(browser, app_url, reader: str, *, width: int = 1440, scheme: str = "light"):
-    context = browser.new_context(viewport={"width": width, "height": 1000}, color_scheme=scheme)
+def _open_review(browser, app_url, reader: str, *, width: int = 1440, scheme: str = "light", context=None):
+    """A Review page for ``reader``: in a browser of its own, or in ``context`` (another tab of the same
+    browser, so the same identity: two readers taking turns at one workstation)."""
+    context = context or browser.new_context(viewport={"width": width, "height": 1000}, color_scheme=scheme)
     page = context.new_page()
     page.goto(app_url)
     page.wait_for_selector("text=can I trust this confidence", timeout=60_000)
@@ -105,7 +107,8 @@ def test_two_readers_review_more_than_a_page_by_keyboard_and_read_their_agreemen
     _wait_for(a, "#review-case", rf"Case #{REVIEWED} \({REVIEWED} of {total} listed\)")
     assert "True class" in a.inner_text("#review-case")
 
-    b = _open_review(browser, app_url, "Dr B")
+    # without logins verdicts belong to the browser that gave them: Dr B reads Dr A's at the same workstation
+    b = _open_review(browser, app_url, "Dr B", context=a.context)
     _review_by_keyboard(b, verdicts_of("Dr B"))
     va, vb = verdicts_of("Dr A"), verdicts_of("Dr B")
     agreed = sum(x == y for x, y in zip(va, vb))
@@ -117,6 +120,9 @@ def test_two_readers_review_more_than_a_page_by_keyboard_and_read_their_agreemen
     assert float(line.group(4)) == pytest.approx(kappa, abs=0.006)
     pair = next(l for l in b.inner_text("#review-agreement").splitlines() if l.startswith("Dr A and Dr B"))
     assert "caution" not in pair  # 50 shared cases: no small-sample note (other tests' readers may have one)
+    other = _open_review(browser, app_url, "Dr C")  # another browser sees none of this workstation's verdicts
+    _wait_for(other, "#review-agreement", "no two readers have judged a common case")
+    other.context.close()
 
     # the reader filters: disagreements, then what B has not reviewed yet (blinded)
     b.get_by_label("Readers' verdicts differ").check()
