@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from calibprompt.fileio import atomic_write_json  # noqa: E402  (cheap: the package imports nothing first)
 APP = ROOT / "app.py"
-SAMPLE = ROOT / "calibprompt" / "sample_images" / "demo-norm-0048.png"
+SAMPLE = ROOT / "sample_images" / "demo-norm-0048.png"
 KEYS = ("import_seconds", "page_seconds", "first_answer_seconds", "second_answer_seconds")
 CPU_KEYS = ("page_cpu_seconds", "first_answer_cpu_seconds")
 #: a closed local port as the Hugging Face Hub: ``--model auto`` probes it, fails at once and starts on the demo

@@ -12,10 +12,16 @@ is added, once, and are not part of a prediction.
 Prints images/s of the backbone on this machine and writes
 ``{"backbone", "ratio", "zero_shot_seconds", "three_heads_seconds", "naive_three_heads_seconds", ...}``.
 Target: ratio <= 1.2.
+
+Beside the timings, two figures that do not depend on the machine: ``images_encoded`` (how many images
+went through the image encoder for one prediction of each kind: ``images`` for zero-shot alone and for
+the three heads together, three times that for one pass per head) and ``max_abs_diff`` (the largest
+difference between a head's probabilities predicted with the other two and alone: 0 up to float error).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import sys
@@ -46,6 +52,44 @@ def _time(fn, repeats: int) -> list[float]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
+
+
+@contextlib.contextmanager
+def count_encoded(backbone):
+    """Count the images that go through ``backbone.model.encode_image`` (N per call with N images) inside the
+    block; yields a one-item list holding the running count."""
+    count = [0]
+    original = backbone.model.encode_image
+
+    def counted(pixels, *args, **kwargs):
+        count[0] += int(pixels.shape[0])
+        return original(pixels, *args, **kwargs)
+
+    backbone.model.encode_image = counted
+    try:
+        yield count
+    finally:
+        backbone.model.encode_image = original
+
+
+def deterministic_figures(backbone, engine, images, heads: list[str]) -> dict:
+    """``images_encoded`` per kind of prediction, and ``max_abs_diff`` of each head together vs alone."""
+    encoded = {}
+    for kind, groups in (("zero_shot", [heads[:1]]), ("three_heads", [heads]), ("naive_three_heads",
+                                                                              [[h] for h in heads])):
+        with count_encoded(backbone) as count:
+            for group in groups:
+                engine.clear_image_cache()
+                engine.predict(images, heads=group)
+        encoded[kind] = count[0]
+    engine.clear_image_cache()
+    together = engine.predict(images, heads=heads)
+    diff = 0.0
+    for head in heads:
+        engine.clear_image_cache()
+        alone = engine.predict(images, heads=[head])[head].probs
+        diff = max(diff, float(np.abs(together[head].probs - alone).max()))
+    return {"images_encoded": encoded, "max_abs_diff": diff}
 
 
 def main(argv=None) -> int:
@@ -100,11 +144,14 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        **deterministic_figures(backbone, engine, images, three),
     }
     print(f"{args.backbone} twin on {backbone.device}: {result['images_per_second']:.2f} images/s "
           f"({args.images} images, median of {args.repeats})")
     print(f"zero-shot alone {zs_s:.3f} s; zero-shot + CoOp + CalibPrompt {three_s:.3f} s; "
           f"ratio {result['ratio']:.3f} (target <= 1.2); one image pass per head would be {result['naive_ratio']:.2f}x")
+    print(f"images through the encoder per prediction: {result['images_encoded']}; largest difference of a "
+          f"head's probabilities with the others vs alone {result['max_abs_diff']:.1e}")
     if args.json:
         atomic_write_json(args.json, result)
     return 0

@@ -14,7 +14,8 @@ which stores every run, its checkpoint, metrics and predictions):
   the number of runs. The JSON says so (``reference_estimated``).
 
 ``max_abs_diff`` is the largest difference between any run's context vectors trained batched and
-alone, and the metrics of both are compared method by method. The synthetic images have strongly
+alone, and the metrics of both are compared method by method; ``same_runs`` says both tables hold the same
+(method, seed) runs and ``max_metric_diff`` is the largest difference of any of their metrics. The synthetic images have strongly
 class-dependent colours, so that even a random-weight twin's features separate the classes
 (``separability``: nearest-class-mean accuracy of the test features) and accuracies are not 0.
 The runs use ``--lr 0.5`` rather than the paper's 0.002: a random-weight BERT passes far less
@@ -122,7 +123,23 @@ def _reference(backbone, root: Path, names: list[str], args, n_runs: int) -> dic
             "steps_per_run": steps, "test_encode_seconds": test_seconds, "timed_steps": args.reference_steps}
 
 
-def main(argv=None) -> int:
+def _metric_agreement(batched: list[dict], sequential: list[dict]) -> tuple[bool, float]:
+    """Whether both tables hold the same (method, seed) runs, and the largest difference of any metric of
+    :data:`calibprompt.runs.compare.METRIC_FIELDS` between a run trained batched and alone."""
+    from calibprompt.runs.compare import METRIC_FIELDS
+
+    one = {(r["method"], r["seed"]): r for r in batched}
+    other = {(r["method"], r["seed"]): r for r in sequential}
+    diff = 0.0
+    for key in set(one) & set(other):
+        for field in METRIC_FIELDS:
+            a, b = one[key].get(field), other[key].get(field)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                diff = max(diff, abs(float(a) - float(b)))
+    return len(one) == len(batched) and set(one) == set(other), diff
+
+
+def _parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="biomedclip",
                         help="a registered backbone; hub models are built as random-weight twins")
@@ -139,7 +156,34 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch-prompts", type=int, default=defaults.MAX_BATCH_PROMPTS)
     parser.add_argument("--reference-steps", type=int, default=3, help="reference-loop steps to time")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _print(result: dict, args, batched: dict, sequential: dict, reference: dict) -> None:
+    """The table's figures in words."""
+    n_runs, metric_diff, separability, per_method = (result["runs"], result["max_ece_diff"], result["separability"],
+                                                     result["per_method"])
+    print(f"{result['backbone']} on {result['device']}: {n_runs} runs ({','.join(result['methods'])} x seeds "
+          f"{args.seeds}), {args.classes} classes x {args.shots} shots, {args.epochs} epochs, cold")
+    for name, table in (("batched", batched), ("one by one", sequential)):
+        print(f"  {name:<11} {table['seconds']:7.1f} s  (features {table['feature_seconds']:.1f} s, training "
+              f"{table['train_seconds']:.1f} s, evaluation and storage {table['other_seconds']:.1f} s)")
+    print(f"  reference   {reference['seconds']:7.1f} s  (estimated: {reference['step_seconds']:.2f} s per step x "
+          f"{reference['steps_per_run']} steps x {n_runs} runs, + {reference['test_encode_seconds']:.1f} s of test "
+          f"images per run; {args.reference_steps} steps timed)")
+    print(f"  speedup {result['speedup_vs_sequential']:.2f}x over one by one (training alone "
+          f"{result['training_speedup_vs_sequential']:.2f}x), {result['speedup_vs_reference']:.1f}x over the reference")
+    print(f"  largest context difference batched vs alone {result['max_abs_diff']:.1e}, largest ECE difference "
+          f"{metric_diff:.1e}, accuracies equal: {result['accuracies_equal']}; separability {separability:.2f}")
+    print(f"  the same runs both ways: {result['same_runs']}; largest difference of any metric "
+          f"{result['max_metric_diff']:.1e}")
+    for method, sides in per_method.items():
+        print(f"    {method:<12} accuracy {sides['batched']['accuracy']:.3f} / {sides['sequential']['accuracy']:.3f}, "
+              f"ECE {sides['batched']['ece']:.4f} / {sides['sequential']['ece']:.4f} (batched / one by one)")
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
     methods = [m for m in parse_methods(args.methods) if m != "zeroshot"]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
@@ -174,6 +218,7 @@ def main(argv=None) -> int:
             per_method.setdefault(method, {})[name] = {
                 "accuracy": statistics.fmean(r["accuracy"] for r in rows), "ece": statistics.fmean(r["ece"] for r in rows)}
     metric_diff = max(abs(a["ece"] - b["ece"]) for a, b in zip(batched["rows"], sequential["rows"]))
+    same_runs, all_metrics_diff = _metric_agreement(batched["rows"], sequential["rows"])
     result = {
         "backbone": f"{args.backbone}{' (architecture twin, random weights)' if twin else ''}",
         "device": str(backbone.device),
@@ -186,6 +231,8 @@ def main(argv=None) -> int:
         "training_speedup_vs_sequential": sequential["train_seconds"] / batched["train_seconds"],
         "max_abs_diff": max(diffs),
         "max_ece_diff": metric_diff,
+        "same_runs": same_runs,
+        "max_metric_diff": all_metrics_diff,
         "accuracies_equal": all(a["accuracy"] == b["accuracy"] for a, b in zip(batched["rows"], sequential["rows"])),
         "batched_seconds": batched["seconds"], "batched_feature_seconds": batched["feature_seconds"],
         "batched_train_seconds": batched["train_seconds"], "batched_other_seconds": batched["other_seconds"],
@@ -197,21 +244,7 @@ def main(argv=None) -> int:
         "separability": separability,
         "per_method": per_method,
     }
-    print(f"{result['backbone']} on {result['device']}: {n_runs} runs ({','.join(methods)} x seeds "
-          f"{args.seeds}), {args.classes} classes x {args.shots} shots, {args.epochs} epochs, cold")
-    for name, table in (("batched", batched), ("one by one", sequential)):
-        print(f"  {name:<11} {table['seconds']:7.1f} s  (features {table['feature_seconds']:.1f} s, training "
-              f"{table['train_seconds']:.1f} s, evaluation and storage {table['other_seconds']:.1f} s)")
-    print(f"  reference   {reference['seconds']:7.1f} s  (estimated: {reference['step_seconds']:.2f} s per step x "
-          f"{reference['steps_per_run']} steps x {n_runs} runs, + {reference['test_encode_seconds']:.1f} s of test "
-          f"images per run; {args.reference_steps} steps timed)")
-    print(f"  speedup {result['speedup_vs_sequential']:.2f}x over one by one (training alone "
-          f"{result['training_speedup_vs_sequential']:.2f}x), {result['speedup_vs_reference']:.1f}x over the reference")
-    print(f"  largest context difference batched vs alone {result['max_abs_diff']:.1e}, largest ECE difference "
-          f"{metric_diff:.1e}, accuracies equal: {result['accuracies_equal']}; separability {separability:.2f}")
-    for method, sides in per_method.items():
-        print(f"    {method:<12} accuracy {sides['batched']['accuracy']:.3f} / {sides['sequential']['accuracy']:.3f}, "
-              f"ECE {sides['batched']['ece']:.4f} / {sides['sequential']['ece']:.4f} (batched / one by one)")
+    _print(result, args, batched, sequential, reference)
     if args.json:
         atomic_write_json(args.json, result)
     return 0

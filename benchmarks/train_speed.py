@@ -16,7 +16,8 @@ cost of filling it, and ``cold_speedup`` counts it in.
 
 The default backbone is a BiomedCLIP-sized architecture twin (random weights, real sizes). The
 synthetic images have class-dependent colours, so that even random-weight features separate the
-classes and the two accuracies can be compared.
+classes and the two accuracies can be compared. ``steps`` and ``reference_steps`` (optimiser steps of each
+side: the same schedule) and ``test_images`` (each accuracy is a count of them) do not depend on the machine.
 """
 from __future__ import annotations
 
@@ -146,6 +147,9 @@ def main(argv=None) -> int:
             "reference_accuracy": accuracy(reference, test_feats, test_labels, backbone.logit_scale),
             "method": args.method, "epochs": args.epochs, "views": args.views, "classes": args.classes,
             "shots": args.shots, "steps": ours.steps, "device": str(backbone.device),
+            # the same schedule on both sides: epochs x (training images // batch) optimiser steps
+            "reference_steps": args.epochs * (len(train_paths) // min(config.batch_size, len(train_paths))),
+            "test_images": len(test_labels),
             "torch_threads": torch.get_num_threads(),
         }
     print(f"{result['backbone']} on {result['device']}, {args.classes} classes x {args.shots} shots, "

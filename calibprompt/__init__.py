@@ -13,18 +13,20 @@ The flat public API::
     cp.calibration_report(out["zero-shot"].probs, labels)
 
 Importing the package is cheap: it imports none of its submodules (nor torch, Gradio or the demo
-world). Each public name is looked up in :data:`_EXPORTS` and imported from its submodule on first
-access (PEP 562), so ``cp.Engine`` and ``from calibprompt import Engine`` load only what ``Engine``
-needs. The core subpackages (``cp.data``, ``cp.evaluation``, ...) load on first access too.
+world). The public names are listed once, in :data:`_EXPORTS` (name -> the module it lives in): ``__all__``
+is its keys, and ``__getattr__`` imports a name from its module on first access (PEP 562), so
+``cp.Engine`` and ``from calibprompt import Engine`` load only what ``Engine`` needs. The core
+subpackages (``cp.data``, ``cp.evaluation``, ...) load on first access too.
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-#: Where each public name lives: the module it is imported from on first access.
+#: The one list of public names: each name -> the module it is imported from on first access (written
+#: grouped by module). ``__all__``, ``__getattr__`` and ``__dir__`` all derive from it.
 _EXPORTS: dict[str, str] = {
     name: module
     for module, names in {
@@ -73,88 +75,10 @@ _EXPORTS: dict[str, str] = {
 
 #: The core subpackages, reachable as attributes (``cp.evaluation.metrics``) without importing them first.
 #: The app and the demo world are not among them: ``import calibprompt.demo`` says it.
-_SUBPACKAGES = frozenset({"backbones", "cluster", "data", "defaults", "devices", "errors", "evaluation", "fileio", "paths",
-                          "prompting", "runs", "service", "training"})
+_SUBPACKAGES = frozenset({"backbones", "cluster", "data", "defaults", "devices", "errors", "evaluation", "fileio",
+                          "imaging", "owners", "paths", "prompting", "runs", "service", "training"})
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-if TYPE_CHECKING:  # what type checkers and IDEs see; kept equal to _EXPORTS (tests/test_layout.py)
-    from calibprompt.backbones import (
-        BACKBONES,
-        Backbone,
-        BackboneSpec,
-        BackboneUnavailableError,
-        list_backbones,
-        load_backbone,
-        save_backbone,
-    )
-    from calibprompt.data import (
-        SUPPORTED_IMAGE_SUFFIXES,
-        Dataset,
-        LabeledImages,
-        extract_zip,
-        few_shot_split,
-        is_image_file,
-        load_dataset,
-        load_image,
-        sample_few_shot,
-    )
-    from calibprompt.data.metadata import image_metadata
-    from calibprompt.data.resolve import dataset_choices
-    from calibprompt.data.sources import DatasetSource, list_registered_datasets, register_dataset
-    from calibprompt.devices import available_devices, resolve_device
-    from calibprompt.evaluation.agreement import cohen_kappa
-    from calibprompt.evaluation.card import (
-        debiased_ece,
-        kde_ece,
-        paired_bootstrap,
-        per_class_ece,
-        seed_difference,
-        smooth_ece,
-    )
-    from calibprompt.evaluation.conformal import ConformalClassifier, mean_set_size, set_coverage
-    from calibprompt.evaluation.metrics import (
-        accuracy,
-        adaptive_calibration_error,
-        apply_temperature,
-        bootstrap_interval,
-        brier_score,
-        calibration_report,
-        classwise_ece,
-        ece_interval,
-        expected_calibration_error,
-        fit_temperature,
-        macro_f1,
-        maximum_calibration_error,
-        mean_confidence,
-        negative_log_likelihood,
-        reliability_bins,
-    )
-    from calibprompt.evaluation.ood import KNNDistance, modality_mismatch, unknown_words
-    from calibprompt.evaluation.report import CalibrationReport, Evaluation, evaluate_head, evaluate_probs
-    from calibprompt.evaluation.selective import (
-        accuracy_at_confidence,
-        risk_coverage,
-        selective_accuracy,
-        threshold_for_accuracy,
-    )
-    from calibprompt.prompting.checkpoint import load_prompt, read_prompt_metadata, save_prompt
-    from calibprompt.prompting.engine import Engine, Head, Prediction
-    from calibprompt.prompting.interpret import interpret_prompt
-    from calibprompt.prompting.learner import PromptLearner
-    from calibprompt.prompting.library import register_bundled_prompt
-    from calibprompt.prompting.tasks import Task, list_tasks, load_task
-    from calibprompt.runs.batch import run_train_jobs
-    from calibprompt.runs.compare import run_comparison, summarize
-    from calibprompt.runs.jobs import JobRunner, TrainJob, open_dataset, run_train_job
-    from calibprompt.runs.reproduce import PAPER_PAIRS, plan_cells, reproduce
-    from calibprompt.runs.requests import check_train_request
-    from calibprompt.runs.store import RunRecord, RunStore
-    from calibprompt.training.batched import RunInputs, train_many
-    from calibprompt.training.features import FeatureCache
-    from calibprompt.training.losses import LOSSES, METHODS, build_objective, get_loss, get_method, list_methods
-    from calibprompt.training.protocols import PROTOCOLS, Protocol, get_protocol, list_protocols
-    from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
 
 
 def __getattr__(name: str) -> Any:

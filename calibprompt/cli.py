@@ -106,9 +106,7 @@ def _check_train_args(args: argparse.Namespace, seeds: Sequence[int]) -> None:
     training pool, and that every seed's split leaves test images (a ValueError: exit status 2)."""
     from calibprompt.data.layouts import few_shot_split
     from calibprompt.data.resolve import open_dataset
-    from calibprompt.runs.requests import check_train_request, class_counts_for_split
-
-    from calibprompt.runs.requests import check_number
+    from calibprompt.runs.requests import check_number, check_train_request, class_counts_for_split
 
     for seed in seeds:
         check_train_request(shots=args.shots, epochs=args.epochs, seed=seed, alpha=args.alpha, beta=args.beta,
@@ -160,30 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if record.status == "done" else 1
 
 
-#: the coverages at which ``evaluate`` reports selective accuracy
-_SELECTIVE_COVERAGES = (0.8, 0.9)
-
-
-def _uncertainty_summary(probs, labels, alpha: float) -> dict:
-    """``evaluate``'s selective-prediction numbers and cross-fitted conformal sets (LAC, APS, RAPS)."""
-    from calibprompt.evaluation.conformal import ALLOWED_SCORES, cross_fitted_sets
-    from calibprompt.evaluation.selective import risk_coverage, selective_accuracy
-
-    selective = {"n": int(len(labels)), "aurc": risk_coverage(probs, labels)["aurc"],
-                 "selective_accuracy": {f"{c:g}": selective_accuracy(probs, labels, c) for c in _SELECTIVE_COVERAGES}}
-    conformal: dict = {"alpha": alpha, "cross_fit": "fit on the even-indexed test images, measure on the odd ones, "
-                                                    "and the reverse; the two results averaged",
-                       "scores": {}, "unavailable": None}
-    try:
-        for score in ALLOWED_SCORES:
-            out = cross_fitted_sets(probs, labels, alpha=alpha, score=score)
-            conformal["scores"][score] = {k: out[k] for k in ("coverage", "mean_set_size", "folds")}
-    except ValueError as exc:  # too few test images for this alpha: report it, keep the rest
-        conformal["scores"], conformal["unavailable"] = {}, str(exc)
-    return {"selective": selective, "conformal": conformal}
-
-
 def _print_uncertainty_summary(head: str, summary: dict) -> None:
+    """Print :func:`calibprompt.evaluation.uncertainty.uncertainty_summary` for ``head``."""
     sel, conf = summary["selective"], summary["conformal"]
     at = ", ".join(f"{float(c):.0%} coverage {v:.4f}" for c, v in sel["selective_accuracy"].items())
     print(f"selective prediction ({head}, {sel['n']} test images): AURC {sel['aurc']:.4f}; accuracy of the most "
@@ -197,63 +173,65 @@ def _print_uncertainty_summary(head: str, summary: dict) -> None:
     _print_table(rows, ["score", "coverage", "mean set size"])
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from calibprompt.data.layouts import few_shot_split
-    from calibprompt.prompting.engine import Engine
-    from calibprompt.evaluation.report import evaluate_head
-    from calibprompt.training.features import FeatureCache
-    from calibprompt.runs.jobs import failure_text, open_dataset
-    from calibprompt.backbones import load_backbone
-    from calibprompt.runs.store import RunStore
+def _miscoverage(args: argparse.Namespace) -> float:
+    """The conformal sets' miscoverage ``1 - --coverage`` (or an older parser's ``--alpha``), checked before
+    any work (NaN fails too)."""
+    coverage = getattr(args, "coverage", None)
+    if coverage is None and getattr(args, "alpha", None) is not None:
+        if not 0.0 < args.alpha < 1.0:
+            raise ValueError(f"--alpha must lie in (0, 1), e.g. 0.1 for 90% prediction sets; got {args.alpha:g}.")
+        return float(args.alpha)
+    coverage = defaults.COVERAGE if coverage is None else coverage
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"--coverage must lie in (0, 1), e.g. 0.9 for 90% prediction sets; got {coverage:g}.")
+    return round(1.0 - float(coverage), 10)
 
-    if not 0.0 < args.alpha < 1.0:  # a bad --alpha fails before any work (NaN fails too)
-        raise ValueError(f"--alpha must lie in (0, 1), e.g. 0.1 for 90% prediction sets; got {args.alpha:g}.")
-    store = RunStore()
-    checkpoint, defaults = args.checkpoint, {}
+
+def _evaluation_request(args: argparse.Namespace, store) -> dict:
+    """``evaluate``'s arguments, with a stored ``--run``'s checkpoint, model, dataset, task and split as
+    defaults; ``method`` names the run's method (None for a checkpoint or zero-shot)."""
+    checkpoint, run = args.checkpoint, {}
     if args.run:
         record = store.get_run(args.run)
         if record.status != "done" or not record.checkpoint:
             raise ValueError(f"Run {args.run} is {record.status}; only a done run has a checkpoint to evaluate.")
-        checkpoint, defaults = record.checkpoint, record.params
-    model = args.model or defaults.get("model")
-    dataset = args.dataset or defaults.get("dataset")
+        checkpoint, run = record.checkpoint, record.params
+    model = args.model or run.get("model")
+    dataset = args.dataset or run.get("dataset")
     if not model or not dataset:
         raise ValueError("Give --model and --dataset (or --run ID to reuse a run's).")
-    task, ds = open_dataset(dataset, args.task or defaults.get("task"))
-    shots = args.shots if args.shots is not None else defaults.get("shots", 8)
-    seed = args.seed if args.seed is not None else defaults.get("seed", 1)
-    _, test = few_shot_split(ds, shots, seed)
-    backbone = load_backbone(model, device=args.device)
-    engine = Engine(backbone)
-    head = "zero-shot"
-    if checkpoint:
-        head = "prompt"
-        engine.add_prompt(head, checkpoint)
-    else:
-        engine.add_zero_shot(head, task)
-    params = {"model": model, "dataset": str(dataset), "task": task.name, "head": checkpoint or "zero-shot",
-              "shots": shots, "seed": seed}
-    run_id = store.create_run("evaluate", params, slug="eval")
-    store.start_run(run_id, str(backbone.device))
-    try:
-        feats = FeatureCache(backbone).plain(test.paths)
-        result = evaluate_head(engine, head, feats, test.labels, [str(p) for p in test.paths], task.classnames,
-                               n_bins=args.bins)
-        store.finish_run(run_id, result.report, None, result.rows)
-    except BaseException as exc:
-        store.fail_run(run_id, failure_text(exc))
-        raise
+    return {"model": model, "dataset": dataset, "task": args.task or run.get("task"), "checkpoint": checkpoint,
+            "shots": args.shots if args.shots is not None else run.get("shots", defaults.SHOTS),
+            "seed": args.seed if args.seed is not None else run.get("seed", defaults.SEED),
+            "method": run.get("method")}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a prompt through the one pipeline (:func:`calibprompt.runs.evaluation.evaluate_split`) and
+    print its report, selective prediction and conformal sets
+    (:func:`calibprompt.evaluation.uncertainty.uncertainty_summary`)."""
+    from calibprompt.evaluation.uncertainty import uncertainty_summary
+    from calibprompt.runs.evaluation import evaluate_split
+    from calibprompt.runs.store import RunStore
+
+    alpha = _miscoverage(args)  # a bad level fails before any work
+    store = RunStore()
+    request = _evaluation_request(args, store)
+    method = request.pop("method")
+    done = evaluate_split(store, **request, device=args.device, n_bins=args.bins)
+    result, task = done.evaluation, done.task
     if args.csv:
         _write_csv(args.csv, [{k: v for k, v in r.items() if k != "probs"} | {
             f"p_{c}": p for c, p in zip(task.class_ids, r["probs"])} for r in result.rows])
-    summary = _uncertainty_summary(result.probs, result.labels, args.alpha)
+    summary = uncertainty_summary(result.probs, result.labels, alpha)
     if args.json:
-        _write_json(args.json, {"run_id": run_id, "report": result.report, "rows": result.rows, **summary})
+        _write_json(args.json, {"run_id": done.run_id, "report": result.report, "rows": result.rows, **summary,
+                                "coverage": round(1.0 - alpha, 10)})
     r = result.report
-    print(f"{run_id}: {len(test)} images, accuracy {r['accuracy']:.4f}, ECE {r['ece']:.4f} "
+    print(f"{done.run_id}: {len(done.test)} images, accuracy {r['accuracy']:.4f}, ECE {r['ece']:.4f} "
           f"(95% {r['intervals']['ece'][0]:.4f}-{r['intervals']['ece'][1]:.4f}), MCE {r['mce']:.4f}, "
           f"ACE {r['ace']:.4f}, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}")
-    _print_uncertainty_summary(defaults.get("method") or head, summary)
+    _print_uncertainty_summary(method or ("prompt" if request["checkpoint"] else "zero-shot"), summary)
     return 0
 
 
@@ -466,7 +444,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               epochs=args.epochs, n_bins=args.bins, device=args.device, loss_params=_loss_params(args),
                               on_result=on_result, protocol=args.protocol, precision=args.precision,
                               max_batch_prompts=args.max_batch_prompts, resume=args.resume,
-                              ray=_ray_options(args, n_boot=200), on_event=_ray_event, on_step=steps.update)
+                              n_boot=defaults.N_BOOT_TABLE, executor=_ray_executor(args, defaults.N_BOOT_TABLE),
+                              on_event=_ray_event, on_step=steps.update)
     finally:
         bar.close()
     table = summarize(rows)
@@ -519,7 +498,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         result = reproduce(args.suite, args.methods, args.seeds, args.protocol, shots=args.shots, epochs=args.epochs,
                            n_bins=args.bins, model=args.model, tolerance=args.tolerance, device=args.device,
                            dry_run=args.dry_run, progress=progress, max_batch_prompts=args.max_batch_prompts,
-                           ray=None if args.dry_run else _ray_options(args, n_boot=200), on_event=_ray_event,
+                           n_boot=defaults.N_BOOT_TABLE, on_event=_ray_event,
+                           executor=None if args.dry_run else _ray_executor(args, defaults.N_BOOT_TABLE),
                            on_step=steps.update if not args.dry_run else None)
     finally:
         if bar is not None:
@@ -558,6 +538,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import calibprompt.demo
+    from calibprompt.cluster.connect import connect_for_tasks, local_env
     from calibprompt.cluster.features import extract_features, list_images
 
     folder = Path(args.dataset).expanduser()
@@ -573,7 +554,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1.")
     if args.ray:
-        _connect_ray(args)
+        connect_for_tasks(args.ray, gpus_per_task=args.ray_gpus_per_task, cpus_per_task=args.ray_cpus_per_task)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(images), desc="features", unit="image", file=sys.stderr, leave=False)
@@ -587,7 +568,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         summary = extract_features(images, args.model, use_ray=bool(args.ray), device=args.device,
                                    precision=args.precision, batch_size=args.batch_size,
                                    cpus_per_actor=args.ray_cpus_per_task, gpus_per_actor=args.ray_gpus_per_task,
-                                   setup=(calibprompt.demo.register,), env_vars=_local_env(args.ray or ""),
+                                   setup=(calibprompt.demo.register,), env_vars=local_env(args.ray or ""),
                                    progress=progress)
     finally:
         bar.close()
@@ -686,51 +667,25 @@ def _add_ray_arguments(p: argparse.ArgumentParser, what: str = "each group of ru
                    help="CPUs each Ray task asks for (also its torch threads; default 1)")
 
 
-def _ray_options(args: argparse.Namespace, n_boot: int | None = None):
-    """Connect to the cluster of ``--ray`` and the options of its tasks (None without ``--ray``)."""
+def _ray_executor(args: argparse.Namespace, n_boot: int):
+    """The Ray executor of ``--ray`` (connected; :func:`calibprompt.cluster.runs.ray_executor`), or None without
+    ``--ray`` (the runs are trained here)."""
     if not getattr(args, "ray", None):
         return None
     import calibprompt.demo
-    from calibprompt.cluster.runs import RayOptions
+    from calibprompt.cluster.runs import ray_executor
 
-    _connect_ray(args)
-    extra = {} if n_boot is None else {"n_boot": n_boot}
-    return RayOptions(gpus_per_task=args.ray_gpus_per_task, cpus_per_task=args.ray_cpus_per_task,
-                      max_batch_prompts=args.max_batch_prompts, setup=(calibprompt.demo.register,),
-                      env_vars=_local_env(args.ray), **extra)
-
-
-def _connect_ray(args: argparse.Namespace) -> None:
-    """Check the per-task resources of ``--ray``, then start or join that cluster."""
-    from calibprompt.cluster.connect import connect
-
-    if args.ray_gpus_per_task < 0 or args.ray_cpus_per_task <= 0:
-        raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
-    connect(args.ray)
-
-
-def _local_env(address: str) -> dict[str, str]:
-    """On a local cluster the workers share this process's data directory (and Hugging Face cache)."""
-    import os
-
-    from calibprompt.cluster.connect import LOCAL
-    from calibprompt.paths import data_dir
-
-    if address.strip() != LOCAL:
-        return {}
-    env = {"CALIBPROMPT_HOME": str(data_dir())}
-    for name in ("HF_HOME", "HF_HUB_OFFLINE"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
+    return ray_executor(args.ray, gpus_per_task=args.ray_gpus_per_task, cpus_per_task=args.ray_cpus_per_task,
+                        max_batch_prompts=args.max_batch_prompts, n_boot=n_boot, setup=(calibprompt.demo.register,))
 
 
 def _ray_event(event: dict) -> None:
-    if event["event"] == "retry":
-        print(f"Ray task {event['group']} restarted on {event['host']} (attempt {event['attempt']}): its worker "
-              "was lost", file=sys.stderr)
-    elif event["event"] == "failed":
-        print(event["error"], file=sys.stderr)
+    """Print what a user should know of a Ray task's event (a retry, a failure)."""
+    from calibprompt.cluster.runs import describe_event
+
+    line = describe_event(event)
+    if line is not None:
+        print(line, file=sys.stderr)
 
 
 def _request_number(text: str):
@@ -778,7 +733,8 @@ def _add_runs_parser(sub) -> None:
     p.add_argument("--status", help="only runs with this status")
     p.add_argument("--limit", type=_bounded("limit"))
     p.add_argument("--show", metavar="RUN_ID", help="one run in full, with the nearest words of its learned prompt")
-    p.add_argument("--top-k", type=_bounded("top_k"), default=3, help="nearest vocabulary tokens per context vector (with --show)")
+    p.add_argument("--top-k", type=_bounded("top_k"), default=defaults.TOP_K_TOKENS,
+                   help=f"nearest vocabulary tokens per context vector (with --show; default {defaults.TOP_K_TOKENS})")
     runs_sub = p.add_subparsers(dest="runs_command", metavar="{share}")
     q = runs_sub.add_parser("share", help="share a finished run made at the command line with every user of the "
                             "app (their prompt menus and run history), or stop sharing it")
@@ -808,23 +764,34 @@ def _add_store_parser(sub) -> None:
     p.set_defaults(func=cmd_store)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calibprompt", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Moved(argparse.Action):
+    """An option that no longer exists on this command: using it exits 2 (argparse's error) with a line
+    that names the option to use instead."""
 
+    def __init__(self, option_strings, dest, *, message: str, **kwargs):
+        self.message = message
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.message)
+
+
+def _add_listing_parsers(sub) -> None:
+    """``calibprompt backbones`` and ``calibprompt tasks``: the registered backbones and task files."""
     p = sub.add_parser("backbones", help="list the registered backbones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backbones)
-
     p = sub.add_parser("tasks", help="list the task files in prompts/")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tasks)
 
+
+def _add_predict_parser(sub) -> None:
+    """``calibprompt predict IMAGE ...``: see :func:`cmd_predict`."""
     p = sub.add_parser("predict", help="class probabilities of images, per method")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, DICOM, ...)")
-    p.add_argument("--model", default="biomedclip", help="backbone name, hf-hub: id or model folder")
-    p.add_argument("--task", default="kather", help="task name from prompts/ or a task .json file")
+    p.add_argument("--model", default=defaults.PREDICT_MODEL, help="backbone name, hf-hub: id or model folder")
+    p.add_argument("--task", default=defaults.PREDICT_TASK, help="task name from prompts/ or a task .json file")
     p.add_argument("--classes", help="comma-separated class names instead of --task")
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="add a learned prompt head (repeatable)")
@@ -832,53 +799,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_training_numbers(p: argparse.ArgumentParser, *, seeds: bool) -> None:
+    """The numbers of ``train`` (one ``--seed``) or ``compare`` (``--seeds``): typed as given and checked
+    with the request by :func:`_check_train_args` (``check_number``, naming the field; exit 2)."""
+    number = _request_number
+    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    if seeds:
+        p.add_argument("--seeds", default=defaults.SEEDS, help=f"comma-separated seeds (default {defaults.SEEDS})")
+    else:
+        p.add_argument("--seed", type=number, default=defaults.SEED,
+                       help=f"split and training seed (default {defaults.SEED})")
+    p.add_argument("--epochs", type=number, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
+    p.add_argument("--alpha", type=number, help="the loss's LS/SMAC smoothing weight (default: the paper's value "
+                   "for the task)")
+    p.add_argument("--beta", type=number, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
+
+
+def _add_train_parser(sub) -> None:
+    """``calibprompt train``: see :func:`cmd_train`."""
     from calibprompt.training.losses import list_methods
 
     p = sub.add_parser("train", help="learn a prompt on a few shots (the paper's protocol by default)")
     _add_job_arguments(p, training=True)
-    number = _request_number  # checked with the request by check_number, naming the field (exit 2)
-    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
-    p.add_argument("--seed", type=number, default=defaults.SEED, help=f"split and training seed (default {defaults.SEED})")
+    _add_training_numbers(p, seeds=False)
     p.add_argument("--method", default="calibprompt", choices=list_methods())
-    p.add_argument("--epochs", type=number, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
-    p.add_argument("--alpha", type=number, help="LS/SMAC smoothing (default: the paper's value for the task)")
-    p.add_argument("--beta", type=number, help="AS weight for calibprompt (or the regulariser weight of a baseline)")
-    p.add_argument("--views", type=number, default=defaults.N_VIEWS, help="cached augmented views per training image")
+    p.add_argument("--views", type=_request_number, default=defaults.N_VIEWS,
+                   help=f"cached augmented views per training image (default {defaults.N_VIEWS})")
     _add_protocol_arguments(p)
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """``calibprompt evaluate``: see :func:`cmd_evaluate`. The conformal level is ``--coverage``; ``--alpha``
+    (the loss's smoothing weight elsewhere) is refused here, pointing to ``--coverage``."""
     p = sub.add_parser("evaluate", help="calibration report of zero-shot or a learned prompt on a test split")
     _add_job_arguments(p, model_required=False)
     p.add_argument("--checkpoint", help="prompt checkpoint (.json); default: zero-shot")
     p.add_argument("--run", help="evaluate a stored run's checkpoint (its model, dataset and split by default)")
-    p.add_argument("--shots", type=_bounded("shots"), help="shots of the split whose test part is used (default 8)")
-    p.add_argument("--seed", type=_bounded("seed"), help="seed of that split (default 1)")
+    p.add_argument("--shots", type=_bounded("shots"),
+                   help=f"shots of the split whose test part is used (default {defaults.SHOTS})")
+    p.add_argument("--seed", type=_bounded("seed"), help=f"seed of that split (default {defaults.SEED})")
     p.add_argument("--json", help="write the report and per-image rows to this JSON file")
     p.add_argument("--csv", help="write the per-image rows to this CSV file")
-    p.add_argument("--alpha", type=float, default=0.1,
-                   help="error level of the conformal prediction sets, in (0, 1) (default 0.1: 90%% coverage)")
+    p.add_argument("--coverage", type=_bounded("coverage"), default=defaults.COVERAGE, metavar="C",
+                   help="coverage of the conformal prediction sets, above 0 and below 1 (default "
+                        f"{defaults.COVERAGE:g}: the true class in the set {100 * defaults.COVERAGE:.0f}%% of the time)")
+    p.add_argument("--alpha", action=_Moved, metavar="A",
+                   message="--alpha is the loss's smoothing weight (train, compare); the conformal level of "
+                           f"evaluate is --coverage, e.g. --coverage {defaults.COVERAGE:g} for "
+                           f"{defaults.COVERAGE:.0%} prediction sets (--alpha A was --coverage 1-A)")
     p.set_defaults(func=cmd_evaluate)
 
-    _add_runs_parser(sub)
 
-    _add_store_parser(sub)
-
+def _add_reviews_parser(sub) -> None:
+    """``calibprompt reviews``: see :func:`cmd_reviews`."""
     p = sub.add_parser("reviews", help="the readers' case verdicts and their agreement, or a CSV export of them")
     p.add_argument("--csv", help="write the verdicts to this CSV file (spreadsheet-safe) instead of printing them")
     p.add_argument("--reader", help="only this reader's verdicts")
     p.add_argument("--dataset", help="only verdicts on this dataset")
     p.set_defaults(func=cmd_reviews)
 
+
+def _add_compare_parser(sub) -> None:
+    """``calibprompt compare``: see :func:`cmd_compare`."""
+    from calibprompt.training.losses import list_methods
+
     p = sub.add_parser("compare", help="several methods over several seeds: a paper-style table")
     _add_job_arguments(p, training=True)
-    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
-    p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--methods", default="zeroshot,coop,calibprompt",
+    _add_training_numbers(p, seeds=True)
+    p.add_argument("--methods", default=defaults.METHODS,
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
-    p.add_argument("--epochs", type=number, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
-    p.add_argument("--alpha", type=number)
-    p.add_argument("--beta", type=number)
     _add_protocol_arguments(p)
     _add_batch_arguments(p)
     _add_ray_arguments(p, "the training runs")
@@ -888,18 +880,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write the same rows as CSV")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_reproduce_parser(sub) -> None:
+    """``calibprompt reproduce``: see :func:`cmd_reproduce`."""
+    from calibprompt.training.losses import list_methods
+    from calibprompt.training.protocols import list_protocols
+
     p = sub.add_parser("reproduce", help="the paper's table: run the missing cells, compare with the published numbers")
     p.add_argument("--suite", choices=["paper", "demo"], default="paper",
                    help="paper: the 10 backbone/dataset pairs of the paper; demo: the demo backbone on demo, demo-binary")
     p.add_argument("--model", help="only this backbone of the suite (e.g. biomedclip)")
-    p.add_argument("--methods", default="zeroshot,coop,calibprompt",
-                   help="comma-separated: zeroshot, " + ", ".join(list_methods()))
-    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--methods", default=defaults.METHODS, help="comma-separated: zeroshot, " + ", ".join(list_methods()))
+    p.add_argument("--seeds", default=defaults.SEEDS, help=f"comma-separated seeds (default {defaults.SEEDS})")
     p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
     p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")
-    p.add_argument("--protocol", choices=["paper", "authors-code"], default="paper",
+    p.add_argument("--protocol", choices=list_protocols(), default=defaults.PROTOCOL,
                    help="the training protocol the paper describes, or the one of the authors' published code")
-    p.add_argument("--tolerance", type=_bounded("tolerance"), default=1.5, help="ECE points within which a row matches (default 1.5)")
+    p.add_argument("--tolerance", type=_bounded("tolerance"), default=defaults.TOLERANCE,
+                   help=f"ECE points within which a row matches (default {defaults.TOLERANCE:g})")
     p.add_argument("--bins", type=_bounded("bins"), default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--dry-run", action="store_true", help="list the cells, the paper's values and missing data; run nothing")
@@ -910,35 +908,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="write the table as markdown")
     p.set_defaults(func=cmd_reproduce)
 
+
+def _add_features_parser(sub) -> None:
+    """``calibprompt features``: see :func:`cmd_features`."""
+    from calibprompt.training.protocols import PRECISIONS
+
     p = sub.add_parser("features", help="image features of a folder into the feature cache (optionally on Ray)")
     p.add_argument("--dataset", required=True, help="a folder of images (searched recursively) or a dataset name")
     p.add_argument("--model", required=True, help="backbone name (calibprompt backbones lists them)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu (without --ray, or for Ray workers)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="image-encoder precision (autocast); each has its own cache (default fp32)")
-    p.add_argument("--batch-size", type=_bounded("batch_size"), default=64, help="images per encoder call (default 64)")
+    p.add_argument("--batch-size", type=_bounded("batch_size"), default=defaults.FEATURE_BATCH,
+                   help=f"images per encoder call (default {defaults.FEATURE_BATCH})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_ray_arguments(p, "the extraction through Ray Data (an actor pool that loads the model once per worker)")
     p.set_defaults(func=cmd_features)
 
+
+def _add_demo_parsers(sub) -> None:
+    """``calibprompt demo-data`` and ``calibprompt demo-build``: the synthetic demo world."""
     p = sub.add_parser("demo-data", help="write a synthetic demo dataset (train/ and test/ class folders)")
     p.add_argument("--task", required=True, choices=["demo", "demo-binary"])
     p.add_argument("--out", required=True, help="a new folder")
-    p.add_argument("--seed", type=_bounded("seed"), default=0)
+    p.add_argument("--seed", type=_bounded("seed"), default=defaults.DEMO_SEED)
     p.add_argument("--train-per-class", type=_bounded("train_per_class"), help="default: the standard split's")
     p.add_argument("--test-per-class", type=_bounded("test_per_class"), help="default: the standard split's")
     p.add_argument("--shift", type=_bounded("shift"), help="stain/scanner shift from the pretraining domain (default: the standard split's)")
-    p.add_argument("--workers", type=_bounded("workers"), default=2)
+    p.add_argument("--workers", type=_bounded("workers"), default=defaults.WORKERS)
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("demo-build", help="pretrain the bundled demo backbone on the synthetic world (CPU, minutes)")
     p.add_argument("--out", help="model folder (default: the package's bundled demo model)")
-    p.add_argument("--seed", type=_bounded("seed"), default=0)
-    p.add_argument("--steps", type=_bounded("steps"), default=900)
-    p.add_argument("--workers", type=_bounded("workers"), default=2)
+    p.add_argument("--seed", type=_bounded("seed"), default=defaults.DEMO_SEED)
+    p.add_argument("--steps", type=_bounded("steps"), default=defaults.DEMO_STEPS)
+    p.add_argument("--workers", type=_bounded("workers"), default=defaults.WORKERS)
     p.add_argument("--stage", choices=["all", "backbone", "prompts"], default="all",
                    help="pretrain the backbone, train the bundled demo prompts and sample images, or both")
     p.set_defaults(func=cmd_demo_build)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``calibprompt`` parser: one ``_add_*_parser`` per command, in ``--help`` order."""
+    parser = argparse.ArgumentParser(prog="calibprompt", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_listing_parsers(sub)
+    _add_predict_parser(sub)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_runs_parser(sub)
+    _add_store_parser(sub)
+    _add_reviews_parser(sub)
+    _add_compare_parser(sub)
+    _add_reproduce_parser(sub)
+    _add_features_parser(sub)
+    _add_demo_parsers(sub)
     return parser
 
 

@@ -2,9 +2,11 @@
 
 A reader never sees a half-written file; a failed write (a full disk, say) removes its temporary file
 and leaves the target as it was, and only a crash can leave a stray ``.<name>.*.tmp`` behind.
+:func:`file_sha256` is the one file hasher (feature-cache keys, content-keyed caches).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -12,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "file_sha256", "format_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +54,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, as 64 hex digits, read in 1 MiB blocks (never whole into memory).
+
+    ``hashlib.file_digest`` (Python >= 3.11) does the reading; on Python 3.10 the same loop is written
+    out here. Raises ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``, ...) as ``open`` does.
+    """
+    with open(path, "rb") as handle:
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.sha256()  # pragma: no cover - Python 3.10
+        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):  # pragma: no cover
+            digest.update(block)
+        return digest.hexdigest()  # pragma: no cover
+
+
+def format_bytes(n: int) -> str:
+    """A size as a message says it: "512 bytes", "1.5 KB", "2.0 GB" (binary units, one decimal)."""
+    value = float(n)
+    for unit in ("bytes", "KB", "MB"):
+        if value < 1024:
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"

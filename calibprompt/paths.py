@@ -1,21 +1,33 @@
 """Where CalibPrompt keeps its data: ``$CALIBPROMPT_HOME`` (default ``~/.calibprompt``).
 
 Everything the app or the CLI writes (the run store, prompt checkpoints, feature caches, generated
-and uploaded datasets) lives below this folder.
+and uploaded datasets) lives below this folder, and a user's own task files sit in its ``prompts/``.
+What ships with CalibPrompt (the task files, the sample images) is found by :func:`bundled_dir`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 __all__ = ["data_dir", "runs_dir", "features_dir", "datasets_dir", "uploads_dir", "owner_key", "owner_uploads_dir",
-           "inside", "shown", "SAMPLE_IMAGES_DIR"]
+           "inside", "shown", "bundled_dir", "user_prompts_dir", "BUNDLED_FOLDERS", "SAMPLE_IMAGES_DIR"]
+
+#: The data folders shipped with CalibPrompt: the task files (with the demo's prompt checkpoints in
+#: ``prompts/demo``) and the sample images. Their one copy sits at the repository's top level.
+BUNDLED_FOLDERS = ("prompts", "sample_images")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _home(override: str | os.PathLike | None = None) -> Path:
+    """The configured data directory, neither created nor resolved."""
+    return Path(override or os.environ.get("CALIBPROMPT_HOME") or Path.home() / ".calibprompt").expanduser()
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
     """The data directory (created if missing)."""
-    root = Path(override or os.environ.get("CALIBPROMPT_HOME") or Path.home() / ".calibprompt").expanduser()
+    root = _home(override)
     root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
 
@@ -75,11 +87,43 @@ def shown(path: str | os.PathLike) -> str:
         full = os.path.realpath(os.path.expanduser(text))
         if os.path.commonpath([root, full]) == root:
             relative = os.path.relpath(full, root)
-            return "the data directory" if relative == "." else Path(relative).as_posix()
+            return "the data directory" if relative == "." else _upload_name(Path(relative).as_posix())
     except (TypeError, ValueError, OSError):
         pass
     return Path(text).name or text
 
 
-#: The bundled sample images (package data), the only folder of the package a hosted app serves.
-SAMPLE_IMAGES_DIR = Path(__file__).resolve().parent / "sample_images"
+def _upload_name(relative: str) -> str:
+    """An upload's path as its owner names it (``uploads/<owner key>/scans/x.png`` -> ``uploads/scans/x.png``,
+    the dataset choice the menus show); any other path as it is."""
+    parts = relative.split("/")
+    if len(parts) > 2 and parts[0] == "uploads" and re.fullmatch(r"[0-9a-f]{16}", parts[1]):
+        return "/".join(["uploads", *parts[2:]])
+    return relative
+
+
+def bundled_dir(name: str) -> Path:
+    """Where a shipped data folder (one of :data:`BUNDLED_FOLDERS`) is, in a checkout or an install.
+
+    In a source checkout, and with ``pip install -e .``, it is the repository's top-level folder
+    (``<repo>/prompts``), found beside ``pyproject.toml`` next to the package. An installed wheel carries
+    it inside the package (``site-packages/calibprompt/prompts``: the build maps the top-level folder
+    there, see ``[tool.setuptools.package-dir]`` in pyproject.toml). The checkout is looked at first, so
+    a stray leftover folder inside the package never shadows the canonical copy. Nothing is created.
+    """
+    if name not in BUNDLED_FOLDERS:
+        raise ValueError(f"Unknown bundled folder {name!r}; choose one of: {', '.join(BUNDLED_FOLDERS)}.")
+    checkout = _PACKAGE.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
+        return checkout / name
+    return _PACKAGE / name
+
+
+def user_prompts_dir(override: str | os.PathLike | None = None) -> Path:
+    """A user's own task files: ``$CALIBPROMPT_HOME/prompts`` (not created; see
+    :func:`calibprompt.prompting.tasks.list_tasks` for how they sit beside the bundled ones)."""
+    return _home(override) / "prompts"
+
+
+#: The bundled sample images, the only shipped folder a hosted app serves.
+SAMPLE_IMAGES_DIR = bundled_dir("sample_images")

@@ -76,8 +76,11 @@ def app_url(tmp_path_factory):
                 models=["demo", "tiny-random"])  # a second model that loads offline, for switching
     demo = build_demo(core)
     demo.queue(default_concurrency_limit=4)
+    from calibprompt.app.guards import with_guards
+
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, allowed_paths=[str(SAMPLE_IMAGES_DIR)],
-                            blocked_paths=private_paths(), **launch_kwargs())
+                            blocked_paths=private_paths(), app_kwargs=with_guards(), run_history=False,
+                            **launch_kwargs())  # the middleware and settings `python app.py` serves with
     yield url
     demo.close()
     if previous is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "calibprompt" / "sample_images" / "demo-norm-0048.png"
+SAMPLE = ROOT / "sample_images" / "demo-norm-0048.png"
 
 
 @pytest.fixture(scope="module")

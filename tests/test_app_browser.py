@@ -54,7 +54,7 @@ def _shot(page, name):
 @needs_browser
 def test_compare_tab_shows_all_three_methods(page):
     assert page.get_by_text("not for diagnosis").first.is_visible()
-    page.set_input_files("#compare-files input[type=file]", str(ROOT / "calibprompt" / "sample_images" / "demo-norm-0048.png"))
+    page.set_input_files("#compare-files input[type=file]", str(ROOT / "sample_images" / "demo-norm-0048.png"))
     page.wait_for_timeout(1000)
     page.click("#compare-button")
     for head in ("zero-shot", "coop", "calibprompt"):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from calibprompt.app.wording import calibration_note
 from calibprompt.backbones import load_backbone
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.paths import SAMPLE_IMAGES_DIR
@@ -48,7 +49,7 @@ def test_every_method_gets_a_set_an_accuracy_and_advice(core):
         acc = entry["accuracy"]
         assert acc["n"] > 0 and acc["low"] <= acc["accuracy"] <= acc["high"]
         assert entry["refer"] == bool(entry["reasons"])
-    assert "Calibrated on 900 test images of demo" in result["calibration"]
+    assert "Calibrated on 900 test images of demo" in calibration_note(result["calibration"])
     assert image["refer"] == bool(image["reasons"])
 
 
@@ -98,7 +99,7 @@ def test_an_image_of_another_kind_is_flagged_out_of_distribution(core, tmp_path)
 def test_without_labelled_data_no_sets_are_made_up(core, tmp_path):
     state = core.set_task(core.new_session(), typed="tumour, normal tissue")
     result = core.assess(state, [str(SAMPLE)])
-    assert "No labelled test images" in result["calibration"]
+    assert "No labelled test images" in calibration_note(result["calibration"])
     image = result["images"][0]
     assert image["verdict"] == "not checked" and image["refer"]  # never Answer when nothing was checked
     assert image["checks"]["labelled_images"]["state"] == "not run"

@@ -20,7 +20,7 @@ from PIL import Image
 
 from calibprompt.app.common import handler
 from calibprompt.cli import main
-from calibprompt.data import archives
+from calibprompt import archives
 from calibprompt.data import uploads as uploads_module
 from calibprompt.data.uploads import check_quota, clean_uploads, extract_upload, start_cleaner, usage
 from calibprompt.paths import owner_uploads_dir, shown, uploads_dir
@@ -189,6 +189,33 @@ def test_other_answers_pass_the_guard_untouched():
     assert sent[0]["status"] == 503 and sent[1]["body"] == b'{"detail": "Queue is stopped."}'
 
 
+def test_events_by_name_answer_only_the_public_api():
+    """Gradio runs any event by its name on run/api/call routes; behind the guards only the public names
+    answer there (shown live first), a private event's name gets 404, and the page's queue route still runs it."""
+    from calibprompt.app.guards import PUBLIC_API, with_guards
+
+    with gr.Blocks() as demo:
+        box, out = gr.Textbox(), gr.Textbox()
+        box.submit(lambda t: t.upper(), box, out, api_name="compare")
+        box.change(lambda t: "private " + t, box, out, api_name="secret", api_visibility="private")
+    demo.queue()
+    assert "compare" in PUBLIC_API and "secret" not in PUBLIC_API
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, app_kwargs=with_guards())
+    try:
+        live = httpx.post(url + "gradio_api/call/compare", json={"data": ["hi"]}, timeout=30)
+        assert live.status_code == 200 and "event_id" in live.json()
+        for route in ("run", "api", "call", "call/v2"):
+            refused = httpx.post(url + f"gradio_api/{route}/secret", json={"data": ["hi"]}, timeout=30)
+            assert refused.status_code == 404, (route, refused.text)
+            assert refused.json()["detail"].startswith("No public endpoint named 'secret'")
+        private = next(i for i, fn in demo.fns.items() if fn.api_name == "secret")
+        joined = httpx.post(url + "gradio_api/queue/join", timeout=30, json={
+            "data": ["hi"], "fn_index": private, "session_hash": "page1", "event_data": None, "trigger_id": None})
+        assert joined.status_code == 200  # the page's own route: the app authorises the event itself
+    finally:
+        demo.close()
+
+
 # ------------------------------------------------------------------ 4. the preview kept is bounded
 def test_the_compare_preview_is_a_bounded_copy_while_the_model_sees_the_full_image(core, tmp_path, monkeypatch):
     from calibprompt.app.compare_tab import _assess
@@ -330,6 +357,8 @@ def test_shown_paths_are_relative_to_the_data_directory(calibprompt_home, tmp_pa
     assert shown(calibprompt_home / "runs" / "r1" / "prompt.json") == "runs/r1/prompt.json"
     assert shown(tmp_path / "elsewhere" / "scan.png") == "scan.png"  # outside: the file name only
     assert shown(calibprompt_home) == "the data directory"
+    # an upload as its owner names it in the menus, without the owner's folder key
+    assert shown(calibprompt_home / "uploads" / "0123456789abcdef" / "scans" / "a.png") == "uploads/scans/a.png"
     with pytest.raises(ValueError) as caught:
         archives.extract_zip(calibprompt_home / "tmp" / "gone.zip", uploads_dir())
     assert "Archive not found: tmp/gone.zip." in str(caught.value) and str(calibprompt_home) not in str(caught.value)

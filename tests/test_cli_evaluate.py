@@ -1,5 +1,5 @@
 """``calibprompt evaluate``: the selective-prediction numbers and the cross-fitted conformal sets it
-reports (stdout and --json), for a given --alpha."""
+reports (stdout and --json), for a given --coverage (miscoverage alpha = 1 - coverage)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,7 @@ def _evaluate(dataset, *extra):
 
 def test_evaluate_reports_conformal_sets_and_selective_accuracy(dataset, tmp_path, calibprompt_home, capsys):
     out_json = tmp_path / "eval.json"
-    assert _evaluate(dataset, "--alpha", "0.2", "--json", str(out_json)) == 0
+    assert _evaluate(dataset, "--coverage", "0.8", "--json", str(out_json)) == 0
     stdout = capsys.readouterr().out
     assert "selective prediction (zero-shot, 36 test images): AURC" in stdout
     assert "80% coverage" in stdout and "90% coverage" in stdout
@@ -61,21 +61,35 @@ def test_evaluate_reports_conformal_sets_and_selective_accuracy(dataset, tmp_pat
 
 
 def test_evaluate_default_alpha_and_too_few_images_for_an_alpha(dataset, calibprompt_home, capsys):
-    assert _evaluate(dataset) == 0  # default alpha 0.1: halves of 18 >= 9
+    assert _evaluate(dataset) == 0  # default coverage 0.9, alpha 0.1: halves of 18 >= 9
     stdout = capsys.readouterr().out
     assert "conformal sets at alpha=0.1" in stdout and "not available" not in stdout
     # alpha 0.02 needs 49 images per half: reported, and the rest of the evaluation still succeeds
-    assert _evaluate(dataset, "--alpha", "0.02") == 0
+    assert _evaluate(dataset, "--coverage", "0.98") == 0
     stdout = capsys.readouterr().out
     assert "accuracy" in stdout and "AURC" in stdout
     assert ("not available: Too few samples for cross-fitted conformal sets at alpha=0.02: each half needs at "
             "least ceil(1/alpha) - 1 = 49, but 36 samples give halves of 18 and 18") in stdout
 
 
-@pytest.mark.parametrize("alpha", ["0", "1", "-0.1", "nan"])
-def test_evaluate_rejects_a_bad_alpha_before_any_work(dataset, calibprompt_home, capsys, alpha):
-    assert _evaluate(dataset, "--alpha", alpha) == 2
+@pytest.mark.parametrize("coverage", ["0", "1", "-0.1", "1.5", "nan", "abc"])
+def test_evaluate_rejects_a_bad_coverage_before_any_work(dataset, calibprompt_home, capsys, coverage):
+    with pytest.raises(SystemExit) as caught:
+        _evaluate(dataset, "--coverage", coverage)
+    assert caught.value.code == 2
     captured = capsys.readouterr()
-    assert "calibprompt evaluate: error: --alpha must lie in (0, 1)" in captured.err
+    assert "calibprompt evaluate: error: argument --coverage: must be a number above 0 and below 1" in captured.err
+    assert main(["runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []  # no evaluate run was created
+
+
+def test_evaluate_refuses_alpha_and_points_to_coverage(dataset, calibprompt_home, capsys):
+    """--alpha is the loss's smoothing weight (train, compare): evaluate exits 2 and names --coverage."""
+    with pytest.raises(SystemExit) as caught:
+        _evaluate(dataset, "--alpha", "0.1")
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "calibprompt evaluate: error: --alpha is the loss's smoothing weight" in err
+    assert "--coverage 0.9" in err
     assert main(["runs", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []  # no evaluate run was created

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import struct
 import tempfile
-import time
 import warnings
 import zipfile
 import zlib
@@ -791,11 +790,55 @@ def test_non_image_files(tmp_path):
         load_image(noise)
 
 
-def test_large_non_image_is_refused_quickly():
-    start = time.perf_counter()
+class _CountingReader:
+    """A binary file object that counts the bytes read through it into ``counter``."""
+
+    def __init__(self, stream, counter: list):
+        self._stream, self._counter = stream, counter
+
+    def read(self, *args):
+        data = self._stream.read(*args)
+        self._counter.append(len(data))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@pytest.fixture()
+def pillow_reads(monkeypatch):
+    """The bytes Pillow reads from what ``load_image`` opens, one entry per read."""
+    counter: list[int] = []
+    original = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        return original(_CountingReader(fp, counter) if hasattr(fp, "read") else fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return counter
+
+
+@pytest.fixture()
+def pillow_decodes(monkeypatch):
+    """How many times Pillow decodes pixel data (``ImageFile.load``), counted."""
+    counter: list[int] = []
+    original = ImageFile.ImageFile.load
+
+    def counting_load(self, *args, **kwargs):
+        counter.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    return counter
+
+
+def test_large_non_image_is_refused_from_its_first_bytes(pillow_reads):
+    """~19 MB of text is refused after Pillow read a few bytes of it, not the whole file (the time it takes is
+    measured by benchmarks/fast_paths.py as a ratio to refusing 1 kB)."""
+    data = b"hello world, this is a long text file\n" * 500_000  # ~19 MB
     with pytest.raises(ValueError, match="not an image"):
-        load_image(b"hello world, this is a long text file\n" * 500_000)  # ~19 MB
-    assert time.perf_counter() - start < 1.0
+        load_image(data)
+    assert pillow_reads and sum(pillow_reads) <= 64 * 1024 < len(data)
 
 
 def test_16bit_pgm_is_windowed(tmp_path):
@@ -816,12 +859,11 @@ def test_truncated_files(fmt, rgb_image):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
-def test_crafted_decompression_bomb_is_refused_fast():
-    start = time.perf_counter()
+def test_crafted_decompression_bomb_is_refused_before_decoding(pillow_decodes):
     expected = r"100000 x 100000 = 10,000,000,000 pixels.*50,000,000"
     with pytest.raises(ValueError, match=expected) as info:
         load_image(png_header_only(100_000, 100_000))
-    assert time.perf_counter() - start < 1.0
+    assert not pillow_decodes  # refused from the header: no pixel decoded (time: benchmarks/fast_paths.py)
     assert isinstance(info.value.__cause__, Image.DecompressionBombError)
 
 
@@ -831,11 +873,12 @@ def test_pillow_bomb_limit_still_applies_above_a_raised_max_pixels():
         load_image(png_header_only(100_000, 100_000), max_pixels=10**12)
 
 
-def test_header_above_max_pixels_is_refused_before_decoding():
-    start = time.perf_counter()
+def test_header_above_max_pixels_is_refused_before_decoding(pillow_decodes):
     with pytest.raises(ValueError, match=r"8000 x 8000 = 64,000,000 pixels.*50,000,000"):
         load_image(png_header_only(8000, 8000))
-    assert time.perf_counter() - start < 1.0
+    assert not pillow_decodes
+    load_image(encode(Image.new("RGB", (8, 8)), "PNG"))
+    assert pillow_decodes  # the counter sees a decode when there is one
 
 
 def test_max_pixels_argument(rgb_image):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from calibprompt import defaults
 from calibprompt.cli import _request_number, build_parser, main
 from calibprompt.prompting import checkpoint as checkpoint_module
 from calibprompt.prompting.checkpoint import CheckpointWriteError, checkpoint_paths, save_context
@@ -162,6 +163,7 @@ def test_the_cli_refuses_an_unusable_device_and_records_no_run(tmp_path, calibpr
 # ---------------------------------------------------------------- command-line bounds
 @pytest.mark.parametrize("argv, option", [
     (["evaluate", "--bins", "1"], "--bins"),
+    (["evaluate", "--coverage", "0"], "--coverage"),
     (["evaluate", "--shots", "0"], "--shots"),
     (["evaluate", "--seed", "nan"], "--seed"),
     (["demo-build", "--steps", "0"], "--steps"),
@@ -184,17 +186,18 @@ def test_out_of_range_numbers_are_refused_by_argparse_naming_the_option(argv, op
 def test_in_range_numbers_are_parsed():
     args = build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--views", "100", "--bins", "15.0"])
     assert (args.views, args.bins) == (100, 15) and isinstance(args.bins, int)
-    args = build_parser().parse_args(["evaluate", "--alpha", "0.05", "--shots", "4"])
-    assert (args.alpha, args.shots) == (0.05, 4)
+    args = build_parser().parse_args(["evaluate", "--coverage", "0.95", "--shots", "4"])
+    assert (args.coverage, args.shots) == (0.95, 4)
+    assert build_parser().parse_args(["evaluate"]).coverage == defaults.COVERAGE
 
 
 #: train's and compare's numbers are checked with the request (the shots against the dataset's smallest
 #: class) by check_number, through check_train_request, which exits 2 with the field's name and range
-#: (tests/test_requests.py, tests/test_bounds.py); reproduce's shots and epochs and evaluate's coverage alpha
-#: are checked by their commands, which exit 2 with their own messages (tests/test_reproduce.py,
-#: tests/test_cli_evaluate.py)
+#: (tests/test_requests.py, tests/test_bounds.py); reproduce's shots and epochs are checked by the command,
+#: which exits 2 with its own message (tests/test_reproduce.py); evaluate's --coverage is bounded by argparse
+#: (tests/test_cli_evaluate.py)
 CHECKED_WITH_THE_DATASET = {"--shots", "--seed", "--epochs", "--alpha", "--beta", "--views", "--bins"}
-CHECKED_BY_THE_COMMAND = {"reproduce": {"--shots", "--epochs"}, "evaluate": {"--alpha"}}
+CHECKED_BY_THE_COMMAND = {"reproduce": {"--shots", "--epochs"}}
 
 
 def test_every_numeric_option_of_the_parser_is_bounded():
@@ -230,4 +233,4 @@ def test_training_numbers_out_of_range_exit_2_before_anything_is_recorded(comman
 def test_the_limits_say_their_range():
     assert CLI_LIMITS["views"].text() == "a whole number from 1 to 100"
     with pytest.raises(ValueError, match="must be a number above 0 and below 1; got 1"):
-        check_option("coverage_alpha", "1")
+        check_option("coverage", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,24 +60,39 @@ print(sorted(n for n, v in values.items() if v is None))
     assert unresolved == "[]"
 
 
-def test_the_lazy_exports_match_the_type_checking_imports():
-    """``calibprompt._EXPORTS`` (what is imported on first access) and the ``TYPE_CHECKING`` imports (what
-    tools see) name the same things from the same modules, and ``__all__`` is exactly those names."""
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
-    seen = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
-    assert seen == calibprompt._EXPORTS
-    assert sorted(calibprompt.__all__) == sorted([*seen, "__version__"])
+def test_the_public_names_are_listed_once():
+    """``calibprompt._EXPORTS`` (name -> module) is the one list of public names: ``__all__`` is exactly its
+    names, each lives in the module it names, ``__getattr__`` returns that very object, and ``__init__.py``
+    names no public name a second time (no import statements, no second literal list)."""
+    assert sorted(calibprompt.__all__) == sorted([*calibprompt._EXPORTS, "__version__"])
+    assert len(calibprompt.__all__) == len(set(calibprompt.__all__))
     for name, module in calibprompt._EXPORTS.items():
         assert name in vars(importlib.import_module(module)), f"{module} has no {name}"
+        assert calibprompt.__getattr__(name) is vars(importlib.import_module(module))[name]
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    imported = [ast.unparse(node) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module not in ("__future__", "typing")]
+    assert imported == [], f"__init__.py imports public names besides _EXPORTS: {imported}"
+    strings = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    twice = sorted(n for n in calibprompt._EXPORTS if strings.count(n) > 1)
+    assert twice == [], f"__init__.py names {twice} more than once"
 
 
-def test_task_files_and_sample_images_are_package_data():
+def test_task_files_and_sample_images_sit_at_the_top_level_once_and_are_package_data():
+    """The design card's layout: ``prompts/`` and ``sample_images/`` beside ``calibprompt/``, no second copy
+    inside the package, and the build maps them into the wheel (tests/test_wheel.py builds it)."""
+    import tomllib
+
     from calibprompt.paths import SAMPLE_IMAGES_DIR
     from calibprompt.prompting.tasks import PROMPTS_DIR, list_tasks
 
-    assert PROMPTS_DIR.resolve().parent == PACKAGE and SAMPLE_IMAGES_DIR.resolve().parent == PACKAGE
+    if "CALIBPROMPT_PROMPTS_DIR" not in os.environ:
+        assert PROMPTS_DIR.resolve() == PACKAGE.parent / "prompts"
+    assert SAMPLE_IMAGES_DIR.resolve() == PACKAGE.parent / "sample_images"
+    assert not (PACKAGE / "prompts").exists() and not (PACKAGE / "sample_images").exists()
     assert {"covid", "kather", "demo"} <= set(list_tasks())
     assert (SAMPLE_IMAGES_DIR / "labels.csv").is_file()
-    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
-    assert '"prompts/**/*"' in pyproject and '"sample_images/**/*"' in pyproject
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"calibprompt.prompts": "prompts", "calibprompt.sample_images": "sample_images"}
+    assert setuptools["package-data"]["calibprompt.prompts"] == ["**/*"]
+    assert setuptools["package-data"]["calibprompt.sample_images"] == ["**/*"]

@@ -4,6 +4,7 @@ Everything runs offline on the tiny architecture twin (``build_medclip(None, twi
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -30,6 +31,7 @@ from calibprompt.backbones.medclip import (
     load_medclip_checkpoint,
     medclip_preprocess,
 )
+from calibprompt.backbones.medclip_download import CHECKPOINT_SHA256, CHECKPOINT_SHA256_ENV, CHECKPOINT_URL
 from calibprompt.prompting.learner import PromptLearner
 
 CLASSES = ["normal lung", "pneumonia", "covid opacity"]
@@ -372,6 +374,10 @@ def _zip(path, members):
     return path
 
 
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_download_extracts_only_the_checkpoint(tmp_path):
     payload = io.BytesIO()
     torch.save({"logit_scale": torch.tensor(2.0)}, payload)
@@ -381,7 +387,7 @@ def test_download_extracts_only_the_checkpoint(tmp_path):
         "README.md": b"hello",
     })
     dest = tmp_path / "weights"
-    got = download_medclip_checkpoint(dest, url=archive.as_uri(), timeout=5)
+    got = download_medclip_checkpoint(dest, url=archive.as_uri(), timeout=5, sha256=_sha(archive))
     assert got == dest / CHECKPOINT_NAME
     assert sorted(p.name for p in dest.iterdir()) == [CHECKPOINT_NAME]  # nothing else, no temporary files
     assert got.read_bytes() == payload.getvalue()
@@ -398,7 +404,7 @@ def test_download_refuses_unsafe_archives(tmp_path, members):
     archive = _zip(tmp_path / "evil.zip", members)
     dest = tmp_path / "weights"
     with pytest.raises(MedCLIPDownloadError, match="unsafe"):
-        download_medclip_checkpoint(dest, url=archive.as_uri())
+        download_medclip_checkpoint(dest, url=archive.as_uri(), sha256=_sha(archive))
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "pytorch_model.bin").exists()
 
@@ -406,14 +412,61 @@ def test_download_refuses_unsafe_archives(tmp_path, members):
 def test_download_errors_are_clear(tmp_path):
     dest = tmp_path / "weights"
     with pytest.raises(MedCLIPDownloadError, match="offline"):
-        download_medclip_checkpoint(dest, url=(tmp_path / "absent.zip").as_uri())
+        download_medclip_checkpoint(dest, url=(tmp_path / "absent.zip").as_uri(), sha256="0" * 64)
     (tmp_path / "notzip.zip").write_bytes(b"plain text")
     with pytest.raises(MedCLIPDownloadError, match="not a zip"):
-        download_medclip_checkpoint(dest, url=(tmp_path / "notzip.zip").as_uri())
+        download_medclip_checkpoint(dest, url=(tmp_path / "notzip.zip").as_uri(), sha256=_sha(tmp_path / "notzip.zip"))
     archive = _zip(tmp_path / "empty.zip", {"other.bin": b"x"})
     with pytest.raises(MedCLIPDownloadError, match="exactly one"):
-        download_medclip_checkpoint(dest, url=archive.as_uri())
+        download_medclip_checkpoint(dest, url=archive.as_uri(), sha256=_sha(archive))
+    archive = _zip(tmp_path / "two.zip", {"a/pytorch_model.bin": b"x", "b/pytorch_model.bin": b"y"})
+    with pytest.raises(MedCLIPDownloadError, match="exactly one pytorch_model.bin in the archive, found 2"):
+        download_medclip_checkpoint(dest, url=archive.as_uri(), sha256=_sha(archive))
     assert list(dest.iterdir()) == []
+
+
+def test_download_refuses_a_wrong_hash_and_leaves_nothing(tmp_path):
+    archive = _zip(tmp_path / "medclip.zip", {"pytorch_model.bin": b"weights"})
+    dest = tmp_path / "weights"
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    with pytest.raises(MedCLIPDownloadError, match="does not match the expected SHA-256"):
+        download_medclip_checkpoint(dest, url=archive.as_uri(), sha256=wrong)
+    assert list(dest.iterdir()) == []  # no archive, no temporary file, no checkpoint
+    # the right hash, given as pooch writes it, is accepted
+    got = download_medclip_checkpoint(dest, url=archive.as_uri(), sha256="sha256:" + _sha(archive).upper())
+    assert got.read_bytes() == b"weights" and sorted(p.name for p in dest.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_download_refuses_an_unverified_archive(tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "medclip.zip", {"pytorch_model.bin": b"weights"})
+    dest = tmp_path / "weights"
+    monkeypatch.delenv(CHECKPOINT_SHA256_ENV, raising=False)
+    with pytest.raises(MedCLIPDownloadError, match=f"unverified download.*{CHECKPOINT_SHA256_ENV}"):
+        download_medclip_checkpoint(dest, url=archive.as_uri())
+    assert not dest.exists()  # refused before anything was fetched or created
+    monkeypatch.setenv(CHECKPOINT_SHA256_ENV, "not-a-hash")
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        download_medclip_checkpoint(dest, url=archive.as_uri())
+    monkeypatch.setenv(CHECKPOINT_SHA256_ENV, _sha(archive))  # the environment names the expected hash
+    assert download_medclip_checkpoint(dest, url=archive.as_uri()).read_bytes() == b"weights"
+
+
+def test_download_of_the_release_uses_its_known_hash(tmp_path, monkeypatch):
+    import pooch
+
+    monkeypatch.delenv(CHECKPOINT_SHA256_ENV, raising=False)
+    seen = {}
+
+    def fake_retrieve(url, known_hash, fname, path, downloader, progressbar):  # no network here
+        seen.update(url=url, known_hash=known_hash, downloader=downloader)
+        return str(_zip(path / fname, {"medclip-vit-pretrained/pytorch_model.bin": b"weights"}))
+
+    monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    dest = tmp_path / "models" / "medclip-vit"
+    assert download_medclip_checkpoint(dest, timeout=3).read_bytes() == b"weights"
+    assert seen["url"] == CHECKPOINT_URL and seen["known_hash"] == f"sha256:{CHECKPOINT_SHA256}"
+    assert isinstance(seen["downloader"], pooch.HTTPDownloader) and seen["downloader"].kwargs == {"timeout": 3}
+    assert sorted(p.name for p in dest.iterdir()) == [CHECKPOINT_NAME]
 
 
 # --------------------------------------------------------------------------------------------

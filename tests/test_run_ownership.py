@@ -195,9 +195,9 @@ def test_a_run_from_before_owners_were_kept_is_the_operators(core, people, tmp_p
 
 
 def test_the_learned_default_falls_back_to_a_run_this_owner_may_use(core, people, tmp_path, monkeypatch):
-    import calibprompt.service.core as core_module
+    import calibprompt.service.heads as heads_module
 
-    monkeypatch.setattr(core_module, "bundled_prompt_for", lambda *args: None)  # no bundled prompt: runs only
+    monkeypatch.setattr(heads_module, "bundled_prompt_for", lambda *args: None)  # no bundled prompt: runs only
     bobs = done_run(core, tmp_path / "b", BOB, "bob's")
     alices = done_run(core, tmp_path / "a", ALICE, "alice's")  # the newest run of all
     assert core.default_prompt(people.alice, "coop") == core.store.get_run(alices).checkpoint
@@ -227,3 +227,20 @@ def test_the_train_tab_shows_sharing_to_a_logged_in_user_and_escapes_the_result(
     assert result.startswith("<p") and "only the user who started it" in result
     assert core.store.get_run(run).params["shared"] is True
     assert history_frame(core.run_history(people.bob)).loc[0, "by"] == "alice"
+
+
+def test_a_refused_start_is_said_in_the_progress_box_and_leaves_the_tab_as_it_was(core, people):
+    """The Train tab's start shows a refusal in the page (no red "Error" on every output of the event), and
+    the same handler queues a job when the request is sound (the live case)."""
+    from calibprompt.app.train_tab import _job_handlers
+
+    start_job = _job_handlers(core)[0]
+    alice = SimpleNamespace(username="alice", session_hash="page-start")
+    settings = dict(dataset="demo-binary", run_name="", method="coop", seed=1, epochs=1, alpha=0.0, beta=0.0,
+                    device="cpu")
+    state, run_id, progress, timer, _ = start_job(people.alice, shots=8.5, request=alice, **settings)
+    assert "cp-errors" in progress and "whole number" in progress
+    assert run_id == {"__type__": "update"} and timer == {"__type__": "update"}
+    state, run_id, progress, timer, _ = start_job(people.alice, shots=1, request=alice, **settings)
+    assert run_id and "cp-errors" not in progress and timer["active"] is True
+    core.cancel(state, run_id)

@@ -154,6 +154,24 @@ def test_wilson_interval_hand_example():
         wilson_interval(11, 10)
 
 
+def test_wilson_interval_other_levels_match_the_closed_form():
+    # 3 of 20 correct at 90 %: z = 1.644854, z^2 = 2.705543, phat = 0.15
+    #   centre = (0.15 + 2.705543 / 40) / (1 + 2.705543 / 20) = 0.217639 / 1.135277 = 0.191705
+    #   half   = 1.644854 / 1.135277 * sqrt(0.15 * 0.85 / 20 + 2.705543 / 1600)
+    #          = 1.448858 * sqrt(0.006375 + 0.001690964) = 1.448858 * 0.0898107 = 0.130123
+    #   -> [0.061582, 0.321828]
+    lo, hi = wilson_interval(3, 20, confidence_level=0.90)
+    assert lo == pytest.approx(0.061582, abs=2e-6) and hi == pytest.approx(0.321828, abs=2e-6)
+    # a wider level gives a wider interval around the same centre
+    lo99, hi99 = wilson_interval(3, 20, 0.99)
+    assert lo99 < lo and hi99 > hi
+    for bad in (0.0, 1.0, 95, -0.5):
+        with pytest.raises(ValueError, match=r"confidence_level.*\(0, 1\)"):
+            wilson_interval(3, 20, bad)
+    with pytest.raises(ValueError, match="n"):
+        wilson_interval(0, 0)
+
+
 def test_accuracy_at_confidence_hand_example():
     # ten answers in the bin [0.8, 0.9) (8 right), two elsewhere
     confs = [0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.895, 0.55, 0.99]

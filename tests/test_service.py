@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from calibprompt.app.wording import review_summary
 from calibprompt.backbones import loading as models
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.demo import world
@@ -211,7 +212,7 @@ def test_review_ranks_confidently_wrong_cases_and_keeps_each_readers_verdict(cor
     again, _ = core.review_cases(state, "demo-binary", min_confidence=0.5)
     assert again[0]["verdicts"][case["method"]] == {"verdict": "disagree", "note": "looks like normal crypts"}
     assert len(core.store.reviews(dataset="demo-binary", image=case["image"])) == 2
-    assert "reviewed 1 of" in core.review_summary(state, "demo-binary", again)
+    assert "reviewed 1 of" in review_summary(core.review_progress(state, "demo-binary", again))
     with pytest.raises(ValueError, match="reader"):
         core.save_review(state.with_(reader=""), "demo-binary", case, case["method"], "agree")
     with pytest.raises(ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "calibprompt" / "sample_images" / "demo-norm-0048.png"
+SAMPLE = ROOT / "sample_images" / "demo-norm-0048.png"
 
 
 def _core(tmp_path, loader, **kwargs):

@@ -313,6 +313,60 @@ def test_recover_returns_ids_and_can_be_disabled(db):
     assert s.get_run(run_id).status == "interrupted"
 
 
+def test_owner_liveness_uses_psutil_start_times(db):
+    import psutil
+
+    me = os.getpid()
+    started = psutil.Process(me).create_time()
+    marker = store_mod._process_start(me)
+    assert marker == f"{started:.2f}"  # psutil's creation time, seconds since the epoch
+    assert store_mod._owner_alive(me, marker)
+    assert store_mod._owner_alive(me, f"{started + 0.5:.2f}")  # a wall-clock step of under a second
+    assert not store_mod._owner_alive(me, f"{started - 60:.2f}")  # the pid now belongs to a later process
+    assert not store_mod._owner_alive(dead_pid(), marker)
+    assert store_mod._owner_alive(me, None) and store_mod._owner_alive(me, "not a time")  # unknown: alive
+    assert store_mod._owner_alive(0, None) and store_mod._owner_alive(-1, marker)  # never a real owner
+    assert store_mod._process_start(dead_pid()) is None
+
+    s = RunStore(db)
+    live, reused = s.create_run("train", {}, slug="live"), s.create_run("train", {}, slug="reused")
+    set_owner(db, reused, pid_start=f"{started - 3600:.2f}")
+    status = {rec.id: rec.status for rec in RunStore(db).list_runs()}
+    assert status == {live: "queued", reused: "interrupted"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stores before psutil wrote /proc clock ticks")
+def test_owner_markers_written_before_psutil_still_count(db):
+    me = os.getpid()
+    stat = Path(f"/proc/{me}/stat").read_text()
+    ticks = stat[stat.rindex(")") + 2:].split()[19]  # the old marker: starttime, clock ticks since boot
+    assert store_mod._owner_alive(me, ticks)
+    assert not store_mod._owner_alive(me, "1")  # started one tick after boot: some earlier process
+    s = RunStore(db)
+    kept, reused = s.create_run("train", {}, slug="kept"), s.create_run("train", {}, slug="reused")
+    set_owner(db, kept, pid_start=ticks)
+    set_owner(db, reused, pid_start="1")
+    status = {rec.id: rec.status for rec in RunStore(db).list_runs()}
+    assert status == {kept: "queued", reused: "interrupted"}
+
+
+def test_owner_liveness_when_psutil_cannot_tell(monkeypatch):
+    import psutil
+
+    def denied(*_args, **_kwargs):
+        raise psutil.AccessDenied(os.getpid())
+
+    me = os.getpid()
+    marker = store_mod._process_start(me)
+    monkeypatch.setattr(psutil, "Process", denied)
+    assert store_mod._process_start(me) is None
+    assert store_mod._owner_alive(me, marker)  # the start time is unknown: never interrupt a live pid
+    monkeypatch.setattr(psutil, "pid_exists", denied)
+    assert store_mod._owner_alive(me, marker)
+    monkeypatch.setattr(psutil, "pid_exists", lambda pid: False)  # e.g. Windows, the process gone
+    assert not store_mod._owner_alive(me, marker)
+
+
 def test_concurrent_threads(store, tmp_path):
     meta = make_checkpoint(tmp_path / "shared")
     errors: list[BaseException] = []

@@ -172,46 +172,79 @@ def _export_folder(root):
     return folder
 
 
-def _layout(datasets):
-    with gr.Row():
-        dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Test set",
-                              elem_id="calibration-dataset")
-        n_bins = gr.Slider(5, 20, value=defaults.N_BINS, step=1, label="Bins", elem_id="calibration-bins")
-        ts = gr.Checkbox(True, label="Temperature scaling (post hoc)", elem_id="calibration-ts")
-        layout = gr.Radio(["side by side", "overlaid"], value="side by side", label="Diagrams",
-                          elem_id="calibration-layout")
-        button = gr.Button("Show calibration", variant="primary", elem_id="calibration-button")
-    note = gr.Markdown(elem_id="calibration-note")
-    reliability = gr.Plot(label="Reliability diagrams", elem_id="reliability-plot")
-    with gr.Row():
-        histogram = gr.Plot(label="Confidence", elem_id="confidence-plot")
-        classwise = gr.Plot(label="Classwise ECE (Kull)", elem_id="classwise-plot")
-    metrics = gr.Dataframe(label=METRICS_LABEL, elem_id="calibration-metrics")
-    estimators = gr.Dataframe(label=ESTIMATORS_LABEL, elem_id="calibration-estimators")
-    with gr.Row():
-        first = gr.Dropdown([], label="Significance: prompt A", elem_id="calibration-compare-a")
-        second = gr.Dropdown([], label="minus prompt B", elem_id="calibration-compare-b")
-    significance = gr.Markdown(elem_id="calibration-significance")
-    threshold = gr.Slider(0, 100, value=round(100 * defaults.HIGH_CONFIDENCE), step=1, elem_id="threshold",
-                          label="Refer below this confidence, in % (answer at or above it)")
-    risk = gr.Plot(label="Risk-coverage", elem_id="risk-coverage-plot")
-    selective = gr.Dataframe(label="What this threshold gives on these images (%)", elem_id="threshold-table")
-    with gr.Row():
-        export_report = gr.Button("Report of this view (HTML: tables, interactive figures, settings)",
-                                  elem_id="calibration-report")
-        export_images = gr.Button("Reliability diagram as PNG, SVG and PDF", elem_id="calibration-export")
-    exported = gr.File(label="Exported files", file_count="multiple", elem_id="calibration-files")
-    return (dataset, n_bins, ts, layout, button, note, reliability, histogram, classwise, metrics, estimators, first,
-            second, significance, threshold, risk, selective, export_report, export_images, exported)
-
-
 def build(core, shared, export_dir):
+    """The Calibration tab: its layout (:func:`_layout`), then its events (:func:`_wire`); exports go to fresh
+    folders under ``export_dir``. Returns its dataset menu, which the page load fills for the owner."""
     with gr.Tab("Calibration"):
-        (dataset, n_bins, ts, layout, button, note, reliability, histogram, classwise, metrics, estimators, first,
-         second, significance, threshold, risk, selective, export_report, export_images, exported) = \
-            _layout(core.dataset_choices(None))  # shared datasets only; the page load adds the owner's uploads
-        evaluation = gr.State(None)
-        figures = gr.State(None)
+        ui = _layout(core.dataset_choices(None))  # shared datasets only; the page load adds the owner's uploads
+    _wire(core, shared, ui, export_dir)
+    return {"datasets": [ui["dataset"]]}
+
+
+def _layout(datasets: list[str]) -> dict:
+    """The tab's components by name, top to bottom: the settings row, the figures and tables, the paired
+    test, the threshold and what it gives, the exports; and the states of the last evaluation
+    (``evaluation``) and of what is shown (``figures``)."""
+    ui = {}
+    with gr.Row():
+        ui["dataset"] = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Test set",
+                                    elem_id="calibration-dataset")
+        ui["n_bins"] = gr.Slider(5, 20, value=defaults.N_BINS, step=1, label="Bins", elem_id="calibration-bins")
+        ui["ts"] = gr.Checkbox(True, label="Temperature scaling (post hoc)", elem_id="calibration-ts")
+        ui["layout"] = gr.Radio(["side by side", "overlaid"], value="side by side", label="Diagrams",
+                                elem_id="calibration-layout")
+        ui["button"] = gr.Button("Show calibration", variant="primary", elem_id="calibration-button")
+    ui["note"] = gr.Markdown(elem_id="calibration-note")
+    ui["reliability"] = gr.Plot(label="Reliability diagrams", elem_id="reliability-plot")
+    with gr.Row():
+        ui["histogram"] = gr.Plot(label="Confidence", elem_id="confidence-plot")
+        ui["classwise"] = gr.Plot(label="Classwise ECE (Kull)", elem_id="classwise-plot")
+    ui["metrics"] = gr.Dataframe(label=METRICS_LABEL, elem_id="calibration-metrics")
+    ui["estimators"] = gr.Dataframe(label=ESTIMATORS_LABEL, elem_id="calibration-estimators")
+    with gr.Row():
+        ui["first"] = gr.Dropdown([], label="Significance: prompt A", elem_id="calibration-compare-a")
+        ui["second"] = gr.Dropdown([], label="minus prompt B", elem_id="calibration-compare-b")
+    ui["significance"] = gr.Markdown(elem_id="calibration-significance")
+    ui["threshold"] = gr.Slider(0, 100, value=round(100 * defaults.HIGH_CONFIDENCE), step=1, elem_id="threshold",
+                                label="Refer below this confidence, in % (answer at or above it)")
+    ui["risk"] = gr.Plot(label="Risk-coverage", elem_id="risk-coverage-plot")
+    ui["selective"] = gr.Dataframe(label="What this threshold gives on these images (%)", elem_id="threshold-table")
+    with gr.Row():
+        ui["export_report"] = gr.Button("Report of this view (HTML: tables, interactive figures, settings)",
+                                        elem_id="calibration-report")
+        ui["export_images"] = gr.Button("Reliability diagram as PNG, SVG and PDF", elem_id="calibration-export")
+    ui["exported"] = gr.File(label="Exported files", file_count="multiple", elem_id="calibration-files")
+    ui["evaluation"] = gr.State(None)
+    ui["figures"] = gr.State(None)
+    return ui
+
+
+def _wire(core, shared, ui: dict, export_dir) -> None:
+    """The tab's events over its components (``ui``, from :func:`_layout`), every one private: show the
+    calibration, test a pair of prompts, move the threshold, export."""
+    run, compare_pair, move_threshold = _handlers(core)
+    evaluation, figures, first, second, threshold = (ui[k] for k in ("evaluation", "figures", "first", "second",
+                                                                    "threshold"))
+    ui["button"].click(run, [shared.state, ui["dataset"], shared.prompts, ui["n_bins"], ui["ts"], ui["layout"],
+                             threshold],
+                       [shared.state, evaluation, figures, ui["note"], ui["reliability"], ui["histogram"],
+                        ui["metrics"], ui["estimators"], ui["classwise"], ui["risk"], ui["selective"], first, second,
+                        ui["significance"]], api_visibility="private")
+    for picker in (first, second):
+        picker.input(compare_pair, [evaluation, figures, first, second], [ui["significance"]],
+                     api_visibility="private")
+    # .change: every new value, by dragging, clicking or the arrow keys (a slider's .release is the pointer only)
+    threshold.change(move_threshold, [evaluation, threshold], [ui["risk"], ui["selective"]], api_visibility="private",
+                     trigger_mode="always_last", show_progress="hidden")
+    write_report, write_images = _export_handlers(core, export_dir)
+    ui["export_report"].click(write_report, [evaluation, figures, threshold, first, second], [ui["exported"]],
+                              api_visibility="private")
+    ui["export_images"].click(write_images, [figures], [ui["exported"]], api_visibility="private")
+
+
+def _handlers(core):
+    """The handlers of showing the calibration (``run``), of the paired test between the chosen prompts
+    (``compare_pair``) and of the threshold (``move_threshold``)."""
 
     @handler
     def run(state, dataset, heads, bins, scaling, layout_choice, cut, request: gr.Request):
@@ -256,19 +289,7 @@ def build(core, shared, export_dir):
         curves, rows = core.selective(ev, _fraction(cut))
         return plots.risk_coverage_curves(curves, _fraction(cut)), threshold_table(rows)
 
-    button.click(run, [shared.state, dataset, shared.prompts, n_bins, ts, layout, threshold],
-                 [shared.state, evaluation, figures, note, reliability, histogram, metrics, estimators, classwise, risk,
-                  selective, first, second, significance], api_visibility="private")
-    for picker in (first, second):
-        picker.input(compare_pair, [evaluation, figures, first, second], [significance], api_visibility="private")
-    # .change: every new value, by dragging, clicking or the arrow keys (a slider's .release is the pointer only)
-    threshold.change(move_threshold, [evaluation, threshold], [risk, selective], api_visibility="private",
-                     trigger_mode="always_last", show_progress="hidden")
-    write_report, write_images = _export_handlers(core, export_dir)
-    export_report.click(write_report, [evaluation, figures, threshold, first, second], [exported],
-                        api_visibility="private")
-    export_images.click(write_images, [figures], [exported], api_visibility="private")
-    return {"datasets": [dataset]}
+    return run, compare_pair, move_threshold
 
 
 def _export_handlers(core, export_dir):

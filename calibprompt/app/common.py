@@ -12,7 +12,7 @@ import gradio as gr
 
 logger = logging.getLogger("calibprompt.app")
 
-__all__ = ["handler", "file_paths", "percent", "format_p", "username", "session_for", "identity",
+__all__ = ["handler", "alert_html", "file_paths", "percent", "format_p", "username", "session_for", "identity",
            "prompt_label", "prompt_choice_pairs", "prompt_update", "run_label", "escape_markdown"]
 
 
@@ -50,6 +50,14 @@ def handler(fn):
             raise gr.Error(_message(exc)) from exc
 
     return wrapper
+
+
+def alert_html(message: str) -> str:
+    """A refusal shown in the page, as text (``role=alert``), in place of Gradio's error state, which leaves
+    a red "Error" pill on every output of the event."""
+    import html
+
+    return f"<div class='cp-errors' role='alert'><p>{html.escape(message)}</p></div>"
 
 
 def file_paths(files) -> list[str]:

@@ -10,9 +10,10 @@ import gradio as gr
 import pandas as pd
 
 from calibprompt import defaults
-from calibprompt.app.common import file_paths, handler, percent, prompt_label, session_for
+from calibprompt.app.common import alert_html, file_paths, handler, percent, prompt_label, session_for
 from calibprompt.app.compare_view import (VERDICT_TEXT, advice_html, card_html, errors_html, placeholder_html,
                                           slug)
+from calibprompt.app.wording import calibration_note, with_calibration_note
 from calibprompt.service.advice import AUTO
 
 TABLE_COLUMNS = ["image", "method", "prediction", "confidence", "set", "advice"]
@@ -38,7 +39,7 @@ def _frame_update(image: dict):
 
 
 def _note(found: dict, index: int) -> str:
-    text = found["calibration"]
+    text = calibration_note(found["calibration"])
     if len(found["images"]) > 1:
         text += f" Showing {found['images'][index]['name']}; click another image to see its results."
     return f"<p class='cp-note'>{html.escape(text)}</p>"
@@ -86,38 +87,49 @@ def _shown(found: dict, index: int) -> tuple:
 
 
 def build(core, shared) -> None:
+    """The Compare tab: its layout (:func:`_layout`), then its events (:func:`_wire`)."""
     samples = core.sample_images()
     with gr.Tab("Compare"):
-        with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                files = gr.File(label="Images (PNG, JPEG, TIFF, DICOM)", file_count="multiple",
-                                file_types=["image", ".dcm", ".dicom", ".tif", ".tiff"], elem_id="compare-files")
-                sample = gr.Dropdown([(f"{Path(p).name} ({c})", p) for p, c in samples], label="…or a sample image",
-                                     value=None, elem_id="sample-picker")
-                thumbnails = gr.Gallery([(p, c) for p, c in samples], label="Sample images (click one to pick it)",
-                                        columns=6, height=180, allow_preview=False, elem_id="sample-gallery")
-                coverage = gr.Slider(50, 99, value=100 * (1 - defaults.ALPHA), step=1, elem_id="compare-coverage",
-                                     label="Prediction-set coverage (%)")
-                answer_with = gr.Dropdown(_answer_choices(shared.prompts.value), value=AUTO, label="Answer with",
-                                          info="The method the advice is for.", elem_id="answer-with")
-                button = gr.Button("Compare", variant="primary", elem_id="compare-button")
-            with gr.Column(scale=2):
-                preview = gr.Gallery(label="As the model saw it (click an image to see its results)", columns=6,
-                                     height=150, allow_preview=False, object_fit="contain", fit_columns=False,
-                                     elem_id="compare-preview")
-                frame = gr.Slider(1, 2, value=1, step=1, visible=False, label="Frame", elem_id="compare-frame")
-                advice = gr.HTML(placeholder_html(), elem_id="compare-advice")
-                errors = gr.HTML(elem_id="compare-errors")
-                result = gr.State(None)
-                shown = gr.State(0)
-                _results(result, shown)
-        # stateless public API: one image (and optionally a task name) in, JSON out
-        api_image = gr.File(visible=False)
-        api_task = gr.Textbox(visible=False)
-        api_out = gr.JSON(visible=False)
-        api_button = gr.Button(visible=False)
-        assess_button = gr.Button(visible=False)
-    _wire(core, shared, samples, locals())
+        ui = _layout(samples, shared.prompts.value)
+    _wire(core, shared, samples, ui)
+
+
+def _layout(samples: list[tuple[str, str]], prompts) -> dict:
+    """The tab's components by name (no events but the results' own drawing, :func:`_results`): the images
+    and settings on the left, the previews, advice and results on the right, and the hidden inputs and
+    outputs of the public ``/compare`` and ``/assess`` endpoints. ``samples``: ``(path, caption)`` pairs;
+    ``prompts``: the header's chosen prompts, for the "Answer with" menu."""
+    ui = {}
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            ui["files"] = gr.File(label="Images (PNG, JPEG, TIFF, DICOM)", file_count="multiple",
+                                  file_types=["image", ".dcm", ".dicom", ".tif", ".tiff"], elem_id="compare-files")
+            ui["sample"] = gr.Dropdown([(f"{Path(p).name} ({c})", p) for p, c in samples],
+                                       label="…or a sample image", value=None, elem_id="sample-picker")
+            ui["thumbnails"] = gr.Gallery([(p, c) for p, c in samples], label="Sample images (click one to pick it)",
+                                          columns=6, height=180, allow_preview=False, elem_id="sample-gallery")
+            ui["coverage"] = gr.Slider(50, 99, value=100 * (1 - defaults.ALPHA), step=1, elem_id="compare-coverage",
+                                       label="Prediction-set coverage (%)")
+            ui["answer_with"] = gr.Dropdown(_answer_choices(prompts), value=AUTO, label="Answer with",
+                                            info="The method the advice is for.", elem_id="answer-with")
+            ui["button"] = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        with gr.Column(scale=2):
+            ui["preview"] = gr.Gallery(label="As the model saw it (click an image to see its results)", columns=6,
+                                       height=150, allow_preview=False, object_fit="contain", fit_columns=False,
+                                       elem_id="compare-preview")
+            ui["frame"] = gr.Slider(1, 2, value=1, step=1, visible=False, label="Frame", elem_id="compare-frame")
+            ui["advice"] = gr.HTML(placeholder_html(), elem_id="compare-advice")
+            ui["errors"] = gr.HTML(elem_id="compare-errors")
+            ui["result"] = gr.State(None)
+            ui["shown"] = gr.State(0)
+            _results(ui["result"], ui["shown"])
+    # stateless public API: one image (and optionally a task name) in, JSON out
+    ui["api_image"] = gr.File(visible=False)
+    ui["api_task"] = gr.Textbox(visible=False)
+    ui["api_out"] = gr.JSON(visible=False)
+    ui["api_button"] = gr.Button(visible=False)
+    ui["assess_button"] = gr.Button(visible=False)
+    return ui
 
 
 def _results(result, shown) -> None:
@@ -143,6 +155,8 @@ def _results(result, shown) -> None:
 
 
 def _wire(core, shared, samples, ui: dict) -> None:
+    """The tab's events over its components (``ui``, from :func:`_layout`): every one private but the two
+    public endpoints, ``/compare`` and ``/assess``."""
     outputs = [shared.state, ui["result"], ui["shown"], ui["preview"], ui["advice"], ui["frame"], ui["errors"]]
 
     def run_compare(state, files, sample, heads, cov, answer_with, request: gr.Request):
@@ -152,8 +166,7 @@ def _wire(core, shared, samples, ui: dict) -> None:
             found = handler(_assess)(core, state, images, heads, cov, answer_with)
             gallery = handler(_gallery)(found, ui["preview"].GRADIO_CACHE)
         except gr.Error as exc:  # shown in the page, so no component is left in an error state
-            return (state, None, 0, [], f"<div class='cp-errors' role='alert'><p>{html.escape(exc.message)}</p></div>",
-                    gr.update(visible=False), "")
+            return state, None, 0, [], alert_html(exc.message), gr.update(visible=False), ""
         return (state, found, 0, gallery, *_shown(found, 0), errors_html(found["errors"]))
 
     def rerun(found, state, files, sample, heads, cov, answer_with, request: gr.Request):
@@ -189,7 +202,8 @@ def _wire(core, shared, samples, ui: dict) -> None:
         """One image in; the verdict (answer, refer or not checked) for the answering method with every
         check's state, and per method its probabilities, prediction, prediction set and past accuracy at
         this confidence (null where no guarantee holds)."""
-        return handler(core.assess_api)(file_paths(image)[0] if image else None, (task or "").strip() or None)
+        found = handler(core.assess_api)(file_paths(image)[0] if image else None, (task or "").strip() or None)
+        return with_calibration_note(found)
 
     def pick_sample(event: gr.SelectData):
         return samples[event.index][0] if 0 <= event.index < len(samples) else None

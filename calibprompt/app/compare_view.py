@@ -11,7 +11,7 @@ from calibprompt.service.advice import ANSWER, CHECKS, FAILED, NOT_CHECKED, NOT_
 __all__ = ["badge", "advice_html", "card_html", "errors_html", "metadata_text", "placeholder_html", "slug",
            "VERDICT_TEXT", "CHECK_NAMES"]
 
-#: badge text and colours (white on each passes WCAG AA)
+#: badge text and colours (white on each passes WCAG AA; the theme's CSS draws the badges with them)
 VERDICT_TEXT = {
     ANSWER: ("Answer", "#166534"),
     REFER: ("Refer", "#991b1b"),
@@ -41,14 +41,15 @@ def slug(name: str) -> str:
 
 
 def badge(verdict: str) -> str:
-    text, colour = VERDICT_TEXT[verdict]
-    return (f"<span class='cp-badge' data-verdict='{_E(verdict)}' style='background:{colour};color:#ffffff;"
-            f"padding:2px 10px;border-radius:4px;font-weight:700'>{_E(text)}</span>")
+    """The verdict's badge; its colours are the theme's (``.cp-badge[data-verdict=...]`` in
+    :data:`calibprompt.app.theme.CSS`, made from :data:`VERDICT_TEXT`)."""
+    text, _ = VERDICT_TEXT[verdict]
+    return f"<span class='cp-badge' data-verdict='{_E(verdict)}'>{_E(text)}</span>"
 
 
 def placeholder_html() -> str:
     """The advice panel before any comparison: the same height the advice takes, so nothing jumps."""
-    return ("<div class='cp-advice' style='min-height:9em'><p>Upload images or pick a sample, then press "
+    return ("<div class='cp-advice'><p>Upload images or pick a sample, then press "
             "<strong>Compare</strong>: the advice for each image appears here, with the checks behind it.</p></div>")
 
 
@@ -59,7 +60,7 @@ def _checks_list(checks: Mapping[str, Mapping[str, str]]) -> str:
         mark, word = _STATE_MARK[check["state"]]
         rows.append(f"<li data-check='{name}' data-state='{_E(check['state'])}'><span aria-hidden='true'>{mark}</span> "
                     f"<strong>{_E(CHECK_NAMES[name])}</strong> ({word}): {_E(check['detail'])}</li>")
-    return "<ul class='cp-checks' style='list-style:none;padding-left:0'>" + "".join(rows) + "</ul>"
+    return "<ul class='cp-checks'>" + "".join(rows) + "</ul>"
 
 
 def metadata_text(meta: Mapping[str, Any] | None, frame: int | None = None) -> str:
@@ -86,7 +87,7 @@ def advice_html(image: Mapping[str, Any], labels: Mapping[str, str] | None = Non
     reasons = "".join(f"<li>{_E(r)}</li>" for r in image["reasons"])
     notes = "".join(f"<li>{_E(n)}</li>" for n in image["notes"])
     return (
-        f"<div class='cp-advice' role='status' style='min-height:9em'>"
+        f"<div class='cp-advice' role='status'>"
         f"<p><strong>{_E(image['name'])}</strong> ({_E(metadata_text(image.get('metadata'), image.get('frame')))}): "
         f"{badge(image['verdict'])}</p>"
         f"<p>Advice for <strong>{_E(labels.get(method, method))}</strong>'s answer: {_E(entry['prediction'])} "

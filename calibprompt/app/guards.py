@@ -16,9 +16,9 @@ import errno
 import logging
 import sqlite3
 
-from calibprompt.app.asgi import send_json
+from calibprompt.app.asgi import route_path, send_json
 
-__all__ = ["PlainFaults", "BUSY", "with_guards"]
+__all__ = ["PlainFaults", "PublicApiOnly", "PUBLIC_API", "BUSY", "with_guards"]
 
 logger = logging.getLogger("calibprompt.app")
 
@@ -94,11 +94,37 @@ class PlainFaults:
         return watch
 
 
+#: the app's public endpoints (``api_name`` of the Compare tab's two API events); every other event is private
+PUBLIC_API = ("compare", "assess")
+_BY_NAME = ("/gradio_api/run/", "/gradio_api/api/", "/gradio_api/call/v2/", "/gradio_api/call/")
+
+
+class PublicApiOnly:
+    """ASGI middleware: Gradio 6.31 runs *any* event by its name on ``/gradio_api/run|api|call/<name>``,
+    private ones included, though the page only ever uses the queue route. Those routes answer 404 for
+    every name but :data:`PUBLIC_API`, so a private event is reachable only as the page reaches it (and
+    is authorised there from the request)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            route = route_path(scope)
+            prefix = next((p for p in _BY_NAME if route.startswith(p)), None)
+            name = route[len(prefix):].split("/", 1)[0] if prefix else None
+            if name is not None and name not in PUBLIC_API:
+                await send_json(send, 404, f"No public endpoint named {name!r}; the API has "
+                                           + " and ".join(f"/{n}" for n in PUBLIC_API) + ".")
+                return
+        await self.app(scope, receive, send)
+
+
 def with_guards(app_kwargs: dict | None = None) -> dict:
-    """``app_kwargs`` for ``launch()`` with :class:`PlainFaults` first among its middleware (the others, such
-    as the login's, kept in their order)."""
+    """``app_kwargs`` for ``launch()`` with :class:`PlainFaults` and :class:`PublicApiOnly` first among its
+    middleware (the others, such as the login's, kept in their order)."""
     from starlette.middleware import Middleware
 
     kwargs = dict(app_kwargs or {})
-    kwargs["middleware"] = [Middleware(PlainFaults), *kwargs.get("middleware", [])]
+    kwargs["middleware"] = [Middleware(PlainFaults), Middleware(PublicApiOnly), *kwargs.get("middleware", [])]
     return kwargs

@@ -42,93 +42,120 @@ def upload_dir() -> Path:
 
 
 def build_demo(core) -> gr.Blocks:
-    """The interface over a shared :class:`Core`; every user gets a session state of their own."""
+    """The interface over a shared :class:`Core`; every user gets a session state of their own: the header
+    (:func:`_header`), the tabs (one module each), then the header's events (:func:`_wire_header`)."""
     # Gradio reads its upload folder from the process environment; the app's entry point sets it to the data
     # directory's (calibprompt.app.launch); a second app in the same process keeps the first one's.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(upload_dir()))
     start = core.new_session()
     with gr.Blocks(title="CalibPrompt", delete_cache=(3600, 24 * 3600)) as demo:
-        state = gr.State(None)
-        # a random token in this browser's local storage: its jobs stay its own across reloads (see common.identity)
-        browser_id = gr.BrowserState("", storage_key=IDENTITY_KEY)
-        signed_in_line(demo)
-        gr.Markdown("# CalibPrompt — can I trust this confidence?", elem_id="app-title")
-        gr.Markdown(f"⚕️ {DISCLAIMER}")
-        with gr.Row():
-            banner = gr.Markdown(f"**{core.banner}**", elem_id="model-banner")
-            model = gr.Dropdown(core.model_choices(), value=core.default_model, label="Model", scale=0,
-                                elem_id="model")
-            load_button = gr.Button("Load model", scale=0, elem_id="load-model")
-        with gr.Row():
-            task = gr.Dropdown(core.task_choices(), value=start.task, label="Task", elem_id="task")
-            typed = gr.Textbox(label="…or class names, comma-separated", placeholder="pneumonia, normal",
-                               elem_id="typed-classes")
-            prompts = gr.CheckboxGroup(prompt_choice_pairs(core.prompt_options(start)), value=list(start.prompts), label="Prompts to compare",
-                                       elem_id="prompts")
-        task_info = gr.Markdown(describe_task(start), elem_id="task-info")
-        shared = Shared(state, prompts)
-
+        ui = _header(demo, core, start)
+        shared = Shared(ui["state"], ui["prompts"])
         with gr.Tabs(overflow_behavior="wrap", elem_id="main-tabs"):  # a phone's tab bar hides no tab in a "…" menu
             compare_tab.build(core, shared)
-            train = train_tab.build(core, shared)
-            calibration = calibration_tab.build(core, shared, upload_dir() / "exports")
-            review = review_tab.build(core, shared, upload_dir() / "exports")
-        dataset_menus = train["datasets"] + calibration["datasets"] + review["datasets"]
-
-        def header(state):
-            return (gr.update(value=state.model), gr.update(value=None if state.classes else state.task),
-                    prompt_update(core, state), describe_task(state))
-
-        @handler
-        def on_load(state, token, request: gr.Request):
-            state, token = identity(core, state, token, request)
-            datasets = core.dataset_choices(state.owner)  # the shared datasets and this owner's own uploads
-            menus = [update_choices(datasets) for _ in dataset_menus]
-            # without a login the Reader field keeps whatever the user may already have typed
-            reader = gr.update(value=state.reader, interactive=False) if username(request) else gr.update()
-            # the state itself is not sent back: the owner lives on the server (PAGE_OWNERS), so this load never
-            # overwrites a task or prompts chosen meanwhile
-            return (token or gr.update(), f"**{core.banner_for(state)}**", *header(state),
-                    import_history(core, state), *train_tab.resume(core, state), *menus, reader)
-
-        @handler
-        def load_model(state, name, request: gr.Request, progress=gr.Progress()):
-            state = session_for(core, state, request)
-            progress(0.1, desc=f"Loading {name}…")
-            state = core.switch_model(state, name)
-            progress(1.0)
-            return (state, f"**{core.banner_for(state)}**", *header(state))
-
-        @handler
-        def change_task(state, task_name, classes, request: gr.Request):
-            state = session_for(core, state, request)
-            state = core.set_task(state, task_name, classes)
-            return (state, *header(state)[2:])
-
-        @handler
-        def choose_prompts(state, chosen, request: gr.Request):
-            state = session_for(core, state, request)
-            return state.with_(prompts=tuple(chosen or ()))
-
-        loaded = demo.load(on_load, [state, browser_id],
-                  [browser_id, banner, model, task, prompts, task_info, train["history"], train["run"],
-                   train["progress"], train["timer"], *dataset_menus, review["reader"]], api_visibility="private",
-                  js=READ_IDENTITY_JS.replace("{key}", IDENTITY_KEY))
-        _follow_identity(core, state, browser_id, train, loaded, dataset_menus)
-        others = calibration["datasets"] + review["datasets"]  # the Train menu is the upload's own output
-
-        @handler
-        def after_upload(state, request: gr.Request):
-            """The other dataset menus once an upload is unpacked: they list it too (for its owner only)."""
-            return dataset_menu_updates(core, session_for(core, state, request).owner, len(others))
-
-        train["upload"].success(after_upload, [state], others, api_visibility="private")
-        load_button.click(load_model, [state, model], [state, banner, model, task, prompts, task_info],
-                          concurrency_limit=1, api_visibility="private")
-        task.input(change_task, [state, task, gr.State("")], [state, prompts, task_info], api_visibility="private")
-        typed.submit(change_task, [state, task, typed], [state, prompts, task_info], api_visibility="private")
-        prompts.input(choose_prompts, [state, prompts], [state], api_visibility="private")
+            tabs = {"train": train_tab.build(core, shared),
+                    "calibration": calibration_tab.build(core, shared, upload_dir() / "exports"),
+                    "review": review_tab.build(core, shared, upload_dir() / "exports")}
+        _wire_header(demo, core, ui, tabs)
     return demo
+
+
+def _header(demo: gr.Blocks, core, start) -> dict:
+    """The page's header by name: the session's state, the browser's identity token, the title and the
+    disclaimer, the model (banner, menu, button), the task (menu, typed class names), the prompts and the
+    task line. ``start``: a new session, for the starting values."""
+    ui = {"state": gr.State(None),
+          # a random token in this browser's local storage: its jobs stay its own across reloads (common.identity)
+          "browser_id": gr.BrowserState("", storage_key=IDENTITY_KEY)}
+    signed_in_line(demo)
+    gr.Markdown("# CalibPrompt — can I trust this confidence?", elem_id="app-title")
+    gr.Markdown(f"⚕️ {DISCLAIMER}")
+    with gr.Row():
+        ui["banner"] = gr.Markdown(f"**{core.banner}**", elem_id="model-banner")
+        ui["model"] = gr.Dropdown(core.model_choices(), value=core.default_model, label="Model", scale=0,
+                                  elem_id="model")
+        ui["load_button"] = gr.Button("Load model", scale=0, elem_id="load-model")
+    with gr.Row():
+        ui["task"] = gr.Dropdown(core.task_choices(), value=start.task, label="Task", elem_id="task")
+        ui["typed"] = gr.Textbox(label="…or class names, comma-separated", placeholder="pneumonia, normal",
+                                 elem_id="typed-classes")
+        ui["prompts"] = gr.CheckboxGroup(prompt_choice_pairs(core.prompt_options(start)), value=list(start.prompts),
+                                         label="Prompts to compare", elem_id="prompts")
+    ui["task_info"] = gr.Markdown(describe_task(start), elem_id="task-info")
+    return ui
+
+
+def _wire_header(demo: gr.Blocks, core, ui: dict, tabs: dict) -> None:
+    """The header's events, every one private: the page load (identity, banner, header, the Train tab's job,
+    the dataset menus, the reader), the identity read later, an upload listed in every dataset menu, and
+    loading a model, choosing a task or typed classes, choosing prompts. ``tabs``: what the Train,
+    Calibration and Review tabs' ``build`` return."""
+    state, browser_id, train, review = ui["state"], ui["browser_id"], tabs["train"], tabs["review"]
+    dataset_menus = train["datasets"] + tabs["calibration"]["datasets"] + review["datasets"]
+    on_load, load_model, change_task, choose_prompts = _header_handlers(core, dataset_menus)
+    header = [ui[k] for k in ("model", "task", "prompts", "task_info")]
+    loaded = demo.load(on_load, [state, browser_id],
+                       [browser_id, ui["banner"], *header, train["history"], train["run"], train["progress"],
+                        train["timer"], *dataset_menus, review["reader"]], api_visibility="private",
+                       js=READ_IDENTITY_JS.replace("{key}", IDENTITY_KEY))
+    _follow_identity(core, state, browser_id, train, loaded, dataset_menus)
+    others = tabs["calibration"]["datasets"] + review["datasets"]  # the Train menu is the upload's own output
+
+    @handler
+    def after_upload(state, request: gr.Request):
+        """The other dataset menus once an upload is unpacked: they list it too (for its owner only)."""
+        return dataset_menu_updates(core, session_for(core, state, request).owner, len(others))
+
+    train["upload"].success(after_upload, [state], others, api_visibility="private")
+    ui["load_button"].click(load_model, [state, ui["model"]], [state, ui["banner"], *header],
+                            concurrency_limit=1, api_visibility="private")
+    ui["task"].input(change_task, [state, ui["task"], gr.State("")], [state, ui["prompts"], ui["task_info"]],
+                     api_visibility="private")
+    ui["typed"].submit(change_task, [state, ui["task"], ui["typed"]], [state, ui["prompts"], ui["task_info"]],
+                       api_visibility="private")
+    ui["prompts"].input(choose_prompts, [state, ui["prompts"]], [state], api_visibility="private")
+
+
+def _header_handlers(core, dataset_menus: list) -> tuple:
+    """The handlers of the page load (``on_load``, filling ``dataset_menus`` with the owner's choices), of
+    loading a model, of a chosen task or typed classes, and of chosen prompts."""
+
+    def header(state):
+        return (gr.update(value=state.model), gr.update(value=None if state.classes else state.task),
+                prompt_update(core, state), describe_task(state))
+
+    @handler
+    def on_load(state, token, request: gr.Request):
+        state, token = identity(core, state, token, request)
+        datasets = core.dataset_choices(state.owner)  # the shared datasets and this owner's own uploads
+        menus = [update_choices(datasets) for _ in dataset_menus]
+        # without a login the Reader field keeps whatever the user may already have typed
+        reader = gr.update(value=state.reader, interactive=False) if username(request) else gr.update()
+        # the state itself is not sent back: the owner lives on the server (PAGE_OWNERS), so this load never
+        # overwrites a task or prompts chosen meanwhile
+        return (token or gr.update(), f"**{core.banner_for(state)}**", *header(state),
+                import_history(core, state), *train_tab.resume(core, state), *menus, reader)
+
+    @handler
+    def load_model(state, name, request: gr.Request, progress=gr.Progress()):
+        state = session_for(core, state, request)
+        progress(0.1, desc=f"Loading {name}…")
+        state = core.switch_model(state, name)
+        progress(1.0)
+        return (state, f"**{core.banner_for(state)}**", *header(state))
+
+    @handler
+    def change_task(state, task_name, classes, request: gr.Request):
+        state = session_for(core, state, request)
+        state = core.set_task(state, task_name, classes)
+        return (state, *header(state)[2:])
+
+    @handler
+    def choose_prompts(state, chosen, request: gr.Request):
+        state = session_for(core, state, request)
+        return state.with_(prompts=tuple(chosen or ()))
+
+    return on_load, load_model, change_task, choose_prompts
 
 
 #: Gradio's sign-out route, relative to the page; ``all_session=false``: this browser only, not the same

@@ -188,4 +188,5 @@ def _serve(argv=None) -> None:
     preload_when_serving(demo, core)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_SIZE).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD, **login,
-        allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs())
+        allowed_paths=[str(SAMPLE_IMAGES_DIR)], blocked_paths=private_paths(), **launch_kwargs(),
+        run_history=False)  # Gradio's run history would keep every call (patient images) in the browser

@@ -30,6 +30,7 @@ import gradio as gr
 
 from calibprompt.app.common import handler, percent, session_for, username
 from calibprompt.data.resolve import resolve_choice
+from calibprompt import defaults
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.service import reviews as service
 
@@ -45,17 +46,9 @@ KEY_HINT = ("**Keys** (not while typing in a text field): **1** agree · **2** d
 # shown are left alone. After a click it waits until the case panel (#review-case, whose data-seq changes
 # with every answer) is redrawn before the next key, so a fast reader never gives a verdict on a case
 # that is still loading. The gallery's thumbnails are taken out of the Tab order (the keys replace them).
-# The style lets the selected case fill its viewer (a 64 px patch is drawn large, its pixels kept sharp)
-# and lets the case's table scroll sideways on a phone instead of being cut off.
-KEYS_SCRIPT = """<style>
-#review-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-.cp-scroll { overflow-x: auto; max-width: 100%; }
-.cp-scroll table { width: 100%; }
-@media (max-width: 768px) {  /* a phone: as many thumbnail columns as fit, not 8 columns cut off at the edge */
-  #review-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
-}
-</style>
-<script>
+# The tab's look (the case viewer, its scrolling tables, the gallery on a phone) is in the theme's CSS
+# (calibprompt.app.theme.CSS).
+KEYS_SCRIPT = """<script>
 (() => {
   const KEYS = {"1": "review-agree", "2": "review-disagree", "3": "review-unsure", "n": "review-next",
                 "p": "review-prev"};
@@ -152,7 +145,7 @@ def case_html(listing: dict, blinded: bool) -> str:
         f"<td>{percent(q)}</td><td>{esc(', '.join(case['sets'][h]) or 'empty') if h in case['sets'] else '—'}</td></tr>"
         for h, (_, q) in case["predictions"].items())
     table = ("<div class='cp-scroll'><table><thead><tr><th scope='col'>Method</th><th scope='col'>Answer</th><th scope='col'>Confidence</th>"
-             f"<th scope='col'>90 % set</th></tr></thead><tbody>{rows}</tbody></table></div>")
+             f"<th scope='col'>{100 * defaults.COVERAGE:.0f} % set</th></tr></thead><tbody>{rows}</tbody></table></div>")
     yours = "".join(f"<li>{esc(m)}: {esc(v['verdict'])}" + (f" — {esc(v['note'])}" if v["note"] else "") + "</li>"
                     for m, v in mine.items())
     yours = f"<p>Your verdicts:</p><ul>{yours}</ul>" if yours else "<p>No verdict from you yet.</p>"
@@ -233,12 +226,17 @@ def gallery_items(listing: dict, blinded: bool) -> list:
 
 
 def build(core, shared, export_dir: Path):
+    """The Review tab: its layout (:func:`_layout`), then its events (:meth:`ReviewTab.wire`); exports go to
+    fresh folders under ``export_dir``. Returns its dataset menu and reader field, which the page load fills."""
     tab = ReviewTab(core, shared, export_dir, _layout(core))
     tab.wire()
     return {"datasets": [tab.ui["dataset"]], "reader": tab.ui["reader"]}
 
 
 def _layout(core) -> dict[str, Any]:
+    """The tab's components by name (element ids in the module's docstring), top to bottom: the search, the
+    list and its pages, the selected case and the verdict form, progress and agreement, export and sharing,
+    adjudication; and the listing's state."""
     datasets = core.dataset_choices(None)  # shared datasets only; the page load adds the owner's uploads
     ui: dict[str, Any] = {}
     with gr.Tab("Review"):

@@ -29,6 +29,10 @@ What each part fixes (Lighthouse, ``benchmarks/page_audit.sh``):
   ``dark`` on ``<body>``) their text is drawn light; a figure narrower than its ``meta.responsive.below``
   takes its narrow layout (a grid's panels stacked, long titles on two lines, room for the legend).
   The header's "Signed in as" line (``#identity``) has its height reserved.
+- The tabs' own HTML (``CSS``): the tabs write classes, never inline styles, and their look is here: the
+  Compare tab's advice panel, checks and verdict badges (colours from ``compare_view.VERDICT_TEXT``), the
+  Train tab's progress bar (only its width, the progress, is set where it is drawn), the Review tab's case
+  viewer, scrolling tables and phone gallery.
 - ``HEAD`` (``aria-prohibited-attr``, ``image-redundant-alt``): Gradio's "empty" placeholder (an empty
   Label, Plot or Gallery) is a ``<div aria-label="Empty value">`` without a role, which ARIA forbids,
   and a gallery thumbnail's ``alt`` repeats the caption shown in the same button (so does the footer's
@@ -40,6 +44,8 @@ from __future__ import annotations
 
 import gradio as gr
 from gradio.themes.utils import colors
+
+from calibprompt.app.compare_view import VERDICT_TEXT
 
 __all__ = ["THEME", "CSS", "HEAD", "launch_kwargs"]
 
@@ -116,6 +122,26 @@ button.icon-button { min-width: 24px; min-height: 24px; justify-content: center;
    drawn in the page's light text colour; hover labels keep their own white box and dark text. */
 .dark .js-plotly-plot svg.main-svg > g:not(.hoverlayer) text { fill: var(--body-text-color) !important; }
 
+/* The Compare tab's advice (compare_view.py): the panel keeps the height it takes once filled, so nothing
+   jumps when the first result arrives; the checks are a list without bullets; the verdict badge is white
+   on its verdict's colour (VERDICT_CSS below). */
+.cp-advice { min-height: 9em; }
+ul.cp-checks { list-style: none; padding-left: 0; }
+.cp-badge { color: #ffffff; padding: 2px 10px; border-radius: 4px; font-weight: 700; }
+
+/* The Train tab's progress bar (train_tab.progress_html; the fill's width is the job's progress). */
+.cp-progress-track { background: #e5e7eb; border-radius: 6px; height: 14px; }
+.cp-progress-fill { background: #2563eb; height: 14px; border-radius: 6px; }
+
+/* The Review tab (review_tab.py): the selected case fills its viewer (a 64 px patch is drawn large, its
+   pixels kept sharp), and a case's tables scroll sideways on a phone instead of being cut off. */
+#review-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.cp-scroll { overflow-x: auto; max-width: 100%; }
+.cp-scroll table { width: 100%; }
+@media (max-width: 768px) {  /* a phone: as many thumbnail columns as fit, not 8 columns cut off at the edge */
+    #review-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
+}
+
 /* Phones: all four tabs on the bar (the Tabs wrap rather than hide tabs in a "..." menu; compact
    buttons keep them on one row at 390 px), and a header that takes less of the first screen. */
 @media (max-width: 640px) {
@@ -126,6 +152,16 @@ button.icon-button { min-width: 24px; min-height: 24px; justify-content: center;
     #identity .cp-identity { font-size: var(--text-xs); }  /* "Not signed in: ..." on one line */
 }
 """
+
+
+def _verdict_css() -> str:
+    """Each verdict badge's background, from :data:`calibprompt.app.compare_view.VERDICT_TEXT` (the one place
+    for the verdicts' words and colours), e.g. ``.cp-badge[data-verdict="refer"] { background: #991b1b; }``."""
+    return "".join(f'.cp-badge[data-verdict="{verdict}"] {{ background: {colour}; }}\n'
+                   for verdict, (_, colour) in VERDICT_TEXT.items())
+
+
+CSS += _verdict_css()
 
 # Gives Gradio's empty placeholders (div.empty, aria-label="Empty value" but no role) role="img", and
 # empties an <img>'s alt when the button or link around it already shows the same text (gallery

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from calibprompt import defaults
-from calibprompt.app.common import file_paths, handler, percent, prompt_update, run_label, session_for, username
+from calibprompt.app.common import alert_html, file_paths, handler, percent, prompt_update, run_label, session_for, username
 from calibprompt.evaluation import plots
 
 DEVICES = ["auto", "cuda", "mps", "cpu"]
@@ -34,7 +34,8 @@ def _status_text(status: dict) -> str:
 
 
 def progress_html(status: dict, run_id: str = "") -> str:
-    """The progress bar and a line of text; every value from a run (its id, its error) is escaped."""
+    """The progress bar and a line of text; every value from a run (its id, its error) is escaped. The bar's
+    look is the theme's (``.cp-progress-track``, ``.cp-progress-fill``); only its width, the progress, is set here."""
     step = status.get("step") or {}
     done = status.get("status") == "done"
     fraction = 1.0 if done else step.get("global_step", 0) / max(step.get("total_steps", 1), 1)
@@ -43,9 +44,8 @@ def progress_html(status: dict, run_id: str = "") -> str:
         text += f" — {status['error']}"
     label = f"Run {run_id}: " if run_id else ""
     return (f"<div class='cp-progress' role='progressbar' aria-valuemin='0' aria-valuemax='100' "
-            f"aria-valuenow='{100 * fraction:.0f}'><div class='cp-progress-track' "
-            f"style='background:#e5e7eb;border-radius:6px;height:14px'>"
-            f"<div style='width:{100 * fraction:.1f}%;background:#2563eb;height:14px;border-radius:6px'></div></div>"
+            f"aria-valuenow='{100 * fraction:.0f}'><div class='cp-progress-track'>"
+            f"<div class='cp-progress-fill' style='width:{100 * fraction:.1f}%'></div></div>"
             f"<p>{html.escape(label + text)}</p></div>")
 
 
@@ -91,60 +91,107 @@ def share_result_html(message: str) -> str:
     return f"<p class='cp-share-result'>{html.escape(message)}</p>"
 
 
-def _share_section():
-    """The "Share with team" controls (hidden until a logged-in user opens the tab)."""
-    with gr.Group(visible=False, elem_id="run-share-box") as box:
-        chosen = gr.Dropdown([], value=None, label="Your finished run", elem_id="run-share-id")
-        with gr.Row():
-            share = gr.Button("Share with team", elem_id="run-share")
-            unshare = gr.Button("Stop sharing", elem_id="run-unshare")
-        result = gr.HTML(elem_id="run-share-result")
-    return box, chosen, share, unshare, result
-
-
-def _settings(datasets, methods, params):
-    dataset = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset", elem_id="train-dataset")
-    upload = gr.File(label="…or upload a zip (a folder per class, or train/ and test/)", file_types=[".zip"], height=120,
-                     elem_id="train-upload")
-    upload_button = gr.Button("Use uploaded zip", elem_id="train-upload-use")
-    name = gr.Textbox(label="Run name (optional, up to 80 characters)", max_length=80, elem_id="train-name",
-                      placeholder="e.g. 16 shots, new alpha")
-    method = gr.Dropdown(methods, value="calibprompt", label="Method", elem_id="train-method")
-    with gr.Row():
-        # no precision or bounds here: Gradio would round 8.5 to 8 and refuse text without a message; the values
-        # go as sent to check_train_request, which refuses them naming the field
-        shots = gr.Number(defaults.SHOTS, label="Shots per class")
-        seed = gr.Number(defaults.SEED, label="Seed")
-        epochs = gr.Number(defaults.EPOCHS, label="Epochs (1–1000)", elem_id="train-epochs")
-    with gr.Row():
-        alpha = gr.Number(params.get("alpha"), label="alpha (LS = SMAC), 0 ≤ α < 1")
-        beta = gr.Number(params.get("beta"), label="beta (AS weight), 0–100")
-        device = gr.Dropdown(DEVICES, value="auto", label="Device")
-    return dataset, upload, upload_button, name, method, shots, seed, epochs, alpha, beta, device
-
-
 def build(core, shared):
+    """The Train tab: its layout (:func:`_layout`), then its events (:func:`_wire`). Returns what the page's
+    header wires: the dataset menu, the history, the run box, the progress, the timer and the upload event."""
     datasets = core.dataset_choices(None)  # the page as built is everyone's: shared datasets only
     start_state = core.new_session()
     params = core.method_defaults(start_state, "calibprompt", core.model_family(start_state.model))
     with gr.Tab("Train") as tab:
+        ui = _layout(datasets, core.methods(), params)
+    return _wire(core, shared, tab, ui)
+
+
+def _layout(datasets: list[str], methods: list[str], params: dict) -> dict:
+    """The tab's components by name: the job's settings and its buttons on the left, the run, its progress,
+    its loss, its words and the sharing controls on the right, the history below, and the progress timer.
+    ``params``: the starting method's alpha and beta."""
+    ui = {}
+    with gr.Row():
+        with gr.Column():
+            ui.update(_settings(datasets, methods, params))
+            with gr.Row():
+                ui["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+                ui["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+        with gr.Column():
+            ui["run_id"] = gr.Textbox(label="Run (yours resumes here after a reload)", elem_id="train-run")
+            ui["progress"] = gr.HTML(elem_id="train-progress")
+            ui["loss_plot"] = gr.Plot(label="Loss")
+            ui["words_button"] = gr.Button("What the learned prompt says", elem_id="train-words-button")
+            ui["words"] = gr.Markdown(elem_id="train-interpretation")
+            ui.update(_share_section())
+    ui["history"] = gr.Dataframe(history_frame([]), elem_id="run-history",
+                                 label="Run history (your runs and those shared with you; 'you' marks your jobs; "
+                                       "accuracy and ECE in % on the run's test split)")
+    ui["timer"] = gr.Timer(1.0, active=False)
+    return ui
+
+
+def _share_section() -> dict:
+    """The "Share with team" controls (hidden until a logged-in user opens the tab)."""
+    ui = {}
+    with gr.Group(visible=False, elem_id="run-share-box") as ui["share_box"]:
+        ui["share_id"] = gr.Dropdown([], value=None, label="Your finished run", elem_id="run-share-id")
         with gr.Row():
-            with gr.Column():
-                dataset, upload, upload_button, name, method, shots, seed, epochs, alpha, beta, device = \
-                    _settings(datasets, core.methods(), params)
-                with gr.Row():
-                    start = gr.Button("Start training", variant="primary", elem_id="train-start")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
-            with gr.Column():
-                run_id = gr.Textbox(label="Run (yours resumes here after a reload)", elem_id="train-run")
-                progress = gr.HTML(elem_id="train-progress")
-                loss_plot = gr.Plot(label="Loss")
-                words_button = gr.Button("What the learned prompt says", elem_id="train-words-button")
-                words = gr.Markdown(elem_id="train-interpretation")
-                share_box, share_id, share, unshare, share_result = _share_section()
-        history = gr.Dataframe(history_frame([]), label="Run history (your runs and those shared with you; 'you' "
-                               "marks your jobs; accuracy and ECE in % on the run's test split)", elem_id="run-history")
-        timer = gr.Timer(1.0, active=False)
+            ui["share"] = gr.Button("Share with team", elem_id="run-share")
+            ui["unshare"] = gr.Button("Stop sharing", elem_id="run-unshare")
+        ui["share_result"] = gr.HTML(elem_id="run-share-result")
+    return ui
+
+
+def _settings(datasets: list[str], methods: list[str], params: dict) -> dict:
+    """The job's settings by name: dataset (or an uploaded zip), run name, method, shots, seed, epochs, alpha,
+    beta, device."""
+    ui = {}
+    ui["dataset"] = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset",
+                                elem_id="train-dataset")
+    ui["upload"] = gr.File(label="…or upload a zip (a folder per class, or train/ and test/)", file_types=[".zip"],
+                           height=120, elem_id="train-upload")
+    ui["upload_button"] = gr.Button("Use uploaded zip", elem_id="train-upload-use")
+    ui["name"] = gr.Textbox(label=f"Run name (optional, up to {defaults.RUN_NAME_CHARS} characters)",
+                            max_length=defaults.RUN_NAME_CHARS, elem_id="train-name",
+                            placeholder="e.g. 16 shots, new alpha")
+    ui["method"] = gr.Dropdown(methods, value="calibprompt", label="Method", elem_id="train-method")
+    with gr.Row():
+        # no precision or bounds here: Gradio would round 8.5 to 8 and refuse text without a message; the values
+        # go as sent to check_train_request, which refuses them naming the field
+        ui["shots"] = gr.Number(defaults.SHOTS, label="Shots per class")
+        ui["seed"] = gr.Number(defaults.SEED, label="Seed")
+        ui["epochs"] = gr.Number(defaults.EPOCHS, label="Epochs ({}–{})".format(*defaults.LIMITS["epochs"]),
+                                  elem_id="train-epochs")
+    with gr.Row():
+        ui["alpha"] = gr.Number(params.get("alpha"), label="alpha (LS = SMAC), {:g} ≤ α < {:g}".format(*defaults.LIMITS["alpha"]))
+        ui["beta"] = gr.Number(params.get("beta"), label="beta (AS weight), {:g}–{:g}".format(*defaults.LIMITS["beta"]))
+        ui["device"] = gr.Dropdown(DEVICES, value="auto", label="Device")
+    return ui
+
+
+def _wire(core, shared, tab, ui: dict) -> dict:
+    """The tab's events over its components (``ui``, from :func:`_layout`), every one private; returns what
+    the page's header wires (see :func:`build`)."""
+    use_upload, method_defaults = _dataset_handlers(core)
+    start_job, poll_job, cancel_job, show_words = _job_handlers(core)
+    settings = [ui[k] for k in ("dataset", "name", "method", "shots", "seed", "epochs", "alpha", "beta", "device")]
+    ui["words_button"].click(show_words, [shared.state, ui["run_id"]], [ui["words"]], api_visibility="private")
+    _wire_sharing(core, shared, tab, ui)
+    uploaded = ui["upload_button"].click(use_upload, [shared.state, ui["upload"]], [ui["dataset"]],
+                                         api_visibility="private")
+    ui["method"].change(method_defaults, [shared.state, ui["method"]], [ui["alpha"], ui["beta"]],
+                        api_visibility="private")
+    ui["start"].click(start_job, [shared.state, *settings],
+                      [shared.state, ui["run_id"], ui["progress"], ui["timer"], ui["history"]], api_visibility="private")
+    ui["timer"].tick(poll_job, [shared.state, ui["run_id"]],
+                     [ui["progress"], ui["loss_plot"], ui["timer"], ui["history"], shared.prompts, ui["share_id"]],
+                     api_visibility="private")
+    ui["cancel"].click(cancel_job, [shared.state, ui["run_id"]], [ui["progress"], ui["history"]],
+                       api_visibility="private")
+    return {"datasets": [ui["dataset"]], "history": ui["history"], "run": ui["run_id"], "progress": ui["progress"],
+            "timer": ui["timer"], "upload": uploaded}
+
+
+def _dataset_handlers(core):
+    """The handlers of an uploaded zip (``use_upload``) and of a chosen method (``method_defaults``: its alpha
+    and beta)."""
 
     @handler
     def use_upload(state, zip_file, request: gr.Request):
@@ -160,11 +207,23 @@ def build(core, shared):
         return (gr.update(value=values.get("alpha"), interactive="alpha" in values),
                 gr.update(value=values.get("beta"), interactive="beta" in values))
 
+    return use_upload, method_defaults
+
+
+def _job_handlers(core):
+    """The handlers of a job: start it, poll its progress, cancel it, and show what its learned prompt says."""
+
     @handler
     def start_job(state, dataset, run_name, method, shots, seed, epochs, alpha, beta, device, request: gr.Request):
+        """Queue the job; a refusal (shots above the data, a bad number, a full disk) is shown in the progress
+        box, the rest of the tab left as it was."""
         state = session_for(core, state, request)
-        state, new_id = core.start_training(state, dataset, method=method, shots=shots, seed=seed, epochs=epochs,
-                                            alpha=alpha, beta=beta, device=device, name=run_name)
+        try:
+            state, new_id = handler(core.start_training)(state, dataset, method=method, shots=shots, seed=seed,
+                                                         epochs=epochs, alpha=alpha, beta=beta, device=device,
+                                                         name=run_name)
+        except gr.Error as exc:
+            return state, gr.update(), alert_html(exc.message), gr.update(), gr.update()
         return (state, new_id, progress_html(core.job_status(state, new_id), new_id), gr.update(active=True),
                 history_frame(core.run_history(state)))
 
@@ -201,30 +260,20 @@ def build(core, shared):
         state = session_for(core, state, request)
         return interpretation_markdown(core.interpret_run(state, current.strip()))
 
-    words_button.click(show_words, [shared.state, run_id], [words], api_visibility="private")
-    _wire_sharing(core, shared, tab, (share_box, share_id, share, unshare, share_result), history)
-    uploaded = upload_button.click(use_upload, [shared.state, upload], [dataset], api_visibility="private")
-    method.change(method_defaults, [shared.state, method], [alpha, beta], api_visibility="private")
-    start.click(start_job, [shared.state, dataset, name, method, shots, seed, epochs, alpha, beta, device],
-                [shared.state, run_id, progress, timer, history], api_visibility="private")
-    timer.tick(poll_job, [shared.state, run_id], [progress, loss_plot, timer, history, shared.prompts, share_id],
-               api_visibility="private")
-    cancel.click(cancel_job, [shared.state, run_id], [progress, history], api_visibility="private")
-    return {"datasets": [dataset], "history": history, "run": run_id, "progress": progress, "timer": timer,
-            "upload": uploaded}
+    return start_job, poll_job, cancel_job, show_words
 
 
-def _wire_sharing(core, shared, tab, section, history) -> None:
+def _wire_sharing(core, shared, tab, ui: dict) -> None:
     """The sharing controls' events: opening the tab shows them to a logged-in user (with their finished runs);
     each button shares or stops sharing the chosen run, then the history and the Prompts menu follow."""
-    box, chosen, share, unshare, result = section
+    box, chosen, result, history = ui["share_box"], ui["share_id"], ui["share_result"], ui["history"]
 
     @handler
     def open_tab(state, current, request: gr.Request):
         return share_box_update(core, session_for(core, state, request), request, current)
 
     tab.select(open_tab, [shared.state, chosen], [box, chosen], api_visibility="private")
-    for button, flag in ((share, True), (unshare, False)):
+    for button, flag in ((ui["share"], True), (ui["unshare"], False)):
         button.click(_share_handler(core, flag), [shared.state, chosen], [result, chosen, history, shared.prompts],
                      api_visibility="private")
 

@@ -86,8 +86,8 @@ class Backbone:
 
     # -- images ---------------------------------------------------------------------------
     def preprocess_images(self, images: Iterable[Any]) -> torch.Tensor:
-        """Stack of preprocessed images (N, 3, H, W); inputs as :func:`calibprompt.data.load_image` takes."""
-        from calibprompt.data import load_image
+        """Stack of preprocessed images (N, 3, H, W); inputs as :func:`calibprompt.imaging.load_image` takes."""
+        from calibprompt.imaging import load_image
 
         tensors = []
         for image in images:

@@ -22,20 +22,16 @@ prompt is padded to: :class:`MedCLIPTextTower` never trims the padded tail (see 
 
 :func:`build_medclip` returns ``(model, preprocess, tokenizer)``; with ``twin=True`` it builds a tiny
 random-weight model of the same structure offline (tests). :func:`download_medclip_checkpoint` fetches
-the released ``pytorch_model.bin`` from MedCLIP's zip archive, extracting only that file.
+the released ``pytorch_model.bin`` from MedCLIP's zip archive (verified by its SHA-256), extracting only that
+file (:mod:`calibprompt.backbones.medclip_download`).
 """
 from __future__ import annotations
 
 import os
 import pickle
 import re
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +39,12 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from calibprompt.fileio import atomic_write
+from calibprompt.backbones.medclip_download import (  # the download, re-exported here
+    CHECKPOINT_NAME,
+    CHECKPOINT_URL,
+    MedCLIPDownloadError,
+    download_medclip_checkpoint,
+)
 from calibprompt.backbones.text_tower import TextTower
 
 __all__ = [
@@ -79,8 +80,6 @@ HUB_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (SWIN_REPO, ("config.json",)),
     (BERT_REPO, ("config.json", "vocab.txt")),
 )
-CHECKPOINT_URL = "https://storage.googleapis.com/pytrial/medclip-vit-pretrained.zip"
-CHECKPOINT_NAME = "pytorch_model.bin"
 
 CONTEXT_LENGTH = 77  # MedCLIP's processor sets the tokenizer's model_max_length to 77
 PAPER_CONTEXT_LENGTH = 25  # the CalibPrompt authors' MedCLIP prompts are padded to max_length=25
@@ -106,8 +105,6 @@ TWIN_BERT_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
 }
 
-_MAX_EXTRACT_BYTES = 4 << 30  # refuse archive members that inflate beyond 4 GiB
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,83 +495,3 @@ def build_medclip(checkpoint: str | os.PathLike | None, *, twin: bool = False, d
     model = model.to(torch.device(device)).eval()
     tokenizer = MedCLIPTokenizer(hf_tokenizer, context_length=context_length)
     return model, medclip_preprocess(int(vision_config.image_size)), tokenizer
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
-class MedCLIPDownloadError(RuntimeError):
-    """The MedCLIP checkpoint could not be downloaded or extracted."""
-
-
-def _safe_member_name(name: str) -> bool:
-    if not name or "\\" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return False
-    return ".." not in PurePosixPath(name).parts
-
-
-def _extract_checkpoint(archive: Path, target: Path) -> Path:
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise MedCLIPDownloadError(f"The downloaded file is not a zip archive: {exc}") from exc
-    with zf:
-        infos = zf.infolist()
-        unsafe = [i.filename for i in infos if not _safe_member_name(i.filename)]
-        if unsafe:
-            raise MedCLIPDownloadError(f"Refusing the archive: unsafe member paths {_listing(unsafe)}.")
-        candidates = [i for i in infos if not i.is_dir() and PurePosixPath(i.filename).name == CHECKPOINT_NAME]
-        if len(candidates) != 1:
-            raise MedCLIPDownloadError(
-                f"Expected exactly one {CHECKPOINT_NAME} in the archive, found {len(candidates)}."
-            )
-        info = candidates[0]
-        if (info.external_attr >> 16) & 0o170000 == 0o120000:
-            raise MedCLIPDownloadError(f"Refusing the archive: {info.filename} is a symbolic link.")
-        if info.file_size > _MAX_EXTRACT_BYTES:
-            raise MedCLIPDownloadError(f"{info.filename} is implausibly large ({info.file_size} bytes).")
-
-        def copy_member(tmp: str) -> None:
-            written = 0
-            with open(tmp, "wb") as out, zf.open(info) as src:
-                for block in iter(lambda: src.read(_CHUNK), b""):
-                    written += len(block)
-                    if written > _MAX_EXTRACT_BYTES:
-                        raise MedCLIPDownloadError(f"{info.filename} inflates beyond {_MAX_EXTRACT_BYTES} bytes.")
-                    out.write(block)
-
-        atomic_write(target, copy_member)
-    return target
-
-
-def download_medclip_checkpoint(dest_dir: str | os.PathLike, *, url: str = CHECKPOINT_URL, timeout: float = 10.0,
-                                force: bool = False) -> Path:
-    """Download MedCLIP's released zip and extract only ``pytorch_model.bin`` into ``dest_dir``.
-
-    The archive goes to a temporary file in ``dest_dir`` (deleted afterwards); the checkpoint is
-    written atomically. Archives with absolute or ``..`` member paths are refused. An existing
-    checkpoint is kept unless ``force``. ``timeout`` bounds the connection and each read.
-
-    Raises:
-        MedCLIPDownloadError: offline, the server refused, or the archive is not as expected.
-    """
-    dest = Path(dest_dir).expanduser()
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / CHECKPOINT_NAME
-    if target.is_file() and not force:
-        return target
-    fd, archive = tempfile.mkstemp(prefix=".medclip-download.", suffix=".zip", dir=dest)
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, out, _CHUNK)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise MedCLIPDownloadError(
-                f"Cannot download the MedCLIP checkpoint from {url} ({reason}). This machine may be offline: "
-                f"download that zip on a connected machine, take {CHECKPOINT_NAME} out of it and put it in {dest}."
-            ) from exc
-        return _extract_checkpoint(Path(archive), target)
-    finally:
-        if os.path.exists(archive):
-            os.unlink(archive)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["require_ray", "connect", "LOCAL"]
+__all__ = ["require_ray", "connect", "connect_for_tasks", "local_env", "LOCAL"]
 
 LOCAL = "local"  #: the address that starts a local Ray cluster on this machine
 
@@ -44,3 +45,26 @@ def connect(address: str, *, num_cpus: int | None = None, num_gpus: int | None =
     resources = ray.cluster_resources()
     logger.info("Ray cluster: %s CPUs, %s GPUs", resources.get("CPU", 0), resources.get("GPU", 0))
     return ray
+
+
+def connect_for_tasks(address: str, *, gpus_per_task: float = 0.0, cpus_per_task: float = 1.0):
+    """Check the resources each task will ask for, then :func:`connect` to ``address``; returns ``ray``.
+    ``ValueError`` (before anything starts) for ``cpus_per_task <= 0`` or ``gpus_per_task < 0``."""
+    if gpus_per_task < 0 or cpus_per_task <= 0:
+        raise ValueError("--ray-cpus-per-task must be above 0 and --ray-gpus-per-task at least 0.")
+    return connect(address)
+
+
+def local_env(address: str) -> dict[str, str]:
+    """The environment of the workers of a cluster at ``address``: on a local one (:data:`LOCAL`) they share
+    this process's data directory (``CALIBPROMPT_HOME``) and Hugging Face cache settings; elsewhere nothing
+    (each node has its own)."""
+    from calibprompt.paths import data_dir
+
+    if address.strip() != LOCAL:
+        return {}
+    env = {"CALIBPROMPT_HOME": str(data_dir())}
+    for name in ("HF_HOME", "HF_HUB_OFFLINE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env

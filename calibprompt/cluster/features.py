@@ -3,7 +3,7 @@
 ``read_binary_files`` reads the image files on the workers (the folder must be readable at the same
 path by every worker: a shared filesystem or an object-store path), ``map_batches`` runs them through
 an actor pool in which each actor loads the model once (by name: models never travel) and decodes
-every image with :func:`calibprompt.data.load_image` (DICOM windowed as everywhere else), and the
+every image with :func:`calibprompt.imaging.load_image` (DICOM windowed as everywhere else), and the
 driver writes each returned feature into the local :class:`~calibprompt.training.features.FeatureCache`
 under the image's content hash, so later evaluations on this machine reuse it. Images already in the
 cache are skipped. Without Ray the same cache is filled in this process (:func:`extract_features`).
@@ -71,7 +71,7 @@ class _Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from calibprompt.data import load_image
+        from calibprompt.imaging import load_image
         from calibprompt.training.features import encode_pixels
 
         blobs = [bytes(b) for b in batch["bytes"]]

@@ -55,8 +55,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from calibprompt.data.images import is_image_file
+from calibprompt.imaging.images import is_image_file
 from calibprompt.paths import shown
+from calibprompt.prompting.tasks import load_task  # tasks sit below data: they never import it
 
 __all__ = [
     "Sample",
@@ -273,8 +274,6 @@ def load_dataset(source: str | os.PathLike, task=None, *, confine_to_root: bool 
         class of ``task``, or a task class has no image.
     """
     if task is not None and not hasattr(task, "class_ids"):
-        from calibprompt.prompting.tasks import load_task
-
         task = load_task(task)
     root = Path(source).expanduser().absolute()
     if not root.exists():
@@ -495,13 +494,13 @@ def _check_classes(task, class_ids: list[str], images: Iterable[LabeledImages | 
                    if i not in present]
         if missing:
             raise ValueError(
-                f"Task {task.name!r} class {', '.join(missing)} has no images in {root}. Add a folder "
+                f"Task {task.name!r} class {', '.join(missing)} has no images in {shown(root)}. Add a folder "
                 "(or CSV rows) with images of every task class, or choose a task that matches the data."
             )
     elif len(class_ids) < 2:
         found = f"only the class {class_ids[0]!r}" if class_ids else "no class"
         raise ValueError(
-            f"{root} has {found} with images; a classification dataset needs at least 2 classes. "
+            f"{shown(root)} has {found} with images; a classification dataset needs at least 2 classes. "
             + _LAYOUT_HELP
         )
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from calibprompt.data.layouts import Dataset, load_dataset
 from calibprompt.data.sources import get_registered_dataset, list_registered_datasets
 from calibprompt.fileio import atomic_write
+from calibprompt.owners import LOCAL, can_see, is_provisional, is_team_member
 from calibprompt.paths import data_dir, datasets_dir, inside, owner_key, owner_uploads_dir, shown, uploads_dir
 from calibprompt.prompting.tasks import Task, TaskClass, list_tasks, load_task
 
@@ -30,7 +31,7 @@ __all__ = ["open_dataset", "task_from_dataset", "dataset_choices", "upload_choic
 
 #: who owns uploads made without a web request (the CLI, scripts, the library's own callers): its own owner,
 #: which no request's owner (``user:<name>``, ``browser:<hash>``, a provisional ``session-...``) ever equals
-LOCAL_OWNER = "local"
+LOCAL_OWNER = LOCAL
 #: the file in an upload's folder that says its owner shared it with the team (JSON: owner, shared_at)
 SHARE_MARKER = ".calibprompt-shared.json"
 #: how a team mate's shared upload is named in the menus: ``team/<user name>/<name>``
@@ -87,8 +88,6 @@ def upload_root(folder: Path) -> Path:
 def _owns_uploads(owner: str | None) -> bool:
     """Whether ``owner`` may have uploads: a provisional page owner (before its browser identity is read) or
     no owner at all owns nothing."""
-    from calibprompt.service.session import is_provisional
-
     return bool(owner) and not is_provisional(owner)
 
 
@@ -175,8 +174,6 @@ def upload_shared_by(folder: Path) -> str | None:
     """Who shared the upload unpacked in ``folder`` (``uploads/<owner key>/<name>``) with the team: the owner its
     marker records, when that is a logged-in user whose folder it is; else None (not shared, an unreadable
     marker, or one that names someone else)."""
-    from calibprompt.service.access import is_team_member
-
     try:
         recorded = json.loads((folder / SHARE_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -190,8 +187,6 @@ def upload_shared_by(folder: Path) -> str | None:
 def team_uploads(owner: str | None) -> dict[str, Path]:
     """The uploads other logged-in users shared with the team that ``owner`` may open (``owner`` must be logged in
     too): ``{"team/<user>/<name>": dataset folder}``. Two uploads that would get one name are both left out."""
-    from calibprompt.service.access import can_see, is_team_member
-
     if not is_team_member(owner):
         return {}
     found: dict[str, Path] = {}

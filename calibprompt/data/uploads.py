@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from calibprompt import defaults
-from calibprompt.data.archives import extract_zip
+from calibprompt.archives import extract_zip
+from calibprompt.fileio import format_bytes
 from calibprompt.paths import owner_uploads_dir, uploads_dir
 
 __all__ = ["Quota", "quota", "usage", "declared_size", "check_quota", "extract_upload", "upload_days",
@@ -68,15 +69,6 @@ def quota() -> Quota:
                  _env_int("CALIBPROMPT_UPLOAD_QUOTA_DATASETS", defaults.LIMITS["upload_quota_datasets"][1]))
 
 
-def _fmt(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
 def _tree_bytes(folder: Path) -> int:
     """Bytes of the regular files below ``folder``, never following a symbolic link."""
     total = 0
@@ -102,7 +94,7 @@ def usage(owner: str) -> tuple[int, int]:
 
 def declared_size(zip_path: str | os.PathLike) -> int | None:
     """The uncompressed bytes a zip declares for its files (its central directory), or None when it cannot
-    be read as a zip (:func:`~calibprompt.data.archives.extract_zip` then says why)."""
+    be read as a zip (:func:`~calibprompt.archives.extract_zip` then says why)."""
     try:
         with zipfile.ZipFile(zip_path) as zf:
             return sum(i.file_size for i in zf.infolist() if not i.filename.replace("\\", "/").endswith("/"))
@@ -123,8 +115,8 @@ def check_quota(owner: str, incoming: int) -> None:
         raise ValueError(f"You have {count} uploaded datasets, the most one user may keep is {limit.max_datasets}, "
                          f"so this upload was refused. {advice}")
     if used + incoming > limit.max_bytes:
-        raise ValueError(f"This upload unpacks to {_fmt(incoming)} and your uploads already take {_fmt(used)} of "
-                         f"the {_fmt(limit.max_bytes)} one user may keep, so it was refused. {advice}")
+        raise ValueError(f"This upload unpacks to {format_bytes(incoming)} and your uploads already take {format_bytes(used)} of "
+                         f"the {format_bytes(limit.max_bytes)} one user may keep, so it was refused. {advice}")
 
 
 def _owner_lock(owner: str) -> threading.Lock:
@@ -135,7 +127,7 @@ def _owner_lock(owner: str) -> threading.Lock:
 def extract_upload(zip_path: str | os.PathLike, owner: str) -> Path:
     """Unpack ``zip_path`` into ``owner``'s uploads folder within the quota (checked before anything is
     written, one upload of an owner at a time) and return the dataset root (see
-    :func:`~calibprompt.data.archives.extract_zip`, whose checks and clean-up on error apply too)."""
+    :func:`~calibprompt.archives.extract_zip`, whose checks and clean-up on error apply too)."""
     with _owner_lock(owner):
         incoming = declared_size(zip_path)
         if incoming is not None:

@@ -1,9 +1,9 @@
 """The demo's bundled prompts and sample images.
 
 :func:`build_demo_prompts` trains CoOp and CalibPrompt on each demo task's standard split (8 shots,
-seed 1, the paper's protocol) with the bundled demo backbone and writes the checkpoints to
-``prompts/demo/<task>-<method>.{safetensors,json}``, so the app compares all three methods as soon as
-it starts. :func:`write_sample_images` picks a dozen test patches across classes (including cases a
+seed 1, the paper's protocol) with the bundled demo backbone and writes the checkpoints to the
+top-level ``prompts/demo/<task>-<method>.{safetensors,json}``, so the app compares all three methods as
+soon as it starts. :func:`write_sample_images` picks a dozen test patches across classes (including cases a
 method gets confidently wrong) into ``sample_images/`` with a ``labels.csv`` listing their true class.
 """
 from __future__ import annotations
@@ -18,16 +18,17 @@ import numpy as np
 
 from calibprompt.prompting.checkpoint import checkpoint_paths, read_prompt_metadata
 from calibprompt.fileio import atomic_write_json, atomic_write_text
-from calibprompt.paths import SAMPLE_IMAGES_DIR
+from calibprompt.paths import SAMPLE_IMAGES_DIR, bundled_dir
 from calibprompt.runs.store import RunStore
-from calibprompt.prompting.tasks import PROMPTS_DIR
 from calibprompt.demo.datasets import STANDARD_SPLITS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BUNDLED_PROMPTS_DIR", "SAMPLE_IMAGES_DIR", "bundled_prompt", "build_demo_prompts", "write_sample_images"]
 
-BUNDLED_PROMPTS_DIR = PROMPTS_DIR / "demo"
+#: The demo's prompt checkpoints: ``prompts/demo`` of the shipped prompts folder (also when
+#: ``$CALIBPROMPT_PROMPTS_DIR`` points the task files elsewhere: the checkpoints ship with the package).
+BUNDLED_PROMPTS_DIR = bundled_dir("prompts") / "demo"
 DEMO_METHODS = ("coop", "calibprompt")
 
 

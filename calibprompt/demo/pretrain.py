@@ -148,6 +148,21 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _optimizer(model: torch.nn.Module, config: "PretrainConfig") -> torch.optim.AdamW:
+    """AdamW as CLIP pretrains: weight decay on the matrices only (not on embeddings, gains and biases), and
+    the logit scale with its own learning rate; each group keeps its ``base_lr`` for the schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if name == "logit_scale":
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    return torch.optim.AdamW([
+        {"params": decay, "weight_decay": config.weight_decay, "base_lr": config.lr},
+        {"params": no_decay, "weight_decay": 0.0, "base_lr": config.lr},
+        {"params": [model.logit_scale], "weight_decay": 0.0, "base_lr": config.scale_lr},
+    ], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
 def pretrain_demo_backbone(out_dir: str | os.PathLike = DEMO_DIR, config: PretrainConfig | None = None,
                            on_step: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Render the pool, pretrain, and write the model to ``out_dir``; returns a summary."""
@@ -173,16 +188,7 @@ def pretrain_demo_backbone(out_dir: str | os.PathLike = DEMO_DIR, config: Pretra
     render_seconds = time.perf_counter() - t_start
     logger.info("Rendered %d pretraining patches in %.1f s", len(images), render_seconds)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if name == "logit_scale":
-            continue
-        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    optimizer = torch.optim.AdamW([
-        {"params": decay, "weight_decay": config.weight_decay, "base_lr": config.lr},
-        {"params": no_decay, "weight_decay": 0.0, "base_lr": config.lr},
-        {"params": [model.logit_scale], "weight_decay": 0.0, "base_lr": config.scale_lr},
-    ], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = _optimizer(model, config)
     max_log_scale = math.log(100.0)
     history = []
     model.train()

@@ -330,6 +330,50 @@ def _p_value(observed: float, replicates: np.ndarray) -> float:
     return min(1.0, 2.0 * share)
 
 
+def _metric_name(metric: Any) -> str:
+    """The name of a paired bootstrap's metric: one of :data:`ALLOWED_METRICS`, or a callable's name."""
+    if callable(metric):
+        return getattr(metric, "__name__", type(metric).__name__)
+    if isinstance(metric, str) and metric in ALLOWED_METRICS:
+        return metric
+    raise ValueError(
+        f"`metric` must be one of {ALLOWED_METRICS} or a callable (probs, labels) -> float, "
+        f"but got {metric!r}."
+    )
+
+
+def _paired_differences(metric: Any, pa: np.ndarray, pb: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                        n_boot: int, n_bins: int) -> tuple[float, float, np.ndarray]:
+    """``(metric(a), metric(b), d*)``: the two values on all images and the ``n_boot`` paired differences
+    over the same resamples (ECE and accuracy vectorised over blocks of resamples; a callable one by one)."""
+    n = pa.shape[0]
+    diffs = np.empty(n_boot, dtype=np.float64)
+    j = 0
+    if metric == "ece":
+        value_a = expected_calibration_error(pa, y, n_bins=n_bins)
+        value_b = expected_calibration_error(pb, y, n_bins=n_bins)
+        tops = [_top_label(q, y) for q in (pa, pb)]
+        bins = [_uniform_bin_index(c, n_bins) for c, _ in tops]
+        for idx in _bootstrap_index_chunks(rng, n, n_boot):
+            da = _ece_rows(tops[0][0], tops[0][1], bins[0], idx, n_bins)
+            db = _ece_rows(tops[1][0], tops[1][1], bins[1], idx, n_bins)
+            diffs[j : j + idx.shape[0]] = da - db
+            j += idx.shape[0]
+    elif metric == "accuracy":
+        value_a, value_b = accuracy(pa, y), accuracy(pb, y)
+        ca, cb = _top_label(pa, y)[1], _top_label(pb, y)[1]
+        for idx in _bootstrap_index_chunks(rng, n, n_boot):
+            diffs[j : j + idx.shape[0]] = ca[idx].mean(axis=1) - cb[idx].mean(axis=1)
+            j += idx.shape[0]
+    else:
+        value_a, value_b = float(metric(pa, y)), float(metric(pb, y))
+        for block in _bootstrap_index_chunks(rng, n, n_boot):
+            for idx in block:
+                diffs[j] = float(metric(pa[idx], y[idx])) - float(metric(pb[idx], y[idx]))
+                j += 1
+    return value_a, value_b, diffs
+
+
 def paired_bootstrap(
     probs_a: Any,
     probs_b: Any,
@@ -373,15 +417,7 @@ def paired_bootstrap(
         dict with ``metric`` (its name), ``value_a``, ``value_b``, ``difference``,
         ``interval`` (``(lo, hi)``), ``p_value``, ``significant``, ``n_boot``, ``level``.
     """
-    if callable(metric):
-        name = getattr(metric, "__name__", type(metric).__name__)
-    elif isinstance(metric, str) and metric in ALLOWED_METRICS:
-        name = metric
-    else:
-        raise ValueError(
-            f"`metric` must be one of {ALLOWED_METRICS} or a callable (probs, labels) -> float, "
-            f"but got {metric!r}."
-        )
+    name = _metric_name(metric)
     pa, y = _validate(probs_a, labels, n_bins=n_bins, n_boot=n_boot, level=level)
     pb, _ = _validate(probs_b, labels)
     if pa.shape != pb.shape:
@@ -390,32 +426,8 @@ def paired_bootstrap(
             f"but got {pa.shape} and {pb.shape}."
         )
     n_bins, n_boot, level = int(n_bins), int(n_boot), float(level)
-    n = pa.shape[0]
     rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot, dtype=np.float64)
-    j = 0
-    if name == "ece" and not callable(metric):
-        value_a = expected_calibration_error(pa, y, n_bins=n_bins)
-        value_b = expected_calibration_error(pb, y, n_bins=n_bins)
-        tops = [_top_label(q, y) for q in (pa, pb)]
-        bins = [_uniform_bin_index(c, n_bins) for c, _ in tops]
-        for idx in _bootstrap_index_chunks(rng, n, n_boot):
-            da = _ece_rows(tops[0][0], tops[0][1], bins[0], idx, n_bins)
-            db = _ece_rows(tops[1][0], tops[1][1], bins[1], idx, n_bins)
-            diffs[j : j + idx.shape[0]] = da - db
-            j += idx.shape[0]
-    elif name == "accuracy" and not callable(metric):
-        value_a, value_b = accuracy(pa, y), accuracy(pb, y)
-        ca, cb = _top_label(pa, y)[1], _top_label(pb, y)[1]
-        for idx in _bootstrap_index_chunks(rng, n, n_boot):
-            diffs[j : j + idx.shape[0]] = ca[idx].mean(axis=1) - cb[idx].mean(axis=1)
-            j += idx.shape[0]
-    else:
-        value_a, value_b = float(metric(pa, y)), float(metric(pb, y))
-        for block in _bootstrap_index_chunks(rng, n, n_boot):
-            for idx in block:
-                diffs[j] = float(metric(pa[idx], y[idx])) - float(metric(pb[idx], y[idx]))
-                j += 1
+    value_a, value_b, diffs = _paired_differences(metric, pa, pb, y, rng, n_boot, n_bins)
     difference = float(value_a - value_b)
     lo, hi = _percentile_interval(diffs, level)
     return {

@@ -33,18 +33,22 @@ Conventions (the project's contract)
 
 One private helper (:func:`_bin_statistics`) does the binning for ECE, MCE, ACE,
 classwise ECE and the reliability diagram, and one private helper (:func:`_validate`)
-does the input validation for every public function. Invalid input raises
-``ValueError`` with a message naming what is wrong and what is allowed.
+validates the inputs of every public function with the checks of
+:mod:`calibprompt.evaluation.validation`: the scalar arguments first
+(:func:`_arg_validation`), then the arrays (:func:`_tensor_validation`). Invalid input
+raises ``ValueError`` with a message naming what is wrong and what is allowed.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from calibprompt import defaults
+from calibprompt.evaluation import validation as V
 
 __all__ = [
     "ReliabilityBins",
@@ -66,7 +70,7 @@ __all__ = [
 ]
 
 #: Tolerance for "rows sum to 1" and for "probabilities lie in [0, 1]".
-PROB_ATOL = 1e-3
+PROB_ATOL = V.PROB_ATOL
 ALLOWED_STRATEGIES = ("uniform", "quantile")
 
 # Bounds of the temperature search (on log T).
@@ -78,57 +82,16 @@ _MISSING = object()
 
 
 # ---------------------------------------------------------------------------
-# Validation
+# Validation (the checks live in calibprompt.evaluation.validation)
 # ---------------------------------------------------------------------------
-def _to_numpy(x: Any, name: str) -> np.ndarray:
-    """Convert a numpy array / torch tensor / nested list to a numpy array."""
-    if hasattr(x, "detach") and hasattr(x, "cpu") and type(x).__module__.startswith("torch"):
-        t = x.detach().cpu()
-        if t.is_floating_point():  # covers float16 / bfloat16, which numpy may not know
-            t = t.double()
-        return t.numpy()
-    try:
-        arr = np.asarray(x)
-    except (ValueError, TypeError) as exc:  # ragged nested lists, odd objects
-        raise ValueError(
-            f"`{name}` could not be converted to a numeric array ({exc}); pass a numpy "
-            "array, a torch tensor or a rectangular nested list of numbers."
-        ) from None
-    return arr
+# The names other evaluation modules (conformal, selective) import from here.
+_to_numpy = V.to_numpy
+_check_int = V.check_int
+_check_real = V.check_real
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}, but got {value!r} "
-            f"(type {type(value).__name__})."
-        )
-    if int(value) < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, but got {value!r}.")
-    return int(value)
-
-
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        # allow 0-d numpy arrays / tensors holding one number
-        try:
-            arr = _to_numpy(value, name)
-        except ValueError:
-            arr = None
-        if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
-            raise ValueError(f"`{name}` must be a real number, but got {value!r}.")
-        value = arr.item()
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite real number, but got {value!r}.")
-    return value
-
-
-def _validate(
-    scores: Any,
-    labels: Any = _MISSING,
+def _arg_validation(
     *,
-    kind: str = "probs",
     n_bins: Any = _MISSING,
     strategy: Any = _MISSING,
     eps: Any = _MISSING,
@@ -137,128 +100,67 @@ def _validate(
     level: Any = _MISSING,
     temperature: Any = _MISSING,
     max_iter: Any = _MISSING,
-    labels_optional: bool = False,
+) -> None:
+    """Check the scalar arguments that were given (``_MISSING``: not an argument of the caller).
+
+    ``n_bins >= 1``, ``strategy`` in :data:`ALLOWED_STRATEGIES`, ``eps`` and ``level`` in ``(0, 1)``,
+    ``n_boot >= min_boot``, ``temperature > 0``, ``max_iter >= 1``.
+    """
+    if n_bins is not _MISSING:
+        V.check_int(n_bins, "n_bins", 1)
+    if strategy is not _MISSING:
+        V.check_choice(strategy, "strategy", ALLOWED_STRATEGIES,
+                       "'uniform' = equal-width bins, 'quantile' = equal-mass bins")
+    if eps is not _MISSING:
+        V.check_open_unit(eps, "eps")
+    if n_boot is not _MISSING:
+        V.check_int(n_boot, "n_boot", min_boot)
+    if level is not _MISSING:
+        V.check_open_unit(level, "level", "0.95 for a 95 % interval")
+    if temperature is not _MISSING:
+        V.check_positive(temperature, "temperature")
+    if max_iter is not _MISSING:
+        V.check_int(max_iter, "max_iter", 1)
+
+
+def _tensor_validation(
+    scores: Any, labels: Any = _MISSING, *, kind: str = "probs", labels_optional: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate and convert inputs shared by all public functions.
+    """Check and convert ``(N, K)`` scores and ``(N,)`` labels (:func:`~calibprompt.evaluation.validation.check_scores`,
+    :func:`~calibprompt.evaluation.validation.check_labels`); labels is ``None`` when omitted (or
+    ``None`` with ``labels_optional``)."""
+    arr = V.check_scores(scores, kind)
+    if labels is _MISSING or (labels is None and labels_optional):
+        return arr, None
+    return arr, V.check_labels(labels, arr.shape[0], arr.shape[1], kind)
+
+
+def _validate(
+    scores: Any,
+    labels: Any = _MISSING,
+    *,
+    kind: str = "probs",
+    labels_optional: bool = False,
+    **arguments: Any,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate and convert the inputs of a public function: the scalar ``arguments`` first (cheap,
+    and their errors are the most specific; see :func:`_arg_validation`), then the arrays.
 
     Args:
         scores: ``(N, K)`` probabilities (``kind="probs"``) or logits (``kind="logits"``).
         labels: ``(N,)`` integer class indices; omit it when the caller takes none.
             ``None`` is an error unless ``labels_optional`` is true.
         kind: ``"probs"`` (rows must sum to 1, values in [0, 1]) or ``"logits"`` (finite).
-        n_bins, strategy, eps, n_boot, level, temperature, max_iter: optional scalar
-            arguments, checked only when given.
+        arguments: ``n_bins``, ``strategy``, ``eps``, ``n_boot`` (with ``min_boot``), ``level``,
+            ``temperature``, ``max_iter``: checked only when given.
 
     Returns:
         ``(scores, labels)`` as float64 ``(N, K)`` and int64 ``(N,)`` arrays (labels is
         ``None`` when not given). Probabilities are clipped to [0, 1] after the tolerance
         check so that every confidence falls into a histogram bin.
     """
-    # -- scalar arguments first: cheap, and their errors are the most specific ----------
-    if n_bins is not _MISSING:
-        _check_int(n_bins, "n_bins", 1)
-    if strategy is not _MISSING and (not isinstance(strategy, str) or strategy not in ALLOWED_STRATEGIES):
-        raise ValueError(
-            f"`strategy` must be one of {ALLOWED_STRATEGIES} ('uniform' = equal-width bins, "
-            f"'quantile' = equal-mass bins), but got {strategy!r}."
-        )
-    if eps is not _MISSING:
-        e = _check_real(eps, "eps")
-        if not 0.0 < e < 1.0:
-            raise ValueError(f"`eps` must lie in the open interval (0, 1), but got {eps!r}.")
-    if n_boot is not _MISSING:
-        _check_int(n_boot, "n_boot", min_boot)
-    if level is not _MISSING:
-        lv = _check_real(level, "level")
-        if not 0.0 < lv < 1.0:
-            raise ValueError(
-                f"`level` must lie in the open interval (0, 1) (e.g. 0.95 for a 95 % interval), "
-                f"but got {level!r}."
-            )
-    if temperature is not _MISSING:
-        t = _check_real(temperature, "temperature")
-        if not t > 0.0:
-            raise ValueError(f"`temperature` must be a finite number > 0, but got {temperature!r}.")
-    if max_iter is not _MISSING:
-        _check_int(max_iter, "max_iter", 1)
-
-    # -- scores ------------------------------------------------------------------------
-    name = "probs" if kind == "probs" else "logits"
-    arr = _to_numpy(scores, name)
-    if arr.dtype.kind not in "iufb":
-        raise ValueError(
-            f"`{name}` must hold real numbers (int or float dtype), but got dtype {arr.dtype}."
-        )
-    if arr.ndim != 2:
-        raise ValueError(
-            f"`{name}` must be 2-D with shape (N, K) (one row per sample, one column per "
-            f"class), but got {arr.ndim}-D array of shape {arr.shape}."
-        )
-    n, k = arr.shape
-    if n == 0:
-        raise ValueError(f"`{name}` is empty (N == 0); at least one sample is required.")
-    if k == 0:
-        raise ValueError(f"`{name}` has K == 0 columns; at least one class is required.")
-    arr = arr.astype(np.float64, copy=True)
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise ValueError(
-            f"`{name}` contains {bad} NaN/inf value(s); only finite numbers are allowed."
-        )
-    if kind == "probs":
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -PROB_ATOL or hi > 1.0 + PROB_ATOL:
-            raise ValueError(
-                f"`probs` must lie in [0, 1] (within {PROB_ATOL:g}), but values range over "
-                f"[{lo:.6g}, {hi:.6g}]; pass probabilities (softmax of logits), not logits."
-            )
-        sums = arr.sum(axis=1)
-        dev = np.abs(sums - 1.0)
-        if (dev > PROB_ATOL).any():
-            i = int(np.argmax(dev))
-            raise ValueError(
-                f"every row of `probs` must sum to 1 (within {PROB_ATOL:g}), but row {i} sums "
-                f"to {sums[i]:.6g}; pass probabilities (softmax of logits), not logits."
-            )
-        np.clip(arr, 0.0, 1.0, out=arr)
-
-    # -- labels ------------------------------------------------------------------------
-    if labels is _MISSING or (labels is None and labels_optional):
-        return arr, None
-    if labels is None:
-        raise ValueError(
-            "`labels` is required: pass an (N,) array of integer class indices in [0, K)."
-        )
-    lab = _to_numpy(labels, "labels")
-    if lab.ndim != 1:
-        raise ValueError(
-            f"`labels` must be 1-D with shape (N,) (one class index per sample), but got "
-            f"{lab.ndim}-D array of shape {lab.shape}."
-        )
-    if lab.shape[0] != n:
-        raise ValueError(
-            f"`{name}` and `labels` must have the same number of samples N, but {name} has "
-            f"{n} rows and labels has {lab.shape[0]} entries."
-        )
-    if lab.dtype.kind == "b":
-        lab = lab.astype(np.int64)
-    elif lab.dtype.kind == "f":
-        if not np.isfinite(lab).all() or not (lab == np.round(lab)).all():
-            raise ValueError(
-                "`labels` must be integer class indices in [0, K); got non-integer values."
-            )
-        lab = lab.astype(np.int64)
-    elif lab.dtype.kind not in "iu":
-        raise ValueError(
-            f"`labels` must be integer class indices in [0, K), but got dtype {lab.dtype}."
-        )
-    lab = lab.astype(np.int64, copy=False)
-    if lab.min() < 0 or lab.max() >= k:
-        raise ValueError(
-            f"`labels` must be class indices in [0, K) = [0, {k}) for {name} with K={k} "
-            f"columns, but values range over [{int(lab.min())}, {int(lab.max())}]."
-        )
-    return arr, lab
+    _arg_validation(**arguments)
+    return _tensor_validation(scores, labels, kind=kind, labels_optional=labels_optional)
 
 
 # ---------------------------------------------------------------------------
@@ -403,7 +305,9 @@ class ReliabilityBins:
         }
 
 
-def reliability_bins(probs: Any, labels: Any, n_bins: int = 10, strategy: str = "uniform") -> ReliabilityBins:
+def reliability_bins(
+    probs: Any, labels: Any, n_bins: int = defaults.N_BINS, strategy: str = "uniform"
+) -> ReliabilityBins:
     """Bin top-label confidences for a reliability diagram.
 
     Args:
@@ -460,7 +364,7 @@ def _calibration_error(
     return _ce_from_sums(counts, a, c, norm, min_count)
 
 
-def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:
+def expected_calibration_error(probs: Any, labels: Any, n_bins: int = defaults.N_BINS) -> float:
     """Expected calibration error with equal-width bins (top-label, L1).
 
     ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` over the non-empty bins of
@@ -477,7 +381,9 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> flo
     return _calibration_error(probs, labels, n_bins, "uniform", "l1")
 
 
-def maximum_calibration_error(probs: Any, labels: Any, n_bins: int = 10, min_count: int = 0) -> float:
+def maximum_calibration_error(
+    probs: Any, labels: Any, n_bins: int = defaults.N_BINS, min_count: int = defaults.MCE_MIN_COUNT
+) -> float:
     """Maximum calibration error with equal-width bins.
 
     ``MCE = max_b |acc_b - conf_b|`` over the non-empty equal-width bins (same bins as
@@ -500,7 +406,7 @@ def maximum_calibration_error(probs: Any, labels: Any, n_bins: int = 10, min_cou
     return _calibration_error(probs, labels, n_bins, "uniform", "max", int(min_count))
 
 
-def adaptive_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:
+def adaptive_calibration_error(probs: Any, labels: Any, n_bins: int = defaults.N_BINS) -> float:
     """Adaptive calibration error (ACE, equal-mass bins; as in the CalibPrompt paper).
 
     Samples are sorted by top-label confidence (stable sort), the sorted order is split
@@ -518,7 +424,7 @@ def adaptive_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> flo
     return _calibration_error(probs, labels, n_bins, "quantile", "l1")
 
 
-def classwise_ece(probs: Any, labels: Any, n_bins: int = 10) -> np.ndarray:
+def classwise_ece(probs: Any, labels: Any, n_bins: int = defaults.N_BINS) -> np.ndarray:
     """Classwise ECE (Kull et al. 2019), one value per class.
 
     For class ``k``: the equal-width-bin ECE of the one-vs-rest problem with confidence
@@ -622,8 +528,8 @@ def bootstrap_interval(
     metric: Callable[..., float],
     probs: Any,
     labels: Any,
-    n_boot: int = 1000,
-    level: float = 0.95,
+    n_boot: int = defaults.N_BOOT,
+    level: float = defaults.LEVEL,
     seed: int | None = 0,
     **metric_kwargs: Any,
 ) -> tuple[float, float]:
@@ -666,9 +572,9 @@ def bootstrap_interval(
 def ece_interval(
     probs: Any,
     labels: Any,
-    n_bins: int = 10,
-    n_boot: int = 1000,
-    level: float = 0.95,
+    n_bins: int = defaults.N_BINS,
+    n_boot: int = defaults.N_BOOT,
+    level: float = defaults.LEVEL,
     seed: int | None = 0,
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval of :func:`expected_calibration_error`.
@@ -735,7 +641,12 @@ def _fast_bootstrap(
 
 
 def calibration_report(
-    probs: Any, labels: Any, n_bins: int = 10, n_boot: int = 1000, seed: int | None = 0, min_count: int = 0
+    probs: Any,
+    labels: Any,
+    n_bins: int = defaults.N_BINS,
+    n_boot: int = defaults.N_BOOT,
+    seed: int | None = 0,
+    min_count: int = defaults.MCE_MIN_COUNT,
 ) -> dict:
     """All metrics of this module in one JSON-serialisable dict.
 
@@ -781,7 +692,7 @@ def calibration_report(
     if n_boot > 0:
         reps = _fast_bootstrap(p, y, n_bins, n_boot, seed, min_count)
         report["intervals"] = {
-            k: list(_percentile_interval(v, 0.95)) for k, v in reps.items()
+            k: list(_percentile_interval(v, defaults.LEVEL)) for k, v in reps.items()
         }
     return report
 

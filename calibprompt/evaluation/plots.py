@@ -55,7 +55,6 @@ Conventions
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,16 +65,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from calibprompt import defaults
+from calibprompt.evaluation import validation as V
 from calibprompt.evaluation.metrics import ReliabilityBins
-from calibprompt.evaluation.report import (
-    VALUE_ATOL as _VALUE_ATOL,
-    CalibrationReport,
-    Evaluation,
-    _number,
-    _vector,
-    as_calibration_report,
-    parse_reliability,
-)
+from calibprompt.evaluation.report import CalibrationReport, Evaluation, as_calibration_report, parse_reliability
 
 #: What the figures accept per method: a typed report, or (converted once at the entry)
 #: a ``calibration_report(...)`` dict or an :class:`Evaluation`.
@@ -186,7 +179,7 @@ _GRID_ROW_HEIGHT = 340
 _GRID_EXTRA_HEIGHT = 80  # title and legend
 
 #: Bins with fewer samples than this are drawn faded in reliability diagrams (``min_count``).
-DEFAULT_MIN_COUNT = 10
+DEFAULT_MIN_COUNT = defaults.PLOT_MIN_COUNT
 #: Top of the y axis of reliability diagrams: the band above 100 % holds the bin counts.
 RELIABILITY_Y_TOP = 1.1
 #: Bin counts above the bars.
@@ -263,29 +256,14 @@ def _edge_pct(x: float) -> str:
     return f"{100.0 * x:.3g} %"
 
 
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, but got {value!r}.")
-    return int(value)
+_is_real = V.is_real
+_check_int = V.check_int
+_check_mapping = V.check_mapping
 
 
 def _check_fraction(value: Any, name: str) -> float:
-    return _number(value, name, 0.0, 1.0)
-
-
-def _check_mapping(obj: Any, name: str, what: str) -> Mapping:
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"`{name}` must be a dict mapping {what}, but got {type(obj).__name__}.")
-    if len(obj) == 0:
-        raise ValueError(f"`{name}` is empty; pass at least one entry ({what}).")
-    for key in obj:
-        if not isinstance(key, str) or not key.strip():
-            raise ValueError(f"every key of `{name}` must be a non-empty str (a method name), but got {key!r}.")
-    return obj
+    """A fraction in ``[0, 1]`` (``VALUE_ATOL`` slack, clipped)."""
+    return V.check_range(value, name, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +338,48 @@ def _few_note(n: int, min_count: int) -> str:
     return f"<br><i>Only {n} sample{'s' if n != 1 else ''} (fewer than {min_count}): too few to judge this bin</i>"
 
 
+class _BinData(NamedTuple):
+    """The non-empty bins of one reliability diagram, as drawn (each array ``(B,)``)."""
+
+    centres: np.ndarray
+    widths: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+    counts: np.ndarray
+    gaps: np.ndarray  # confidence - accuracy: > 0 overconfident
+    few: np.ndarray  # bool: fewer than min_count samples
+    hover: list[str]
+
+
+def _bin_data(bins: ReliabilityBins, method: str | None, min_count: int) -> _BinData:
+    """The drawn quantities and hover texts of the non-empty bins."""
+    prefix = f"<b>{method}</b><br>" if method else ""
+    m = _nonempty(bins)
+    lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
+    acc, conf, counts = bins.accuracy[m], bins.confidence[m], bins.counts[m]
+    total = max(_total(bins), 1)
+    gaps = conf - acc
+    few = counts < min_count
+    hover = []
+    for a, c, n, l, h, g, f in zip(acc, conf, counts, lo, hi, gaps, few):
+        state = "overconfident" if g > 0 else ("underconfident" if g < 0 else "calibrated")
+        hover.append(
+            f"{prefix}Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
+            f"Samples: {int(n)} ({_pct(n / total)} of all)<br>"
+            f"Accuracy: {_pct(a)}<br>Mean confidence: {_pct(c)}<br>"
+            f"Gap: {abs(100 * g):.1f} points ({state})" + (_few_note(int(n), min_count) if f else "")
+        )
+    return _BinData((lo + hi) / 2.0, hi - lo, acc, conf, counts, gaps, few, hover)
+
+
+def _masked_bar(d: _BinData, sel: np.ndarray, y: np.ndarray, base: Any, marker: dict, legend: dict) -> go.Bar:
+    """Bars over the selected bins ``sel`` with their hover texts."""
+    return go.Bar(
+        x=d.centres[sel].tolist(), y=y[sel].tolist(), base=base, width=d.widths[sel].tolist(), marker=marker,
+        hovertext=[h for h, s in zip(d.hover, sel) if s], hovertemplate="%{hovertext}<extra></extra>", **legend,
+    )
+
+
 def _reliability_traces(
     bins: ReliabilityBins,
     colour: str,
@@ -384,74 +404,38 @@ def _reliability_traces(
         shown.add(label)
         return dict(name=label, legendgroup=label, showlegend=first)
 
-    prefix = f"<b>{method}</b><br>" if method else ""
-    m = _nonempty(bins)
-    lo, hi = bins.edges[:-1][m], bins.edges[1:][m]
-    centres = (lo + hi) / 2.0
-    widths = hi - lo
-    acc, conf, counts = bins.accuracy[m], bins.confidence[m], bins.counts[m]
-    total = max(_total(bins), 1)
-    gaps = conf - acc  # > 0: overconfident
-    few = counts < min_count
-
-    hover = []
-    for a, c, n, l, h, g, f in zip(acc, conf, counts, lo, hi, gaps, few):
-        state = "overconfident" if g > 0 else ("underconfident" if g < 0 else "calibrated")
-        hover.append(
-            f"{prefix}Confidence bin {_edge_pct(l)} - {_edge_pct(h)}<br>"
-            f"Samples: {int(n)} ({_pct(n / total)} of all)<br>"
-            f"Accuracy: {_pct(a)}<br>Mean confidence: {_pct(c)}<br>"
-            f"Gap: {abs(100 * g):.1f} points ({state})" + (_few_note(int(n), min_count) if f else "")
-        )
-
+    d = _bin_data(bins, method, min_count)
+    top = np.maximum(d.accuracy, d.confidence)
     traces: list[go.BaseTraceType] = [
         go.Scatter(
             x=[0.0, 1.0], y=[0.0, 1.0], mode="lines",
             line=dict(color=DIAGONAL_COLOUR, dash="dash", width=1.5),
             hoverinfo="skip", **legend("Perfect calibration"),
         ),
-        go.Bar(
-            x=centres.tolist(), y=acc.tolist(), width=widths.tolist(),
-            marker=dict(color=colour, line=dict(color="white", width=1)),
-            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-            **legend("Accuracy"),
-        ),
+        _masked_bar(d, np.ones(len(d.hover), dtype=bool), d.accuracy, None,
+                    dict(color=colour, line=dict(color="white", width=1)), legend("Accuracy")),
     ]
     for label, sel, fill, line in (
-        ("Gap: overconfident", gaps > 0, OVERCONFIDENT_COLOUR, OVERCONFIDENT_LINE),
-        ("Gap: underconfident", gaps < 0, UNDERCONFIDENT_COLOUR, UNDERCONFIDENT_LINE),
+        ("Gap: overconfident", d.gaps > 0, OVERCONFIDENT_COLOUR, OVERCONFIDENT_LINE),
+        ("Gap: underconfident", d.gaps < 0, UNDERCONFIDENT_COLOUR, UNDERCONFIDENT_LINE),
     ):
-        if not sel.any():
-            continue
-        traces.append(
-            go.Bar(
-                x=centres[sel].tolist(), y=np.abs(gaps[sel]).tolist(), base=np.minimum(acc, conf)[sel].tolist(),
-                width=widths[sel].tolist(),
-                marker=dict(color=fill, line=dict(color=line, width=1.2), pattern=dict(shape="/", fgcolor=line, size=6)),
-                hovertext=[h for h, s in zip(hover, sel) if s], hovertemplate="%{hovertext}<extra></extra>",
-                **legend(label),
-            )
-        )
-    if few.any():
-        traces.append(
-            go.Bar(
-                x=centres[few].tolist(), y=np.maximum(acc, conf)[few].tolist(), base=[0.0] * int(few.sum()),
-                width=widths[few].tolist(),
-                marker=dict(color=_FEW_VEIL, line=dict(color=_FEW_LINE, width=1),
-                            pattern=dict(shape="x", fgcolor=_FEW_LINE, size=8, solidity=0.15)),
-                hovertext=[h for h, f in zip(hover, few) if f], hovertemplate="%{hovertext}<extra></extra>",
-                **legend(_few_label(min_count)),
-            )
-        )
+        if sel.any():
+            marker = dict(color=fill, line=dict(color=line, width=1.2), pattern=dict(shape="/", fgcolor=line, size=6))
+            base = np.minimum(d.accuracy, d.confidence)[sel].tolist()
+            traces.append(_masked_bar(d, sel, np.abs(d.gaps), base, marker, legend(label)))
+    if d.few.any():
+        marker = dict(color=_FEW_VEIL, line=dict(color=_FEW_LINE, width=1),
+                      pattern=dict(shape="x", fgcolor=_FEW_LINE, size=8, solidity=0.15))
+        traces.append(_masked_bar(d, d.few, top, [0.0] * int(d.few.sum()), marker, legend(_few_label(min_count))))
     traces.append(
         go.Scatter(
-            x=centres.tolist(), y=np.maximum(acc, conf).tolist(), mode="text",
-            text=[_count_text(int(n)) for n in counts],
+            x=d.centres.tolist(), y=top.tolist(), mode="text",
+            text=[_count_text(int(n)) for n in d.counts],
             # always above the bar: the y axis runs to RELIABILITY_Y_TOP, leaving a band
             # above 100 % for the counts of the tallest bars
             textposition="top center",
             textfont=dict(size=COUNT_FONT_SIZE, color=COUNT_COLOUR), cliponaxis=False,
-            hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+            hovertext=d.hover, hovertemplate="%{hovertext}<extra></extra>",
             **legend("Samples per bin (n)"),
         )
     )
@@ -694,7 +678,7 @@ def _explicit_layout(rows: Any, names: list[str]) -> list[list[str | None]]:
 
 def reliability_grid(
     reports: Mapping[str, ReportLike | ReliabilityBins],
-    n_cols: int = 3,
+    n_cols: int = defaults.GRID_COLUMNS,
     *,
     rows: Sequence[Sequence[str | None]] | None = None,
     min_count: int = DEFAULT_MIN_COUNT,
@@ -861,33 +845,71 @@ def reliability_overlay(
     return _base_layout(fig, "Reliability (all methods)")
 
 
-def _as_confidences(values: Any, name: str) -> np.ndarray:
-    """Top-label confidences from a 1-D array, or row maxima of (N, K) probabilities."""
-    try:
-        arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"`{name}` could not be read as an array of numbers ({exc}).") from None
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"`{name}` must hold numbers, but got dtype {arr.dtype}.")
-    if arr.ndim == 2 and arr.shape[1] >= 2:
-        arr = arr.max(axis=1)
-    elif arr.ndim != 1:
+def _check_correct(correct: Any, data: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``correct`` of :func:`confidence_histogram`: one method's 0/1 outcomes, one per confidence."""
+    names = list(data)
+    if not isinstance(correct, Mapping):
+        raise ValueError(f"`correct` must be a dict {{method: 0/1 array}} or None, but got {type(correct).__name__}.")
+    unknown = sorted(str(k) for k in correct if k not in data)
+    if unknown:
+        raise ValueError(f"`correct` has key(s) {unknown} that are not in `confidences` ({names}).")
+    if len(names) != 1 or len(correct) != 1:
         raise ValueError(
-            f"`{name}` must be 1-D top-label confidences (N,) or (N, K >= 2) probabilities, "
-            f"but got shape {arr.shape}."
+            "`correct` is supported for a single method only: pass one method in `confidences` "
+            f"and the same key in `correct` (got {len(names)} method(s) and {len(correct)} key(s))."
         )
-    arr = arr.astype(np.float64)
-    if arr.size == 0:
-        raise ValueError(f"`{name}` is empty; at least one confidence is required.")
-    if not np.isfinite(arr).all() or arr.min() < -_VALUE_ATOL or arr.max() > 1 + _VALUE_ATOL:
-        raise ValueError(f"`{name}` must hold finite confidences in [0, 1] (probabilities, not logits).")
-    return np.clip(arr, 0.0, 1.0)
+    name = names[0]
+    return V.check_outcomes(correct[name], f"correct[{name!r}]", data[name].shape[0])
+
+
+def _histogram_bar(method: str, label: str, counts: np.ndarray, share: np.ndarray, bin_text: list[str],
+                   total: int | None, **bar: Any) -> go.Bar:
+    """One histogram series of ``method`` (``label``: its legend name): ``y`` the share of samples per bin,
+    ``customdata`` the counts; ``total`` None: shares of all samples (the correct/incorrect split)."""
+    what = f"<b>{method}</b>" + (f" - {label.lower()}" if total is None else "")
+    of = "all" if total is None else str(total)
+    return go.Bar(
+        y=share.tolist(), customdata=counts.tolist(),
+        hovertext=[f"{what}<br>Confidence {b}<br>Samples: {int(c)} ({_pct(s)} of {of})"
+                   for b, c, s in zip(bin_text, counts, share)],
+        hovertemplate="%{hovertext}<extra></extra>", **bar,
+    )
+
+
+def _correct_histogram(fig: go.Figure, name: str, conf: np.ndarray, ok: np.ndarray, edges: np.ndarray,
+                       bin_text: list[str]) -> float:
+    """Stacked correct / incorrect bars of one method and its accuracy line; returns the tallest bin."""
+    centres, width, total = ((edges[:-1] + edges[1:]) / 2.0).tolist(), 1.0 / (len(edges) - 1), conf.shape[0]
+    for label, sel, colour in (("Correct", ok, CORRECT_COLOUR), ("Incorrect", ~ok, INCORRECT_COLOUR)):
+        counts, _ = np.histogram(conf[sel], bins=edges)
+        fig.add_trace(_histogram_bar(name, label, counts, counts / total, bin_text, None, x=centres, width=width,
+                                     name=label, marker=dict(color=colour, line=dict(color="white", width=1))))
+    y_max = float(np.histogram(conf, bins=edges)[0].max() / total)
+    acc = float(ok.mean())
+    fig.add_trace(_vertical_line(acc, y_max, f"{name}: accuracy {_pct(acc)}", DIAGONAL_COLOUR, "dot"))
+    return y_max
+
+
+def _overlaid_histograms(fig: go.Figure, data: Mapping[str, np.ndarray], edges: np.ndarray,
+                         bin_text: list[str], colours: Mapping[str, str]) -> float:
+    """Translucent overlaid bars, one series per method; returns the tallest bin."""
+    centres, width = ((edges[:-1] + edges[1:]) / 2.0).tolist(), 1.0 / (len(edges) - 1)
+    y_max = 0.0
+    for name, conf in data.items():
+        counts, _ = np.histogram(conf, bins=edges)
+        share = counts / conf.shape[0]
+        y_max = max(y_max, float(share.max()))
+        fig.add_trace(_histogram_bar(
+            name, name, counts, share, bin_text, conf.shape[0], x=centres, width=width, name=name, legendgroup=name,
+            opacity=0.85 if len(data) == 1 else 0.5,
+            marker=dict(color=colours[name], line=dict(color=colours[name], width=1))))
+    return y_max
 
 
 def confidence_histogram(
     confidences: Mapping[str, Any],
     correct: Mapping[str, Any] | None = None,
-    n_bins: int = 10,
+    n_bins: int = defaults.N_BINS,
 ) -> go.Figure:
     """Distribution of top-label confidence.
 
@@ -906,81 +928,23 @@ def confidence_histogram(
         or stacked ``"Correct"`` / ``"Incorrect"``; and for each method a vertical dashed
         line at its mean confidence named ``"<method>: mean confidence x.x %"``.
     """
-    confidences = _check_mapping(confidences, "confidences", "method names to confidence arrays")
-    n_bins = _check_int(n_bins, "n_bins", 1)
-    names = list(confidences)
-    data = {n: _as_confidences(confidences[n], f"confidences[{n!r}]") for n in names}
+    confidences = V.check_mapping(confidences, "confidences", "method names to confidence arrays")
+    n_bins = V.check_int(n_bins, "n_bins", 1)
+    data = {n: V.check_confidences(confidences[n], f"confidences[{n!r}]") for n in confidences}
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    centres, width = ((edges[:-1] + edges[1:]) / 2.0).tolist(), 1.0 / n_bins
     bin_text = [f"{_edge_pct(lo)} - {_edge_pct(hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
-    colours = method_colours(names)
+    colours = method_colours(list(data))
     fig = go.Figure()
-    y_max = 0.0
-
     if correct is not None:
-        if not isinstance(correct, Mapping):
-            raise ValueError(f"`correct` must be a dict {{method: 0/1 array}} or None, but got {type(correct).__name__}.")
-        unknown = sorted(str(k) for k in correct if k not in data)
-        if unknown:
-            raise ValueError(f"`correct` has key(s) {unknown} that are not in `confidences` ({names}).")
-        if len(names) != 1 or len(correct) != 1:
-            raise ValueError(
-                "`correct` is supported for a single method only: pass one method in `confidences` "
-                f"and the same key in `correct` (got {len(names)} method(s) and {len(correct)} key(s))."
-            )
-        name = names[0]
-        conf = data[name]
-        ok = np.asarray(correct[name])
-        if ok.ndim != 1 or ok.shape[0] != conf.shape[0]:
-            raise ValueError(
-                f"`correct[{name!r}]` must be 1-D with one entry per confidence ({conf.shape[0]}), "
-                f"but got shape {ok.shape}."
-            )
-        if ok.dtype.kind not in "biuf" or not np.isin(ok.astype(np.float64), (0.0, 1.0)).all():
-            raise ValueError(f"`correct[{name!r}]` must hold booleans or 0/1 values.")
-        ok = ok.astype(bool)
-        total = conf.shape[0]
-        for label, sel, colour in (("Correct", ok, CORRECT_COLOUR), ("Incorrect", ~ok, INCORRECT_COLOUR)):
-            counts, _ = np.histogram(conf[sel], bins=edges)
-            share = counts / total
-            fig.add_trace(
-                go.Bar(
-                    x=centres, y=share.tolist(), width=width, name=label, customdata=counts.tolist(),
-                    marker=dict(color=colour, line=dict(color="white", width=1)),
-                    hovertext=[
-                        f"<b>{name}</b> - {label.lower()}<br>Confidence {b}<br>Samples: {int(c)} ({_pct(s)} of all)"
-                        for b, c, s in zip(bin_text, counts, share)
-                    ],
-                    hovertemplate="%{hovertext}<extra></extra>",
-                )
-            )
-        y_max = float(np.histogram(conf, bins=edges)[0].max() / total)
-        barmode = "stack"
-        acc = float(ok.mean())
-        fig.add_trace(_vertical_line(acc, y_max, f"{name}: accuracy {_pct(acc)}", DIAGONAL_COLOUR, "dot"))
-        title = f"Confidence of {name}: correct vs incorrect"
+        ok = _check_correct(correct, data)
+        name = next(iter(data))
+        y_max = _correct_histogram(fig, name, data[name], ok, edges, bin_text)
+        barmode, title = "stack", f"Confidence of {name}: correct vs incorrect"
     else:
-        for name in names:
-            conf = data[name]
-            counts, _ = np.histogram(conf, bins=edges)
-            share = counts / conf.shape[0]
-            y_max = max(y_max, float(share.max()))
-            fig.add_trace(
-                go.Bar(
-                    x=centres, y=share.tolist(), width=width, name=name, legendgroup=name,
-                    customdata=counts.tolist(), opacity=0.85 if len(names) == 1 else 0.5,
-                    marker=dict(color=colours[name], line=dict(color=colours[name], width=1)),
-                    hovertext=[
-                        f"<b>{name}</b><br>Confidence {b}<br>Samples: {int(c)} ({_pct(s)} of {conf.shape[0]})"
-                        for b, c, s in zip(bin_text, counts, share)
-                    ],
-                    hovertemplate="%{hovertext}<extra></extra>",
-                )
-            )
-        barmode = "overlay"
-        title = "Top-label confidence"
-    for name in names:
-        mean = float(data[name].mean())
+        y_max = _overlaid_histograms(fig, data, edges, bin_text, colours)
+        barmode, title = "overlay", "Top-label confidence"
+    for name, conf in data.items():
+        mean = float(conf.mean())
         colour = DIAGONAL_COLOUR if correct is not None else colours[name]
         fig.add_trace(
             _vertical_line(mean, y_max, f"{name}: mean confidence {_pct(mean)}", colour, "dash", group=name)
@@ -1083,7 +1047,7 @@ def _classwise_values(value: Any, name: str) -> np.ndarray:
     """The classwise ECE of a report (already validated), or a plain list of fractions."""
     if isinstance(value, (CalibrationReport, Evaluation, Mapping)):
         return np.array(as_calibration_report(value, name).classwise_ece, dtype=np.float64)
-    return np.array([_check_fraction(v, name) for v in _vector(value, name).tolist()], dtype=np.float64)
+    return np.array([_check_fraction(v, name) for v in V.check_vector(value, name).tolist()], dtype=np.float64)
 
 
 def classwise_ece_bars(
@@ -1312,6 +1276,35 @@ dl.calibprompt-details dt { font-weight: 600; } dl.calibprompt-details dd { marg
 """
 
 
+def _check_html_inputs(figs: Any, title: Any, tables: Any, details: Any) -> tuple[Mapping, Mapping]:
+    """The arguments of :func:`figure_html`, checked; returns ``(tables, details)`` with ``None`` as ``{}``."""
+    import pandas as pd
+
+    if not isinstance(title, str):
+        raise ValueError(f"`title` must be a str, but got {title!r}.")
+    if not isinstance(figs, Mapping):
+        raise ValueError(f"`figs` must be a dict mapping headings to figures, but got {type(figs).__name__}.")
+    tables = {} if tables is None else tables
+    if not isinstance(tables, Mapping):
+        raise ValueError(f"`tables` must be a dict mapping headings to DataFrames or None, but got {type(tables).__name__}.")
+    for what, items, kind in (("figs", figs, go.Figure), ("tables", tables, pd.DataFrame)):
+        for key, value in items.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ValueError(f"every key of `{what}` must be a non-empty str (a heading), but got {key!r}.")
+            if not isinstance(value, kind):
+                raise ValueError(
+                    f"`{what}[{key!r}]` must be a {kind.__module__.split('.')[0]}.{kind.__name__}, "
+                    f"but got {type(value).__name__}."
+                )
+    if not figs and not tables:
+        raise ValueError("`figs` and `tables` are both empty; pass at least one figure or table.")
+    details = {} if details is None else details
+    if not isinstance(details, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
+        raise ValueError(f"`details` must be a dict of str labels to str texts, or None, but got {details!r}.")
+
+    return tables, details
+
+
 def figure_html(
     figs: Mapping[str, go.Figure],
     title: str = "Calibration report",
@@ -1344,28 +1337,7 @@ def figure_html(
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    if not isinstance(title, str):
-        raise ValueError(f"`title` must be a str, but got {title!r}.")
-    if not isinstance(figs, Mapping):
-        raise ValueError(f"`figs` must be a dict mapping headings to figures, but got {type(figs).__name__}.")
-    tables = {} if tables is None else tables
-    if not isinstance(tables, Mapping):
-        raise ValueError(f"`tables` must be a dict mapping headings to DataFrames or None, but got {type(tables).__name__}.")
-    for what, items, kind in (("figs", figs, go.Figure), ("tables", tables, pd.DataFrame)):
-        for key, value in items.items():
-            if not isinstance(key, str) or not key.strip():
-                raise ValueError(f"every key of `{what}` must be a non-empty str (a heading), but got {key!r}.")
-            if not isinstance(value, kind):
-                raise ValueError(
-                    f"`{what}[{key!r}]` must be a {kind.__module__.split('.')[0]}.{kind.__name__}, "
-                    f"but got {type(value).__name__}."
-                )
-    if not figs and not tables:
-        raise ValueError("`figs` and `tables` are both empty; pass at least one figure or table.")
-    details = {} if details is None else details
-    if not isinstance(details, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in details.items()):
-        raise ValueError(f"`details` must be a dict of str labels to str texts, or None, but got {details!r}.")
-
+    tables, details = _check_html_inputs(figs, title, tables, details)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',

@@ -10,12 +10,13 @@ report (the plots, the app) converts once and then reads typed fields.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from calibprompt import defaults
+from calibprompt.evaluation import validation as V
 from calibprompt.evaluation.metrics import ReliabilityBins, calibration_report
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 #: Values this far outside their range (e.g. [0, 1]) are accepted and clipped into it.
-VALUE_ATOL = 1e-9
+VALUE_ATOL = V.VALUE_ATOL
 
 _RELIABILITY_REQUIRED = ("edges", "counts", "accuracy", "confidence")
 _RELIABILITY_OPTIONAL = ("strategy", "n_bins", "gap")
@@ -48,75 +49,20 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 
 # ---------------------------------------------------------------------------
-# Validation helpers (private: every check of a report dict lives in this module)
+# Validation: the checks of calibprompt.evaluation.validation, under this module's short names
 # ---------------------------------------------------------------------------
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
-
-
-def _int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, but got {value!r}.")
-    return int(value)
-
-
-def _number(value: Any, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    """A finite real in ``[lo, hi]`` (``VALUE_ATOL`` slack, then clipped into the range)."""
-    if not _is_real(value) or not math.isfinite(float(value)):
-        raise ValueError(f"`{name}` must be a finite number, but got {value!r}.")
-    v = float(value)
-    if not lo - VALUE_ATOL <= v <= hi + VALUE_ATOL:
-        what = " (a fraction, not a percentage)" if (lo, hi) == (0.0, 1.0) else ""
-        raise ValueError(f"`{name}` must lie in [{lo:g}, {hi:g}]{what}, but got {v!r}.")
-    return min(max(v, lo), hi)
-
-
-def _vector(values: Any, name: str, allow_none: bool = False) -> np.ndarray:
-    """A 1-D float64 array; ``None`` entries become NaN when ``allow_none``."""
-    if isinstance(values, (str, bytes, Mapping)) or values is None:
-        raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.")
-    if isinstance(values, np.ndarray):
-        arr = values
-    else:
-        try:
-            items = list(values)
-        except TypeError:
-            raise ValueError(f"`{name}` must be a 1-D list or array of numbers, but got {values!r}.") from None
-        if allow_none:
-            items = [np.nan if v is None else v for v in items]
-        try:
-            arr = np.asarray(items)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"`{name}` could not be read as a 1-D array of numbers ({exc}).") from None
-    if arr.ndim != 1:
-        raise ValueError(f"`{name}` must be 1-D, but got an array of shape {arr.shape}.")
-    if arr.size and arr.dtype.kind not in "iuf":
-        raise ValueError(f"`{name}` must hold numbers, but got dtype {arr.dtype}.")
-    return arr.astype(np.float64)
+_is_real = V.is_real
+_int = V.check_int
+_number = V.check_range
+_vector = V.check_vector
 
 
 # ---------------------------------------------------------------------------
 # Reliability bins
 # ---------------------------------------------------------------------------
-def parse_reliability(reliability: Any, name: str = "reliability") -> ReliabilityBins:
-    """Validate a :class:`ReliabilityBins` or its ``to_dict()`` form; return clean bins.
-
-    Checks: the keys (``edges``, ``counts``, ``accuracy``, ``confidence`` required;
-    ``strategy``, ``n_bins``, ``gap`` optional, nothing else), ``n_bins + 1`` edges,
-    non-decreasing in ``[0, 1]``; non-negative integer counts; accuracy and confidence
-    in ``[0, 1]`` for every non-empty bin and ``None``/NaN for every empty one.
-
-    Args:
-        reliability: the bins, or ``calibration_report(...)["reliability"]``.
-        name: how error messages call the input (e.g. ``"reports['coop']['reliability']"``).
-
-    Returns:
-        a :class:`ReliabilityBins` (float64 edges/accuracy/confidence clipped into
-        ``[0, 1]``, NaN for empty bins, int64 counts).
-
-    Raises:
-        ValueError: naming the key that is missing, unknown or wrong.
-    """
+def _reliability_data(reliability: Any, name: str) -> dict[str, Any]:
+    """The keys of a :class:`ReliabilityBins` or its ``to_dict()``: the required ones present, no
+    unknown one."""
     if isinstance(reliability, ReliabilityBins):
         data: dict[str, Any] = {
             "edges": reliability.edges,
@@ -141,7 +87,12 @@ def parse_reliability(reliability: Any, name: str = "reliability") -> Reliabilit
         raise ValueError(
             f"`{name}` must be a ReliabilityBins or its to_dict() dict, but got {type(reliability).__name__}."
         )
+    return data
 
+
+def _bin_arrays(data: Mapping[str, Any], name: str) -> tuple[np.ndarray, ...]:
+    """``(edges, counts, accuracy, confidence)`` as float64 vectors with ``n_bins + 1`` and ``n_bins``
+    entries (``n_bins >= 1``); ``None`` accuracy/confidence become NaN."""
     edges = _vector(data["edges"], f"{name}['edges']")
     counts_raw = _vector(data["counts"], f"{name}['counts']")
     acc = _vector(data["accuracy"], f"{name}['accuracy']", allow_none=True)
@@ -162,10 +113,13 @@ def parse_reliability(reliability: Any, name: str = "reliability") -> Reliabilit
         gap = data["gap"]
         if isinstance(gap, (str, bytes, Mapping)) or not hasattr(gap, "__len__") or len(gap) != n:
             raise ValueError(f"`{name}['gap']` must have one entry per bin ({n}).")
-    strategy = data.get("strategy", "uniform")
-    if strategy not in _STRATEGIES:
-        raise ValueError(f"`{name}['strategy']` must be 'uniform' or 'quantile', but got {strategy!r}.")
+    return edges, counts_raw, acc, conf
 
+
+def _check_bin_values(edges: np.ndarray, counts_raw: np.ndarray, acc: np.ndarray, conf: np.ndarray,
+                      name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Edges finite, non-decreasing in ``[0, 1]``; counts non-negative integers; accuracy and confidence in
+    ``[0, 1]`` for each non-empty bin and NaN for each empty one. Returns ``(counts, filled)``."""
     if not np.isfinite(edges).all() or edges.min() < -VALUE_ATOL or edges.max() > 1 + VALUE_ATOL:
         raise ValueError(f"`{name}['edges']` must be finite and lie in [0, 1].")
     if np.any(np.diff(edges) < 0):
@@ -187,6 +141,34 @@ def parse_reliability(reliability: Any, name: str = "reliability") -> Reliabilit
         vals = arr[filled]
         if vals.size and (vals.min() < -VALUE_ATOL or vals.max() > 1 + VALUE_ATOL):
             raise ValueError(f"`{name}['{key}']` must lie in [0, 1] (fractions, not percentages).")
+    return counts, filled
+
+
+def parse_reliability(reliability: Any, name: str = "reliability") -> ReliabilityBins:
+    """Validate a :class:`ReliabilityBins` or its ``to_dict()`` form; return clean bins.
+
+    Checks: the keys (``edges``, ``counts``, ``accuracy``, ``confidence`` required;
+    ``strategy``, ``n_bins``, ``gap`` optional, nothing else), ``n_bins + 1`` edges,
+    non-decreasing in ``[0, 1]``; non-negative integer counts; accuracy and confidence
+    in ``[0, 1]`` for every non-empty bin and ``None``/NaN for every empty one.
+
+    Args:
+        reliability: the bins, or ``calibration_report(...)["reliability"]``.
+        name: how error messages call the input (e.g. ``"reports['coop']['reliability']"``).
+
+    Returns:
+        a :class:`ReliabilityBins` (float64 edges/accuracy/confidence clipped into
+        ``[0, 1]``, NaN for empty bins, int64 counts).
+
+    Raises:
+        ValueError: naming the key that is missing, unknown or wrong.
+    """
+    data = _reliability_data(reliability, name)
+    edges, counts_raw, acc, conf = _bin_arrays(data, name)
+    strategy = data.get("strategy", "uniform")
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"`{name}['strategy']` must be 'uniform' or 'quantile', but got {strategy!r}.")
+    counts, filled = _check_bin_values(edges, counts_raw, acc, conf, name)
     return ReliabilityBins(
         edges=np.clip(edges, 0.0, 1.0),
         counts=counts,
@@ -194,6 +176,48 @@ def parse_reliability(reliability: Any, name: str = "reliability") -> Reliabilit
         confidence=np.where(filled, np.clip(conf, 0.0, 1.0), np.nan),
         strategy=str(strategy),
     )
+
+
+def _parse_classwise(values: Any, name: str, num_classes: int) -> tuple[float, ...]:
+    """One ECE in ``[0, 1]`` per class: ``(num_classes,)``."""
+    cw = _vector(values, name)
+    if cw.shape[0] != num_classes:
+        raise ValueError(
+            f"`{name}` must have one value per class (num_classes = {num_classes}), but has {cw.shape[0]}."
+        )
+    return tuple(_number(v, name, 0.0, 1.0) for v in cw.tolist())
+
+
+def _parse_report_bins(reliability: Any, name: str, n: int, n_bins: int) -> ReliabilityBins:
+    """A report's reliability bins: ``n_bins`` bins whose counts sum to the report's ``n``."""
+    bins = parse_reliability(reliability, f"{name}['reliability']")
+    if bins.n_bins != n_bins:
+        raise ValueError(f"`{name}['n_bins']` is {n_bins} but `{name}['reliability']` has {bins.n_bins} bins.")
+    if int(bins.counts.sum()) != n:
+        raise ValueError(
+            f"`{name}['reliability']['counts']` sum to {int(bins.counts.sum())}, but `{name}['n']` is {n}."
+        )
+    return bins
+
+
+def _parse_intervals(raw: Any, name: str) -> dict[str, tuple[float, float]]:
+    """``None`` (no intervals: ``{}``) or ``{metric: [lo, hi]}`` with ``lo <= hi`` in the metric's range."""
+    intervals: dict[str, tuple[float, float]] = {}
+    if raw is None:
+        return intervals
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"`{name}` must be None or a dict {{metric: [lo, hi]}}, but got {type(raw).__name__}.")
+    for key, pair in raw.items():
+        iv_name = f"{name}[{key!r}]"
+        if not isinstance(key, str):
+            raise ValueError(f"every key of `{name}` must be a metric name (str), but got {key!r}.")
+        if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, (Sequence, np.ndarray)) or len(pair) != 2:
+            raise ValueError(f"`{iv_name}` must be a pair [lo, hi], but got {pair!r}.")
+        lo, hi = (_number(v, iv_name, *_RANGES.get(key, (-math.inf, math.inf))) for v in pair)
+        if lo > hi:
+            raise ValueError(f"`{iv_name}` must have lo <= hi, but got {pair!r}.")
+        intervals[key] = (lo, hi)
+    return intervals
 
 
 # ---------------------------------------------------------------------------
@@ -293,43 +317,9 @@ class CalibrationReport:
         n_bins = _int(d["n_bins"], f"{name}['n_bins']", 1)
         values = {k: _number(d[k], f"{name}[{k!r}]", *_RANGES[k]) for k in _RANGES}
 
-        cw_name = f"{name}['classwise_ece']"
-        cw = _vector(d["classwise_ece"], cw_name)
-        if cw.shape[0] != num_classes:
-            raise ValueError(
-                f"`{cw_name}` must have one value per class (num_classes = {num_classes}), but has {cw.shape[0]}."
-            )
-        classwise = tuple(_number(v, cw_name, 0.0, 1.0) for v in cw.tolist())
-
-        reliability = parse_reliability(d["reliability"], f"{name}['reliability']")
-        if reliability.n_bins != n_bins:
-            raise ValueError(
-                f"`{name}['n_bins']` is {n_bins} but `{name}['reliability']` has {reliability.n_bins} bins."
-            )
-        if int(reliability.counts.sum()) != n:
-            raise ValueError(
-                f"`{name}['reliability']['counts']` sum to {int(reliability.counts.sum())}, but `{name}['n']` is {n}."
-            )
-
-        intervals: dict[str, tuple[float, float]] = {}
-        raw = d.get("intervals")
-        if raw is not None:
-            if not isinstance(raw, Mapping):
-                raise ValueError(
-                    f"`{name}['intervals']` must be None or a dict {{metric: [lo, hi]}}, but got {type(raw).__name__}."
-                )
-            for key, pair in raw.items():
-                iv_name = f"{name}['intervals'][{key!r}]"
-                if not isinstance(key, str):
-                    raise ValueError(f"every key of `{name}['intervals']` must be a metric name (str), but got {key!r}.")
-                if isinstance(pair, (str, bytes, Mapping)) or not isinstance(pair, (Sequence, np.ndarray)) \
-                        or len(pair) != 2:
-                    raise ValueError(f"`{iv_name}` must be a pair [lo, hi], but got {pair!r}.")
-                lo, hi = (_number(v, iv_name, *_RANGES.get(key, (-math.inf, math.inf))) for v in pair)
-                if lo > hi:
-                    raise ValueError(f"`{iv_name}` must have lo <= hi, but got {pair!r}.")
-                intervals[key] = (lo, hi)
-
+        classwise = _parse_classwise(d["classwise_ece"], f"{name}['classwise_ece']", num_classes)
+        reliability = _parse_report_bins(d["reliability"], name, n, n_bins)
+        intervals = _parse_intervals(d.get("intervals"), f"{name}['intervals']")
         temperature = d.get("temperature")
         if temperature is not None:
             temperature = _number(temperature, f"{name}['temperature']")
@@ -415,7 +405,7 @@ class Evaluation:
 
 
 def evaluate_probs(probs: np.ndarray, labels: Sequence[int], paths: Sequence[str], classnames: Sequence[str],
-                   n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> Evaluation:
+                   n_bins: int = defaults.N_BINS, n_boot: int = defaults.N_BOOT, seed: int = 0) -> Evaluation:
     """Evaluate class probabilities (N, K) against labels (N,)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels_arr = np.asarray(labels, dtype=np.int64)
@@ -439,7 +429,8 @@ def evaluate_probs(probs: np.ndarray, labels: Sequence[int], paths: Sequence[str
 
 
 def evaluate_head(engine, head: str, features, labels: Sequence[int], paths: Sequence[str],
-                  classnames: Sequence[str] | None = None, n_bins: int = 10, n_boot: int = 1000) -> Evaluation:
+                  classnames: Sequence[str] | None = None, n_bins: int = defaults.N_BINS,
+                  n_boot: int = defaults.N_BOOT) -> Evaluation:
     """Evaluate one of ``engine``'s heads on precomputed image features (N, D) of a test set."""
     head_obj = engine.heads.get(head)
     if head_obj is None:

@@ -38,8 +38,6 @@ __all__ = [
     "wilson_interval",
 ]
 
-#: two-sided 95 % normal quantile, scipy.stats.norm.ppf(0.975)
-_Z95 = 1.959963984540054
 # Guards ceil(coverage * N) against float noise such as 0.7 * 10 = 7.000000000000001.
 _CEIL_TOL = 1e-9
 
@@ -144,24 +142,28 @@ def threshold_for_accuracy(probs: Any, labels: Any, target: float) -> dict:
             "n_answered": m, "reason": None}
 
 
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``phat = successes / n``.
+def wilson_interval(successes: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``phat = successes / n`` (scipy's).
 
+    With ``z`` the two-sided normal quantile of ``confidence_level`` (1.959964 for 0.95):
     ``centre = (phat + z^2 / (2n)) / (1 + z^2 / n)``,
     ``half = z / (1 + z^2 / n) * sqrt(phat (1 - phat) / n + z^2 / (4 n^2))``,
-    interval ``[centre - half, centre + half]`` (clipped to [0, 1] against rounding); ``z = 1.96`` for
-    95 %. Requires ``n >= 1``.
+    interval ``[centre - half, centre + half]``, computed by
+    ``scipy.stats.binomtest(successes, n).proportion_ci(confidence_level, method="wilson")``
+    (which clips it to [0, 1] at ``0/n`` and ``n/n``). Requires ``n >= 1`` and ``0 <= successes <= n``.
     """
+    from scipy.stats import binomtest  # lazy: importing the evaluation layer stays cheap
+
     n = _check_int(n, "n", 1)
     s = _check_int(successes, "successes", 0)
     if s > n:
         raise ValueError(f"`successes` must be <= n = {n}, but got {successes!r}.")
-    phat = s / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (phat + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(phat * (1.0 - phat) / n + z2 / (4.0 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    level = _check_real(confidence_level, "confidence_level")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`confidence_level` must lie in (0, 1) (e.g. 0.95 for a 95 % interval), "
+                         f"but got {confidence_level!r}.")
+    ci = binomtest(s, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def accuracy_at_confidence(

@@ -133,7 +133,7 @@ class Engine:
 
     def image_features(self, images: Iterable[Any]) -> torch.Tensor:
         """L2-normalised image features (N, D) on the CPU; only images not seen before are encoded."""
-        from calibprompt.data import load_image
+        from calibprompt.imaging import load_image
 
         pil = [im if isinstance(im, Image.Image) and im.mode == "RGB" else load_image(im) for im in images]
         if not pil:

@@ -1,6 +1,7 @@
 """Classification tasks: class names, zero-shot templates and the paper's hyperparameters.
 
-A task file (JSON, in the repository's ``prompts/`` folder, or anywhere) looks like::
+A task file (JSON: in the repository's top-level ``prompts/`` folder, in ``$CALIBPROMPT_HOME/prompts``
+for a user's own, or anywhere when given by path) looks like::
 
     {"name": "kather", "title": "...", "modality": "histopathology",
      "classes": [{"id": "ADI", "name": "adipose tissue", "display": "Adipose"}, ...],
@@ -15,14 +16,21 @@ backbone family, from the paper's table.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["TaskClass", "Task", "PROMPTS_DIR", "list_tasks", "load_task", "DEFAULT_TEMPLATES"]
+from calibprompt.paths import bundled_dir, shown, user_prompts_dir
 
-PROMPTS_DIR = Path(os.environ.get("CALIBPROMPT_PROMPTS_DIR", Path(__file__).resolve().parent.parent / "prompts"))
+__all__ = ["TaskClass", "Task", "PROMPTS_DIR", "task_files", "list_tasks", "load_task", "DEFAULT_TEMPLATES"]
+
+logger = logging.getLogger(__name__)
+
+#: The bundled task files: ``$CALIBPROMPT_PROMPTS_DIR`` when set, else the shipped ``prompts/`` folder
+#: (the repository's top-level one in a checkout, the wheel's copy when installed).
+PROMPTS_DIR = Path(os.environ.get("CALIBPROMPT_PROMPTS_DIR") or bundled_dir("prompts"))
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -180,24 +188,57 @@ def _templates_from(data: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(templates)
 
 
+def _json_files(folder: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the ``*.json`` files directly in ``folder`` (empty when it is no folder)."""
+    return {p.stem: p for p in sorted(folder.glob("*.json")) if p.is_file()} if folder.is_dir() else {}
+
+
+_SHADOWED: set[Path] = set()  # user task files already warned about (one warning per file)
+
+
+def task_files(prompts_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The task files by task name (the file name without ``.json``), sorted by name.
+
+    With ``prompts_dir``: that folder's files only. Otherwise the bundled ones (:data:`PROMPTS_DIR`)
+    and, beside them, a user's own in ``$CALIBPROMPT_HOME/prompts``
+    (:func:`calibprompt.paths.user_prompts_dir`). A user's file named like a bundled task is refused:
+    the bundled task keeps its name (runs, bundled prompts and the paper's hyperparameters refer to it),
+    and a warning, logged once per file, says to rename the file or load it by its path.
+    """
+    if prompts_dir:
+        return _json_files(Path(prompts_dir))
+    found = _json_files(Path(PROMPTS_DIR))
+    user_folder = user_prompts_dir()
+    if user_folder.is_dir() and user_folder.resolve() != Path(PROMPTS_DIR).resolve():
+        for name, path in _json_files(user_folder).items():
+            if name not in found:
+                found[name] = path
+            elif path not in _SHADOWED:
+                _SHADOWED.add(path)
+                logger.warning("Ignoring the task file %s: a bundled task is named %r; rename the file (e.g. "
+                               "%s-mine.json) or load it by its path.", shown(path), name, name)
+    return dict(sorted(found.items()))
+
+
 def list_tasks(prompts_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names of the task files in ``prompts/``."""
-    folder = Path(prompts_dir or PROMPTS_DIR)
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    """Names of the task files: the bundled ones and the user's own (see :func:`task_files`)."""
+    return list(task_files(prompts_dir))
 
 
 def load_task(name_or_path: str | os.PathLike, prompts_dir: str | os.PathLike | None = None) -> Task:
-    """Load a task by name (``"kather"``, ``"covid"``, ...) or from a JSON file path."""
+    """Load a task by name (``"kather"``, ``"covid"``, a user's own, ...) or from a JSON file path."""
     if isinstance(name_or_path, Task):
         return name_or_path
     candidate = Path(name_or_path)
     if candidate.suffix == ".json" and candidate.is_file():
         path = candidate
     else:
-        path = Path(prompts_dir or PROMPTS_DIR) / f"{name_or_path}.json"
-        if not path.is_file():
-            known = ", ".join(list_tasks(prompts_dir)) or "none found"
-            raise ValueError(f"Unknown task {str(name_or_path)!r}; choose one of: {known} (or give a task .json file).")
+        files = task_files(prompts_dir)
+        path = files.get(str(name_or_path))
+        if path is None:
+            known = ", ".join(files) or "none found"
+            raise ValueError(f"Unknown task {str(name_or_path)!r}; choose one of: {known} (or give a task .json "
+                             "file, or add your own to the prompts folder of the data directory).")
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

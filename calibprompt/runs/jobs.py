@@ -26,10 +26,11 @@ from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
 from calibprompt.prompting.engine import Engine
-from calibprompt.evaluation.report import Evaluation, evaluate_head
+from calibprompt.evaluation.report import Evaluation
+from calibprompt.runs.evaluation import evaluate_prompt
 from calibprompt.training.features import FeatureCache, FreshViews
 from calibprompt.training.losses import build_objective
-from calibprompt.training.protocols import PRECISIONS, get_protocol
+from calibprompt.training.protocols import check_choice, resolve_protocol
 from calibprompt.backbones import load_backbone
 from calibprompt.paths import runs_dir
 from calibprompt.runs.requests import check_train_request
@@ -44,7 +45,7 @@ __all__ = ["TrainJob", "open_dataset", "run_train_job", "evaluate_zero_shot", "J
            "find_done_run", "check_run_name", "RUN_NAME_LIMIT", "failure_text"]
 
 DEFAULT_VIEWS = defaults.N_VIEWS  # cached augmented views per training image
-RUN_NAME_LIMIT = 80  # characters of a run's optional name
+RUN_NAME_LIMIT = defaults.RUN_NAME_CHARS  # characters of a run's optional name
 
 
 def check_run_name(name: Any) -> str:
@@ -91,10 +92,10 @@ class TrainJob:
     precision: str | None = None
 
     def __post_init__(self):
-        self.protocol = get_protocol(self.protocol).name  # ValueError naming the protocols
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"The precision must be one of {', '.join(PRECISIONS)} (or unset for the protocol's); "
-                             f"got {self.precision!r}.")
+        """Check and normalise the request once, at creation: the protocol and precision
+        (:func:`~calibprompt.training.protocols.check_choice`), the numbers (:func:`check_train_request`),
+        the views and the loss parameters (the method must take them)."""
+        self.protocol, self.precision = check_choice(self.protocol, self.precision)  # ValueError naming them
         params = {k: v for k, v in dict(self.loss_params).items() if v is not None}
         # plain-words ValueError for out-of-range shots/epochs/seed/alpha/beta or an unknown method
         check_train_request(shots=self.shots, epochs=self.epochs, seed=self.seed, alpha=params.get("alpha"),
@@ -113,10 +114,16 @@ class TrainJob:
         self.loss_params = {k: float(v) for k, v in params.items()}
         build_objective(self.method, **self.loss_params)  # ValueError for a parameter the method lacks
 
-    def config(self) -> TrainConfig:
+    def config(self, family: str | None = None) -> TrainConfig:
+        """The trainer's :class:`~calibprompt.training.trainer.TrainConfig` of this job. With the backbone's
+        ``family``, the protocol's settings for it are resolved here, once
+        (:func:`~calibprompt.training.protocols.resolve_protocol`), and carried in ``config.settings``:
+        :func:`prepare_jobs` calls this once per job and everything downstream (the feature source, the
+        trainer, the run record) reads them from there."""
+        settings = None if family is None else resolve_protocol(self.protocol, family, precision=self.precision)
         return TrainConfig(method=self.method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            n_ctx=self.n_ctx, seed=self.seed, loss_params=dict(self.loss_params),
-                           protocol=self.protocol, precision=self.precision)
+                           protocol=self.protocol, precision=self.precision, settings=settings)
 
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,12 +170,9 @@ def _split_record(images: LabeledImages) -> dict[str, Any]:
 
 def evaluate_zero_shot(backbone, task: Task, test: LabeledImages, cache: FeatureCache | None = None,
                        n_bins: int = defaults.N_BINS, n_boot: int = defaults.N_BOOT) -> Evaluation:
-    """Zero-shot evaluation of ``task``'s templates on a test split."""
-    cache = cache or FeatureCache(backbone)
-    engine = _zero_shot_engine(backbone, task)
-    feats = cache.plain(test.paths)
-    return evaluate_head(engine, "zero-shot", feats, test.labels, [str(p) for p in test.paths], task.classnames,
-                         n_bins=n_bins, n_boot=n_boot)
+    """Zero-shot evaluation of ``task``'s templates on a test split; see
+    :func:`calibprompt.runs.evaluation.evaluate_prompt`."""
+    return evaluate_prompt(backbone, task, test, None, cache=cache, n_bins=n_bins, n_boot=n_boot)
 
 
 def recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInfo], None] | None,
@@ -201,6 +205,8 @@ class PreparedJob:
     test_features: Any  # (M, D)
     zero_shot: Engine  # the task's zero-shot head ("zero-shot"), for the methods that need its logits
     timings: dict[str, float] = field(default_factory=dict)
+    #: the job's trainer config with its protocol resolved for the backbone's family (``job.config(family)``)
+    config: TrainConfig | None = None
 
     @property
     def zero_shot_text(self):
@@ -246,7 +252,8 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
     load_seconds = (time.perf_counter() - t0) / len(jobs)
 
     t0 = time.perf_counter()
-    fresh = {id(job): get_protocol(job.protocol).resolve(backbone.family)["fresh_augmentation"] for job in jobs}
+    configs = {id(job): job.config(backbone.family) for job in jobs}  # each job's protocol, resolved once
+    fresh = {id(job): configs[id(job)].settings["fresh_augmentation"] for job in jobs}
     cached = [job for job in jobs if not fresh[id(job)]]
     train_paths = list(dict.fromkeys(str(p) for job in cached
                                      for p in splits[(job.dataset, job.task, job.shots, job.seed)][2].paths))
@@ -270,7 +277,8 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
             engines[task.name] = _zero_shot_engine(backbone, task)
         prepared.append(PreparedJob(job, task, str(dataset.root), train, test, train_feats, test_feats,
                                     engines[task.name],
-                                    {"load_seconds": load_seconds, "feature_seconds": feature_seconds}))
+                                    {"load_seconds": load_seconds, "feature_seconds": feature_seconds},
+                                    configs[id(job)]))
     return prepared
 
 
@@ -280,10 +288,8 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
     split and assemble what :func:`record_outcome` writes; nothing is written here."""
     job, task = prepared.job, prepared.task
     timings = {**prepared.timings, "train_seconds": result.seconds, **dict(extra_timings or {})}
-    engine = Engine(backbone)
-    engine.add_prompt(job.method, result.learner)
-    evaluation = evaluate_head(engine, job.method, prepared.test_features, prepared.test.labels,
-                               [str(p) for p in prepared.test.paths], task.classnames, n_bins=job.n_bins, n_boot=n_boot)
+    evaluation = evaluate_prompt(backbone, task, prepared.test, result.learner, features=prepared.test_features,
+                                 n_bins=job.n_bins, n_boot=n_boot)
     metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
                "train_images": len(prepared.train), "test_images": len(prepared.test), "task": task.name,
                "protocol": job.protocol, "protocol_settings": result.settings}
@@ -337,7 +343,8 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
         prepared = prepare_job(job, backbone)
         prepared.timings["load_seconds"] += load_seconds
         result = train_prompts(backbone, prepared.task.classnames, prepared.train_features, prepared.train.labels,
-                               job.config(), task=prepared.task, zero_shot_text=prepared.zero_shot_text,
+                               prepared.config or job.config(backbone.family), task=prepared.task,
+                               zero_shot_text=prepared.zero_shot_text,
                                on_step=recording_progress(store, run_id, on_step), should_stop=should_stop)
         record_outcome(store, evaluate_trained(prepared, result, backbone, run_id, n_boot=n_boot))
     except TrainingCancelled:

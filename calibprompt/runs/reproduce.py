@@ -3,8 +3,8 @@ published numbers.
 
 :func:`plan_cells` lists the cells of a suite and what each needs: ``missing-data`` (no dataset in
 ``$CALIBPROMPT_HOME/datasets/<task>``), ``done`` (a finished run with the same settings is in the run
-store: it is reused) or ``todo``. :func:`reproduce` runs the todo cells (prompt tuning through
-:func:`calibprompt.runs.batch.run_train_jobs`, the cells of one backbone and dataset trained together, zero-shot through
+store: it is reused) or ``todo``. :func:`reproduce` runs the todo cells (prompt tuning through an executor
+of :mod:`calibprompt.runs.executors`, the cells of one backbone and dataset trained together, zero-shot through
 :func:`calibprompt.runs.jobs.evaluate_zero_shot`, recorded as an ``evaluate`` run), then reduces them
 to a table: per (backbone, dataset, method) our mean and standard deviation over seeds of ECE and
 accuracy, the paper's values, the difference and whether it lies within a tolerance. An interrupted
@@ -36,7 +36,7 @@ from calibprompt.data.layouts import few_shot_split
 from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
 from calibprompt.runs.compare import ZERO_SHOT, parse_methods
-from calibprompt.runs.batch import run_train_jobs
+from calibprompt.runs.executors import Executor, JobGroup, local_executor
 from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, failure_text, find_done_run, open_dataset
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.training.protocols import get_protocol, list_protocols
@@ -66,7 +66,7 @@ PROTOCOLS: tuple[str, ...] = tuple(list_protocols())
 DEFAULT_METHODS = (ZERO_SHOT, "coop", "calibprompt")
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_TOLERANCE = 1.5  #: ECE points (percent) within which our mean counts as matching the paper
-DEFAULT_N_BOOT = 200  #: bootstrap resamples of each stored evaluation (the table does not use them)
+DEFAULT_N_BOOT = defaults.N_BOOT_TABLE  #: bootstrap resamples of each stored evaluation (the table does not use them)
 #: ``missing-data``: no dataset; ``done``: a finished run is in the store; ``todo``: to run;
 #: ``unavailable``: the backbone's weights could not be loaded (set by :func:`reproduce` only).
 CELL_STATUSES = ("missing-data", "done", "todo", "unavailable")
@@ -399,13 +399,63 @@ def _zero_shot_cell(cell: Cell, backbone, task, dataset, cache, store: RunStore,
     return store.get_run(run_id)
 
 
+#: the training cells of one (backbone, dataset), with their positions in the suite, and their jobs
+_Plan = tuple[list[tuple[int, Cell]], list[TrainJob]]
+
+
+def _walk_cells(cells: Sequence[Cell], store: RunStore, *, device: str, n_boot: int, dry_run: bool,
+                emit: Callable[..., None], ran: list[str]) -> list[_Plan]:
+    """One pass over the cells: report the reused and missing-data ones, load each backbone once (one in
+    memory at a time; a backbone that cannot load makes its cells ``unavailable``), evaluate the zero-shot
+    cells now (their run ids appended to ``ran``), and return the training cells grouped by (backbone,
+    dataset), in suite order, with their jobs. With ``dry_run`` the todo cells are left as they are."""
+    from calibprompt.backbones import BackboneUnavailableError, load_backbone
+    from calibprompt.training.features import FeatureCache
+
+    current: dict[str, Any] = {}  # backbone name -> Backbone (the one loaded), or why it is unavailable (str)
+    opened: dict[str, tuple[Any, Any, Any]] = {}  # dataset -> task, dataset, feature cache (current backbone)
+    plans: dict[tuple[str, str], _Plan] = {}
+    for index, cell in enumerate(cells):
+        if cell.status in ("done", "missing-data"):
+            extra = {"run_id": cell.run_id} if cell.status == "done" else {}
+            emit("reused" if cell.status == "done" else "missing-data", cell, index, **extra)
+            continue
+        if dry_run:
+            continue
+        if cell.backbone not in current:
+            current = {n: b for n, b in current.items() if isinstance(b, str)}  # free the loaded one first
+            opened, backbone = {}, None
+            try:
+                current[cell.backbone] = load_backbone(cell.backbone, device=device)
+            except BackboneUnavailableError as exc:
+                current[cell.backbone] = str(exc)
+        backbone = current[cell.backbone]
+        if isinstance(backbone, str):
+            cell.status, cell.error = "unavailable", backbone
+            emit("unavailable", cell, index, error=backbone)
+        elif not cell.zero_shot:
+            members, jobs = plans.setdefault((cell.backbone, cell.dataset), ([], []))
+            members.append((index, cell))
+            jobs.append(_train_job(cell, str(backbone.device)))
+        else:
+            emit("start", cell, index)
+            if cell.dataset not in opened:
+                task_obj, ds = open_dataset(cell.dataset)
+                opened[cell.dataset] = (task_obj, ds, FeatureCache(backbone))
+            record = _zero_shot_cell(cell, backbone, *opened[cell.dataset], store, n_boot)
+            _set_done(cell, record)
+            ran.append(record.id)
+            emit("done", cell, index, run_id=record.id)
+    return list(plans.values())
+
+
 def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
               seeds: str | Sequence[int] = DEFAULT_SEEDS, protocol: str = "paper", *,
               shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
               model: str | None = None, tolerance: float = DEFAULT_TOLERANCE, device: str = "auto",
               n_boot: int = DEFAULT_N_BOOT, store: RunStore | None = None, dry_run: bool = False,
               progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None,
-              max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, ray=None,
+              max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, executor: Executor | None = None,
               on_event: Callable[[dict], None] | None = None) -> Reproduction:
     """Run every todo cell of ``suite`` (see :func:`plan_cells`), reuse the done ones, and build the
     table (:func:`build_table`). With ``dry_run`` nothing runs: the cells keep their planned status.
@@ -413,19 +463,16 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     ``progress`` gets dicts ``{"event", "cell", "index", "total", "todo"}`` (``todo``: the cells to
     run, fixed for the call), one per cell, with event ``reused``
     (done before), ``missing-data``, ``start`` then ``done`` (run now; also ``"run_id"``), or
-    ``unavailable`` (the backbone could not be loaded; also ``"error"``). The training cells of one
-    backbone and dataset are trained together (:func:`calibprompt.runs.batch.run_train_jobs`, at most
-    ``max_batch_prompts`` prompts per text-encoder pass): they all ``start``, then each is ``done`` when
-    recorded. ``on_step(run_id, info)`` gets their steps. A failed training run raises (its failure is
-    recorded in the store); running again resumes after the last finished cell.
-
-    ``ray``: a :class:`calibprompt.cluster.runs.RayOptions`; every (backbone, dataset) group of training
-    cells then becomes one Ray task on the connected cluster, all submitted at once and recorded here
-    as they return (zero-shot cells are evaluated here); ``on_event`` gets the tasks' start, retry and
-    failure events."""
-    from calibprompt.backbones import BackboneUnavailableError, load_backbone
-    from calibprompt.training.features import FeatureCache
-
+    ``unavailable`` (the backbone could not be loaded; also ``"error"``). Zero-shot cells are evaluated
+    first, as the cells are walked. The training cells of each backbone and dataset then form one
+    :class:`~calibprompt.runs.executors.JobGroup`, and every group goes to ``executor``
+    (:mod:`calibprompt.runs.executors`; e.g. ``calibprompt.cluster.runs.RayExecutor``, which submits
+    every group as a Ray task at once); without one the groups are trained here one after the other
+    (:class:`~calibprompt.runs.executors.Batched`, at most ``max_batch_prompts`` prompts per
+    text-encoder pass, ``n_boot`` resamples). They all ``start``, then each is ``done`` when recorded.
+    ``on_step(run_id, info)`` gets their steps, ``on_event`` the executor's events (a Ray task's start,
+    retry, failure). A failed training run raises (its failure is recorded in the store); running again
+    resumes after the last finished cell."""
     within_tolerance(0.0, 0.0, tolerance)
     store = store or RunStore()
     cells = plan_cells(suite, methods, seeds, protocol, shots=shots, epochs=epochs, n_bins=n_bins, model=model,
@@ -433,11 +480,19 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     result = Reproduction(suite=suite, protocol=protocol, methods=parse_methods(methods), seeds=parse_seeds(seeds),
                           shots=int(shots), epochs=int(epochs), tolerance=float(tolerance), cells=cells)
     total, todo = len(cells), sum(c.status == "todo" for c in cells)
-    loaded: dict[str, Any] = {}  # backbone name -> Backbone, or the BackboneUnavailableError text
-    opened: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # (backbone, dataset) -> task, dataset, cache
-    group: list[tuple[int, Cell]] = []  # training cells of the current (backbone, dataset), trained together
+
+    def emit(event: str, cell: Cell, index: int, **extra: Any) -> None:
+        _emit(progress, event, cell, index, total, todo, **extra)
+
+    plans = _walk_cells(cells, store, device=device, n_boot=n_boot, dry_run=dry_run, emit=emit, ran=result.ran)
     by_run: dict[str, tuple[int, Cell]] = {}
-    on_ray = []  # with ray: the groups, trained on the cluster after the loop
+    groups = []
+    for members, jobs in plans:
+        group = JobGroup.create(store, jobs)
+        groups.append(group)
+        by_run.update(zip(group.run_ids, members))
+        for index, cell in members:
+            emit("start", cell, index)
 
     def done(record: RunRecord) -> None:
         index, cell = by_run[record.id]
@@ -446,67 +501,10 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
                                f"ended {record.status}: {record.error}")
         _set_done(cell, record)
         result.ran.append(record.id)
-        _emit(progress, "done", cell, index, total, todo, run_id=record.id)
+        emit("done", cell, index, run_id=record.id)
 
-    def train_group() -> None:
-        if not group:
-            return
-        backbone = loaded[group[0][1].backbone]
-        for index, cell in group:
-            _emit(progress, "start", cell, index, total, todo)
-        jobs = [_train_job(cell, str(backbone.device)) for _, cell in group]
-        run_ids = [store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}") for job in jobs]
-        by_run.update(zip(run_ids, list(group)))
-        group.clear()
-        if ray is not None:
-            from calibprompt.cluster.runs import JobGroup
-
-            on_ray.append(JobGroup(jobs, run_ids))
-            return
-        run_train_jobs(jobs, store, run_ids=run_ids, backbone=backbone, max_batch_prompts=max_batch_prompts,
-                       on_step=on_step, on_done=done, n_boot=n_boot)  # a failure raises; nothing cancels it
-
-    for index, cell in enumerate(cells):
-        if cell.status == "done":
-            _emit(progress, "reused", cell, index, total, todo, run_id=cell.run_id)
-            continue
-        if cell.status == "missing-data":
-            _emit(progress, "missing-data", cell, index, total, todo)
-            continue
-        if dry_run:
-            continue
-        if group and (group[0][1].backbone, group[0][1].dataset) != (cell.backbone, cell.dataset):
-            train_group()
-        if cell.backbone not in loaded:
-            for name in [n for n in loaded if not isinstance(loaded[n], str)]:
-                del loaded[name]  # one backbone in memory at a time (cells are grouped by backbone)
-                opened = {k: v for k, v in opened.items() if k[0] != name}
-            try:
-                loaded[cell.backbone] = load_backbone(cell.backbone, device=device)
-            except BackboneUnavailableError as exc:
-                loaded[cell.backbone] = str(exc)
-        backbone = loaded[cell.backbone]
-        if isinstance(backbone, str):
-            cell.status, cell.error = "unavailable", backbone
-            _emit(progress, "unavailable", cell, index, total, todo, error=backbone)
-            continue
-        if not cell.zero_shot:
-            group.append((index, cell))
-            continue
-        _emit(progress, "start", cell, index, total, todo)
-        key = (cell.backbone, cell.dataset)
-        if key not in opened:
-            task_obj, ds = open_dataset(cell.dataset)
-            opened[key] = (task_obj, ds, FeatureCache(backbone))
-        task_obj, ds, cache = opened[key]
-        record = _zero_shot_cell(cell, backbone, task_obj, ds, cache, store, n_boot)
-        _set_done(cell, record)
-        result.ran.append(record.id)
-        _emit(progress, "done", cell, index, total, todo, run_id=record.id)
-    train_group()
-    if on_ray:
-        from calibprompt.cluster.runs import train_groups_on_ray
-
-        train_groups_on_ray(on_ray, store, ray, on_step=on_step, on_done=done, on_event=on_event)
+    if groups:
+        executor = executor or local_executor(max_batch_prompts=max_batch_prompts, n_boot=n_boot)
+        executor(groups, store, on_step=on_step, on_done=done, on_event=on_event)
     result.table = build_table(cells, tolerance)
     return result

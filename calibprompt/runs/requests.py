@@ -52,35 +52,39 @@ class OptionRange(NamedTuple):
         return f"a number from {low} to {high}"
 
 
-def _whole(name: str, high: int | None = None) -> OptionRange:
-    low, limit = LIMITS[name]
-    return OptionRange(True, low, limit if high is None else high)
+def _whole(name: str) -> OptionRange:
+    return OptionRange(True, *LIMITS[name])
+
+
+def _real(name: str, **open_ends: bool) -> OptionRange:
+    return OptionRange(False, *LIMITS[name], **open_ends)
 
 
 #: The ranges of the numeric options of the ``calibprompt`` command line, by option (without the
-#: leading dashes, with underscores); :func:`check_option` checks a value against them.
+#: leading dashes, with underscores); :func:`check_option` checks a value against them. The bounds are
+#: those of :data:`calibprompt.defaults.LIMITS`.
 CLI_LIMITS: dict[str, OptionRange] = {
-    "shots": _whole("shots", 10_000),  # and at most the smallest class (checked against the dataset)
+    "shots": _whole("cli_shots"),  # and at most the smallest class (checked against the dataset)
     "epochs": _whole("epochs"),
     "seed": _whole("seed"),
     "bins": _whole("n_bins"),
     "views": _whole("n_views"),  # cached augmented views per training image (memory grows with it)
     "batch_size": _whole("batch_size"),
-    "max_batch_prompts": OptionRange(True, 1, 100_000),
-    "alpha": OptionRange(False, *LIMITS["alpha"], high_open=True),  # the smoothing weight of training
-    "beta": OptionRange(False, *LIMITS["beta"]),
-    "coverage_alpha": OptionRange(False, 0.0, 1.0, low_open=True, high_open=True),  # evaluate's conformal level
-    "tolerance": OptionRange(False, 0.0, 100.0),
-    "limit": OptionRange(True, 1, 1_000_000),
-    "top_k": OptionRange(True, 1, 100),
-    "train_per_class": OptionRange(True, 1, 10_000),
-    "test_per_class": OptionRange(True, 1, 100_000),
-    "shift": OptionRange(False, 0.0, 10.0),
-    "workers": OptionRange(True, 1, 256),
-    "steps": OptionRange(True, 1, 1_000_000),
-    "ray_gpus_per_task": OptionRange(False, 0.0, 64.0),
-    "ray_cpus_per_task": OptionRange(False, 0.0, 1024.0, low_open=True),
-    "days": OptionRange(True, 0, 100_000),  # store clean-uploads: age of the uploads removed (0: none)
+    "max_batch_prompts": _whole("max_batch_prompts"),
+    "alpha": _real("alpha", high_open=True),  # the smoothing weight of training
+    "beta": _real("beta"),
+    "coverage": _real("coverage", low_open=True, high_open=True),  # evaluate's conformal coverage
+    "tolerance": _real("tolerance"),
+    "limit": _whole("limit"),
+    "top_k": _whole("top_k"),
+    "train_per_class": _whole("train_per_class"),
+    "test_per_class": _whole("test_per_class"),
+    "shift": _real("shift"),
+    "workers": _whole("workers"),
+    "steps": _whole("steps"),
+    "ray_gpus_per_task": _real("ray_gpus_per_task"),
+    "ray_cpus_per_task": _real("ray_cpus_per_task", low_open=True),
+    "days": _whole("days"),  # store clean-uploads: age of the uploads removed (0: none)
 }
 
 

@@ -56,11 +56,12 @@ import re
 import secrets
 import socket
 import sqlite3
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from calibprompt.errors import damaged_store_notice
 from calibprompt.paths import data_dir, shown
@@ -211,57 +212,60 @@ def _slugify(slug: str) -> str:
     return slug[:_SLUG_MAX].rstrip("-")
 
 
+#: How far two readings of one process's start time may differ (seconds): psutil derives it from the wall
+#: clock, which NTP may step. A later process that reuses the pid started far later than this.
+_START_TOLERANCE_S = 1.0
+
+
 def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from ``/proc``), or None if unknown."""
+    """When process ``pid`` started: psutil's creation time in seconds since the epoch, written
+    ``"%.2f"`` (e.g. ``"1796486101.64"``); None when unknown (no such process, or access denied)."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        return text[text.rindex(")") + 2:].split()[19]  # field 22 (starttime); fields 3.. follow "comm)"
-    except (OSError, ValueError, IndexError):
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def _start_seconds(marker: str) -> float | None:
+    """A recorded start marker as seconds since the epoch, or None when it cannot be read.
+
+    Markers are psutil creation times (``"1796486101.64"``); stores written before psutil hold a bare
+    integer instead, the ``starttime`` of ``/proc/<pid>/stat`` (clock ticks since boot), which is
+    ``boot_time + ticks / SC_CLK_TCK`` seconds since the epoch (how psutil itself computes it on Linux).
+    """
+    try:
+        if marker.isdigit():
+            return psutil.boot_time() + int(marker) / os.sysconf("SC_CLK_TCK")
+        return float(marker)
+    except (psutil.Error, OSError, ValueError, AttributeError):  # AttributeError: no os.sysconf (Windows)
         return None
 
 
 def _pid_exists(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (``psutil.pid_exists``: safe on Windows too)."""
     if pid <= 0:
         return True  # not a real owner pid; never signal a process group, assume alive
-    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
-        return _pid_exists_windows(pid)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists but belongs to someone else
-        return True
-    return True
-
-
-def _pid_exists_windows(pid: int) -> bool:  # pragma: no cover - exercised on Windows only
-    try:
-        import ctypes
-
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
-        try:
-            code = ctypes.c_ulong()
-            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-                return True
-            return code.value == 259  # STILL_ACTIVE
-        finally:
-            kernel32.CloseHandle(handle)
-    except Exception:  # noqa: BLE001 - when unsure, never interrupt a run
+        return psutil.pid_exists(pid)
+    except (psutil.Error, OSError):  # when unsure, never interrupt a run
         return True
 
 
 def _owner_alive(pid: int, started: str | None) -> bool:
-    """Whether the process that owns a run (on this host) is still running."""
+    """Whether the process that owns a run (on this host) is still running.
+
+    Dead when no process ``pid`` exists, or when the process now holding ``pid`` started more than
+    :data:`_START_TOLERANCE_S` away from the recorded ``started`` marker (the pid was reused by a later
+    process, e.g. the same container restarted). Alive whenever either start time is unknown.
+    """
     if not _pid_exists(pid):
         return False
-    if started is not None:
-        current = _process_start(pid)
-        if current is not None and current != started:
-            return False  # the pid now belongs to a later process (e.g. the same container restarted)
-    return True
+    if started is None or pid <= 0:
+        return True
+    recorded, current = _start_seconds(started), _process_start(pid)
+    if recorded is None or current is None:
+        return True
+    return abs(float(current) - recorded) <= _START_TOLERANCE_S
 
 
 def _checkpoint_files(checkpoint: str | os.PathLike) -> tuple[Path, Path]:

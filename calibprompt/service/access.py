@@ -1,57 +1,76 @@
-"""Who may see what: the ownership rules every service applies to uploads, datasets, runs, jobs, verdicts
-and exports. Pure functions over owner strings, so every rule is written once and tested directly.
-
-Owners (see :mod:`calibprompt.service.session`):
-
-- ``user:<name>``: a logged-in user (``--auth``); logged-in users together form the *team*;
-- ``browser:<hash>``: one browser without a login (its random token, held server-side);
-- ``session-...``: a page whose identity is not read yet (provisional: it owns nothing);
-- ``local``: the operator at the command line (:data:`calibprompt.data.resolve.LOCAL_OWNER`); records
-  written before owners were kept count as the operator's.
-
-The rules:
-
-1. An owner sees what it owns.
-2. Something its owner marked *shared* is seen by the team when the owner is a logged-in user (only other
-   logged-in users: a browser without a login is nobody's team mate), and by everyone when the owner is the
-   operator (``local``): the operator publishes, as the bundled prompts are published.
-3. Nothing else. A provisional page sees only what is shared with everyone.
+"""Who may see what, as the services apply it: the ownership rules of :mod:`calibprompt.owners` (one place,
+at the foundation layer, with the list of owners and the three rules), plus what sharing needs and the rules
+applied to a stored run with the refusal that never tells whether someone else's run exists.
 """
 from __future__ import annotations
 
-__all__ = ["LOCAL", "TEAM_PREFIX", "record_owner", "is_team_member", "can_see", "can_share", "SHARING_NEEDS_LOGIN"]
+from typing import TYPE_CHECKING, Any
 
-#: the operator at the command line (the same value as calibprompt.data.resolve.LOCAL_OWNER)
-LOCAL = "local"
-TEAM_PREFIX = "user:"
+from calibprompt.owners import LOCAL, TEAM_PREFIX, can_see, is_team_member, record_owner
+
+if TYPE_CHECKING:
+    from calibprompt.runs.store import RunRecord, RunStore
+
+__all__ = ["LOCAL", "TEAM_PREFIX", "record_owner", "is_team_member", "can_see", "can_share", "SHARING_NEEDS_LOGIN",
+           "sees_run", "shown_owner", "no_such_run", "visible_run", "own_run"]
+
 SHARING_NEEDS_LOGIN = ("Sharing needs logins: start the app with --auth or --auth-file so that a team exists; "
                        "without a login, what you make stays yours alone.")
-
-
-def record_owner(owner: object) -> str:
-    """A stored record's owner, with records written before owners were kept (no owner, ``""``) counted as
-    the operator's (:data:`LOCAL`)."""
-    return owner if isinstance(owner, str) and owner else LOCAL
-
-
-def is_team_member(owner: str | None) -> bool:
-    """Whether ``owner`` is a logged-in user (only they share with, and see what is shared with, the team)."""
-    return bool(owner) and owner.startswith(TEAM_PREFIX) and len(owner) > len(TEAM_PREFIX)
-
-
-def can_see(requester: str | None, owner: object, shared: bool = False) -> bool:
-    """Whether ``requester`` may see (list, open, use) a record of ``owner`` that is ``shared`` or not."""
-    owner = record_owner(owner)
-    if requester and requester == owner:
-        return True
-    if not shared:
-        return False
-    if owner == LOCAL:
-        return True
-    return is_team_member(owner) and is_team_member(requester)
 
 
 def can_share(requester: str | None) -> bool:
     """Whether ``requester`` may share what it owns: a logged-in user (with the team), or the operator
     (with everyone). A browser without a login has no team."""
     return requester == LOCAL or is_team_member(requester)
+
+
+# -- runs: the same rules applied to a stored run ------------------------------------------------------
+def sees_run(requester: str | None, run: RunRecord) -> bool:
+    """Whether ``requester`` may see (list, use, follow) ``run``: its own, or shared with it."""
+    params = run.params or {}
+    return can_see(requester, params.get("owner"), params.get("shared") is True)
+
+
+def shown_owner(requester: str | None, owner: object) -> str:
+    """Who a record is by, as the run history shows it: "you", a logged-in user's name, "operator" (the
+    command line's runs, and those from before owners were kept), or "" (another browser)."""
+    owner = record_owner(owner)
+    if owner == requester:
+        return "you"
+    if owner == LOCAL:
+        return "operator"
+    return owner[len(TEAM_PREFIX):] if is_team_member(owner) else ""
+
+
+def no_such_run(run_id: str) -> str:
+    """The one refusal for a run id that does not exist or is another owner's and not shared with the
+    requester: the same words for both, so a refusal never tells whether a run exists."""
+    shown = run_id if len(run_id) <= 80 else f"{run_id[:80]}…"
+    return (f"There is no run {shown!r} of yours or shared with you; pick a run from the run history in the "
+            "Train tab (it lists every run you can use).")
+
+
+def visible_run(store: RunStore, requester: str | None, run_id: Any) -> RunRecord:
+    """The run ``run_id`` (as sent by a client: checked here) if ``requester`` may see it. An unknown id
+    and another owner's unshared run are refused with the same words (:func:`no_such_run`)."""
+    run_id = run_id.strip() if isinstance(run_id, str) else ""
+    if not run_id:
+        raise ValueError("Choose a run first: start a job, or paste a run id from the run history.")
+    try:
+        record = store.get_run(run_id)
+    except ValueError:  # no such run (the store's own words name its file: not for users)
+        record = None
+    if record is None or not sees_run(requester, record):
+        raise ValueError(no_such_run(run_id))
+    return record
+
+
+def own_run(store: RunStore, requester: str | None, run_id: Any, action: str) -> RunRecord:
+    """The run ``run_id`` if ``requester`` started it; one shared with it is refused, naming who shared it
+    and that only its owner can do ``action`` (e.g. "cancel it")."""
+    record = visible_run(store, requester, run_id)
+    owner = record_owner(record.params.get("owner"))
+    if owner != requester:
+        raise ValueError(f"Run {record.id} was shared with you by {shown_owner(requester, owner) or 'its owner'}; "
+                         f"only the user who started it can {action}.")
+    return record

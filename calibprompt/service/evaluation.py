@@ -1,5 +1,8 @@
 """Evaluation on labelled images none of the chosen prompts trained on: what the Calibration tab shows.
 
+The stages are those of the one evaluation pipeline (:mod:`calibprompt.runs.evaluation`: the images never
+trained on, each prompt's prediction, ``evaluate_probs``), with the core's content-keyed caches between them.
+
 Functions here take the shared :class:`~calibprompt.service.core.Core` (for its backbone pool, run store
 and caches) or an :class:`EvaluationSet`, and return data (fractions, arrays, dicts); the app formats
 them. :class:`~calibprompt.service.core.Core` keeps thin methods of the same names that call these.
@@ -15,6 +18,7 @@ import numpy as np
 
 from calibprompt import defaults
 from calibprompt.prompting.tasks import Task
+from calibprompt.runs.evaluation import never_trained_on, predict_prompt, relative_path
 
 if TYPE_CHECKING:
     from calibprompt.prompting.engine import Head
@@ -22,12 +26,12 @@ if TYPE_CHECKING:
     from calibprompt.service.session import SessionState
 
 __all__ = ["EvaluationSet", "evaluation_images", "evaluate", "calibration", "significance", "significance_pair",
-           "selective", "cross_fitted_temperature", "SIGNIFICANCE_BOOT", "SELECTIVE_COVERAGES"]
+           "selective", "cross_fitted_temperature", "cross_fitted_sets", "SIGNIFICANCE_BOOT", "SELECTIVE_COVERAGES"]
 
 #: paired-bootstrap resamples of the significance test: its p-value resolution is 2 / 2000 = 0.001
 SIGNIFICANCE_BOOT = 2000
 #: the coverages at which the threshold table reports selective accuracy
-SELECTIVE_COVERAGES = (0.8, 0.9)
+SELECTIVE_COVERAGES = defaults.SELECTIVE_COVERAGES
 
 
 @dataclass
@@ -57,43 +61,16 @@ class EvaluationSet:
         return text + "."
 
 
-def relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _trained_on(heads: dict[str, Head]) -> tuple[set[str], set[str]]:
-    """The training images the learned heads' checkpoints record: relative and absolute paths."""
-    trained_rel: set[str] = set()
-    trained_abs: set[str] = set()
-    for head in heads.values():
-        train = ((head.metadata or {}).get("split") or {}).get("train") or {}
-        root = Path(str(train.get("root", "")))
-        for rel in train.get("paths", []):
-            trained_rel.add(Path(rel).as_posix())
-            if root.is_absolute():
-                trained_abs.add(str((root / rel).resolve()))
-    return trained_rel, trained_abs
-
-
 def evaluation_images(core: Core, state: SessionState, dataset: str, heads: dict[str, Head]):
     """The labelled images to evaluate ``heads`` on: the dataset's test split (all its images when it has
-    none), less every image any of the learned heads was trained on (as its checkpoint records).
-    Returns ``(source, task, images, excluded)``."""
+    none), less every image any of the learned heads was trained on (as its checkpoint records; see
+    :func:`calibprompt.runs.evaluation.never_trained_on`). Returns ``(source, task, images, excluded)``."""
     source, task, ds = core._open(state, dataset)
     pool = ds.test if ds.test is not None and len(ds.test) else ds.train
     if pool is None or not len(pool):
         raise ValueError(f"The dataset {dataset!r} has no images to evaluate on.")
-    trained_rel, trained_abs = _trained_on(heads)
-    keep = [i for i, s in enumerate(pool.samples)
-            if relative(Path(s.path), Path(pool.root)) not in trained_rel
-            and str(Path(s.path).resolve()) not in trained_abs]
-    if not keep:
-        raise ValueError(f"Every test image of {dataset!r} was used to train one of the chosen prompts; "
-                         "choose other prompts or a dataset with a test split.")
-    return source, task, pool.subset(keep), len(pool) - len(keep)
+    images, excluded = never_trained_on(pool, [head.metadata for head in heads.values()], dataset)
+    return source, task, images, excluded
 
 
 def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str] = ()) -> EvaluationSet:
@@ -104,7 +81,8 @@ def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str]
     _, task, images, excluded = evaluation_images(core, state, dataset, chosen)
     loaded = core.loaded(state)
     paths = [str(p) for p in images.paths]
-    ev = EvaluationSet(dataset, Path(images.root), task, paths, [relative(Path(p), Path(images.root)) for p in paths],
+    ev = EvaluationSet(dataset, Path(images.root), task, paths,
+                       [relative_path(Path(p), Path(images.root)) for p in paths],
                        np.asarray(images.labels), excluded)
     stamp = file_digest(*paths)
     feats = core.evaluations.get_or_compute(("features", loaded.backbone.fingerprint, stamp),
@@ -113,7 +91,7 @@ def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str]
     for name, head in chosen.items():
         key = ("probs", loaded.backbone.fingerprint, stamp,
                hashlib.blake2b(head.text_features.numpy().tobytes(), digest_size=16).hexdigest())
-        pred = core.evaluations.get_or_compute(key, lambda head=head: loaded.engine.predict_with(feats, {"h": head})["h"])
+        pred = core.evaluations.get_or_compute(key, lambda h=head: predict_prompt(loaded.backbone, task, h, feats))
         ev.probs[name], ev.logits[name] = pred.probs, pred.logits
         run_id = (head.metadata or {}).get("run_id")
         if name.startswith("run:"):
@@ -219,3 +197,15 @@ def cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[np
         out[apply] = apply_temperature(logits[apply], t)
         temps.append(t)
     return out, temps
+
+
+def cross_fitted_sets(ev: EvaluationSet, alpha: float = defaults.ALPHA) -> dict[str, np.ndarray] | None:
+    """Each head's prediction sets, boolean (N, K), on the evaluation images at miscoverage ``alpha``,
+    cross-fitted (even/odd halves, see :func:`calibprompt.evaluation.conformal.cross_fitted_sets`); None when
+    there are too few images for ``alpha``."""
+    from calibprompt.evaluation.conformal import cross_fitted_sets as sets_of
+
+    try:
+        return {head: sets_of(probs, ev.labels, alpha)["sets"] for head, probs in ev.probs.items()}
+    except ValueError:
+        return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from calibprompt.devices import resolve_device
+from calibprompt.fileio import file_sha256
 
 if TYPE_CHECKING:
     from calibprompt.prompting.engine import Engine
@@ -189,7 +190,7 @@ def file_digest(*paths: str | Path) -> str:
         with _DIGEST_LOCK:
             known = _DIGESTS.get(memo)
         if known is None:
-            known = hashlib.sha256(path.read_bytes()).hexdigest()
+            known = file_sha256(path)
             with _DIGEST_LOCK:
                 _DIGESTS[memo] = known
         digest.update(known.encode())

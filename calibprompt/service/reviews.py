@@ -19,7 +19,7 @@ open (shared datasets, uploads shared with the team): team review, with agreemen
 without a login sees only its own. Verdicts are stored under the data's key
 (:func:`calibprompt.data.resolve.dataset_key`), so two owners' uploads of one name never mix.
 :class:`~calibprompt.service.core.Core` keeps thin methods (``review_cases``, ``save_review``,
-``review_summary``, ``export_reviews``) that call these.
+``review_progress``, ``export_reviews``) that call these; the app words them.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from calibprompt.service.session import SessionState
 
 __all__ = ["READER_FILTERS", "PER_PAGE", "CaseList", "rank_cases", "attach_verdicts", "readers_disagree",
-           "filter_cases", "page_of", "progress", "find_cases", "refresh_cases", "save_review", "agreement",
-           "disagreements", "export_reviews", "visible_reviews", "VERDICTS"]
+           "filter_cases", "page_of", "progress", "review_progress", "find_cases", "refresh_cases", "save_review",
+           "agreement", "disagreements", "export_reviews", "visible_reviews", "VERDICTS"]
 
 #: which listed cases to show, by this reader's and other readers' verdicts
 READER_FILTERS = ("all", "mine", "todo", "disagreements")
@@ -188,6 +188,13 @@ def refresh_cases(core: Core, state: SessionState, dataset: str, wrong: list[dic
                          "know who you are.")
     attach_verdicts(wrong, visible_reviews(core, state, dataset), state.reader, state.owner)
     return filter_cases(wrong, reader_filter)
+
+
+def review_progress(core: Core, state: SessionState, dataset: str, cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many of the listed ``cases`` this session's reader has reviewed, with the verdicts re-read:
+    ``{"reader": the reader's name ("" before one is entered), "reviewed", "listed"}``."""
+    done = progress(refresh_cases(core, state, dataset, list(cases)))
+    return {"reader": state.reader, **done}
 
 
 def save_review(core: Core, state: SessionState, dataset: str, case: dict[str, Any] | None, method: str,

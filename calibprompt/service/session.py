@@ -12,21 +12,17 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 
+from calibprompt import defaults
 from calibprompt.defaults import DEFAULT_HEADS
+from calibprompt.owners import PROVISIONAL_PREFIX, is_provisional
 from calibprompt.prompting.tasks import Task, load_task
 
 __all__ = ["SessionState", "new_session", "IDENTITY_KEY", "new_token", "valid_token", "owner_for", "identify",
-           "is_provisional"]
+           "is_provisional", "typed_classes", "set_task"]
 
 #: the browser's local-storage key of its identity token (``gr.BrowserState``)
 IDENTITY_KEY = "calibprompt-identity"
-_PROVISIONAL = "session-"  # the owner of a session without a browser identity or login: this page only
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): 32 random bytes, base64url, no padding
-
-
-def is_provisional(owner: str | None) -> bool:
-    """Whether ``owner`` belongs to one page only (no browser identity, no login yet)."""
-    return not owner or owner.startswith(_PROVISIONAL)
 
 
 def new_token() -> str:
@@ -77,7 +73,7 @@ class SessionState:
     task: str
     classes: tuple[str, ...] = ()
     prompts: tuple[str, ...] = DEFAULT_HEADS
-    owner: str = field(default_factory=lambda: f"{_PROVISIONAL}{secrets.token_hex(8)}")
+    owner: str = field(default_factory=lambda: f"{PROVISIONAL_PREFIX}{secrets.token_hex(8)}")
     reader: str = ""
     jobs: tuple[str, ...] = ()
     calibration_dataset: str = ""
@@ -105,3 +101,30 @@ def new_session(model: str, task: str, *, username: str | None = None, owner: st
     if owner:
         return SessionState(model=model, task=task, owner=owner)
     return SessionState(model=model, task=task)
+
+
+# -- task choice ----------------------------------------------------------------------------------------
+def typed_classes(typed: str) -> tuple[str, ...]:
+    """Class names typed comma-separated, each within bounds (a long name costs every compare its CPU)."""
+    classes = tuple(dict.fromkeys(c.strip() for c in typed.split(",") if c.strip()))
+    fewest, most = defaults.LIMITS["typed_classes"]
+    longest = defaults.LIMITS["class_name_chars"][1]
+    if len(classes) < fewest:
+        raise ValueError("Type at least two class names, separated by commas (e.g. 'pneumonia, normal').")
+    if len(classes) > most:
+        raise ValueError(f"Type at most {most:,} class names; you typed {len(classes):,}.")
+    too_long = next((c for c in classes if len(c) > longest), None)
+    if too_long is not None:
+        raise ValueError(f"A class name may have at most {longest} characters; one has {len(too_long):,} "
+                         f"(it starts '{too_long[:30]}'). Shorten it.")
+    return classes
+
+
+def set_task(state: SessionState, task: str | None = None, typed: str | None = None) -> SessionState:
+    """``state`` on a task: a task name, or class names typed comma-separated (zero-shot only)."""
+    if typed and typed.strip():
+        return state.with_(classes=typed_classes(typed), prompts=("zero-shot",))
+    if not task:
+        raise ValueError("Choose a task.")
+    load_task(task)  # a clear error for an unknown task
+    return state.with_(task=task, classes=(), prompts=DEFAULT_HEADS)

@@ -36,7 +36,7 @@ from torchvision.transforms import functional as TF
 
 from calibprompt.data import load_image
 from calibprompt.devices import autocast
-from calibprompt.fileio import atomic_write
+from calibprompt.fileio import atomic_write, file_sha256
 from calibprompt.paths import features_dir
 from calibprompt.training.protocols import PRECISIONS
 
@@ -45,16 +45,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureCache", "FreshViews", "encode_pixels", "train_transform", "file_hash", "AUGMENTATION"]
 
 AUGMENTATION = {"crop_scale": (0.08, 1.0), "flip": True, "version": 1}
-_CHUNK_BYTES = 1 << 20
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (the cache key of an image)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file's bytes (the cache key of an image): :func:`calibprompt.fileio.file_sha256`."""
+    return file_sha256(path)
 
 
 def train_transform(preprocess) -> T.Compose:

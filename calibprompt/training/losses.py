@@ -19,14 +19,16 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from calibprompt import defaults
+
 __all__ = [
     "CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MMCE_AUTHORS", "MBLS", "LOGITNORM", "ZS_NORM", "ZS_PENALTY",
     "LOSSES", "LOSS_VARIANTS", "get_loss", "Term", "Method", "METHODS", "list_methods", "get_method", "Objective",
     "build_objective", "DEFAULT_ALPHA", "DEFAULT_BETA",
 ]
 
-DEFAULT_ALPHA = 0.1
-DEFAULT_BETA = 1.0
+DEFAULT_ALPHA = defaults.LOSS_ALPHA
+DEFAULT_BETA = defaults.LOSS_BETA
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:

@@ -14,7 +14,12 @@ QuickGELU activation of QuiltNet) are fixed in the task files and the backbone r
 they are not protocol options.
 
 :meth:`Protocol.resolve` turns a protocol into the concrete settings for one backbone family
-(``backbone.family``: ``"plip"``, ``"quiltnet"``, ``"biomedclip"``, ``"medclip"``, ...).
+(``backbone.family``: ``"plip"``, ``"quiltnet"``, ``"biomedclip"``, ``"medclip"``, ...), and
+:func:`resolve_protocol` adds a run's explicit overrides (precision, warm-up lr): it is the one place a
+run's settings are resolved. A job resolves them once, when it meets its backbone
+(:meth:`calibprompt.runs.jobs.TrainJob.config`), and the trainer reads them from its
+:class:`~calibprompt.training.trainer.TrainConfig`. :func:`check_choice` checks the protocol and
+precision a request names (the job and the trainer's config both use it).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["Protocol", "PROTOCOLS", "PRECISIONS", "MMCE_SCALES", "list_protocols", "get_protocol"]
+__all__ = ["Protocol", "PROTOCOLS", "PRECISIONS", "MMCE_SCALES", "list_protocols", "get_protocol", "check_choice",
+           "resolve_protocol"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 MMCE_SCALES = ("formula", "authors")
@@ -154,3 +160,32 @@ def get_protocol(name: str | Protocol) -> Protocol:
     if key not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}.")
     return PROTOCOLS[key]
+
+
+def check_choice(protocol: str | Protocol, precision: str | None) -> tuple[str, str | None]:
+    """The registered name of ``protocol`` and the ``precision`` override (``None``: the protocol's own).
+
+    Raises:
+        ValueError: an unknown protocol (naming the registered ones) or a precision not in :data:`PRECISIONS`.
+    """
+    name = get_protocol(protocol).name
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"The precision must be one of {', '.join(PRECISIONS)} (or unset for the protocol's); "
+                         f"got {precision!r}.")
+    return name, precision
+
+
+def resolve_protocol(protocol: str | Protocol, family: str | None, *, precision: str | None = None,
+                     warmup_lr: float | None = None) -> dict[str, Any]:
+    """The concrete settings of one run on a backbone family: :meth:`Protocol.resolve` with an explicit
+    ``precision`` or ``warmup_lr`` on top (both ``None``: the protocol's choice for the family). The same
+    keys as :meth:`Protocol.resolve`; recorded with every run as ``protocol_settings``."""
+    _, precision = check_choice(protocol, precision)
+    settings = get_protocol(protocol).resolve(family)
+    if precision is not None:
+        settings["precision"] = precision
+    if warmup_lr is not None:
+        if not float(warmup_lr) > 0:
+            raise ValueError(f"The warm-up learning rate must be positive; got {warmup_lr!r}.")
+        settings["warmup_lr"] = float(warmup_lr)
+    return settings

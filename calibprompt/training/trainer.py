@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from calibprompt import defaults
 from calibprompt.devices import autocast
 from calibprompt.training.losses import Objective, build_objective
-from calibprompt.training.protocols import PRECISIONS, get_protocol
+from calibprompt.training.protocols import check_choice, resolve_protocol
 from calibprompt.prompting.learner import PromptLearner
 
 logger = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ class TrainConfig:
     epochs: int = defaults.EPOCHS
     batch_size: int = defaults.BATCH_SIZE
     lr: float = defaults.LR
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
+    momentum: float = defaults.MOMENTUM
+    weight_decay: float = defaults.WEIGHT_DECAY
+    warmup_epochs: int = defaults.WARMUP_EPOCHS
     warmup_lr: float | None = None  # None: the protocol's warm-up lr for the backbone family (1e-5 in the paper)
     n_ctx: int = defaults.N_CTX
     ctx_init: str | None = None
@@ -67,6 +67,9 @@ class TrainConfig:
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {"alpha": 0.1, "beta": 1.0}
     protocol: str = defaults.PROTOCOL  # "paper" or "authors-code" (calibprompt.training.protocols)
     precision: str | None = None  # "fp32", "fp16", "bf16"; None: the protocol's choice for the backbone family
+    #: the protocol's choices resolved for the backbone family (resolve_protocol), set once by the job
+    #: (TrainJob.config(family)) or by setup_run; None: not resolved yet. Not part of to_dict().
+    settings: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -76,13 +79,14 @@ class TrainConfig:
             raise ValueError("Learning rates must be positive.")
         if self.warmup_epochs < 0:
             raise ValueError("warmup_epochs must be >= 0.")
-        self.protocol = get_protocol(self.protocol).name  # ValueError naming the protocols
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (or None for the protocol's), "
-                             f"got {self.precision!r}.")
+        self.protocol, self.precision = check_choice(self.protocol, self.precision)  # ValueError naming them
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The hyperparameters (what a checkpoint records as ``config``); the resolved ``settings`` are
+        recorded apart, as ``protocol_settings``."""
+        out = asdict(self)
+        out.pop("settings")
+        return out
 
 
 @dataclass
@@ -122,15 +126,13 @@ class TrainResult:
 
 
 def resolve_settings(config: TrainConfig, family: str | None) -> dict[str, Any]:
-    """The concrete choices of a run on a backbone family: the protocol's
-    (:meth:`~calibprompt.training.protocols.Protocol.resolve`), with an explicit ``config.precision``
-    or ``config.warmup_lr`` on top."""
-    settings = get_protocol(config.protocol).resolve(family)
-    if config.precision is not None:
-        settings["precision"] = config.precision
-    if config.warmup_lr is not None:
-        settings["warmup_lr"] = float(config.warmup_lr)
-    return settings
+    """The concrete choices of a run on a backbone family: ``config.settings`` when they were resolved for
+    that family already (by the job, or by :func:`setup_run`), else
+    :func:`~calibprompt.training.protocols.resolve_protocol` (the protocol's, with an explicit
+    ``config.precision`` or ``config.warmup_lr`` on top)."""
+    if config.settings is not None and config.settings.get("family") == (family or "").lower():
+        return dict(config.settings)
+    return resolve_protocol(config.protocol, family, precision=config.precision, warmup_lr=config.warmup_lr)
 
 
 def learning_rate(epoch: int, config: TrainConfig, family: str | None = None) -> float:
@@ -138,7 +140,8 @@ def learning_rate(epoch: int, config: TrainConfig, family: str | None = None) ->
     protocol's for the backbone ``family``), then ``lr * (1 + cos(pi * (epoch - warmup) / epochs)) / 2``
     (Dassl's constant warm-up + cosine)."""
     if epoch < config.warmup_epochs:
-        return resolve_settings(config, family)["warmup_lr"]
+        resolved = config.settings is not None and family is None  # a run's config: resolved for its family
+        return float((config.settings if resolved else resolve_settings(config, family))["warmup_lr"])
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - config.warmup_epochs) / config.epochs))
 
 
@@ -174,8 +177,9 @@ def setup_run(backbone, classnames: Sequence[str], features: Union[torch.Tensor,
     """Check a run's inputs and build its learner, optimiser and seeded generator (the arguments are
     those of :func:`train_prompts`). Raises ``ValueError`` for inconsistent inputs."""
     config = config or TrainConfig()
-    settings = resolve_settings(config, backbone.family)
-    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"])  # what ran
+    settings = resolve_settings(config, backbone.family)  # the job's, when it resolved them for this family
+    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"],
+                     settings=settings)  # what ran
     objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
                                              mmce_scale=settings["mmce_scale"], **config.loss_params)
     device = backbone.device
@@ -215,6 +219,29 @@ def setup_run(backbone, classnames: Sequence[str], features: Union[torch.Tensor,
                     zs_text, batch, n // batch)  # incomplete last batches are dropped, as in the reference
 
 
+def _train_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tensor, global_step: int,
+                target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step on the batch ``idx`` (B,): image features (a cached view ``views[idx]``, or the
+    feature source's fresh encoding), ``logits = logit_scale * image @ text.T`` (B, K) under the run's
+    compute precision, the objective in fp32, an SGD step. Returns ``(loss, parts, logits)``."""
+    device, scale = backbone.device, backbone.logit_scale
+    with autocast(device, run.settings["precision"]):
+        if run.fresh:
+            image = run.features(global_step, idx).to(device, torch.float32)
+        else:
+            image = run.features[idx.to(device), views[idx].to(device)]
+        text = run.learner.encode_text(normalize=True)
+        logits = scale * image @ text.T
+        zs_logits = scale * image @ run.zero_shot_text.T if run.zero_shot_text is not None else None
+    logits, text = logits.float(), text.float()  # the loss in fp32, whatever the compute precision
+    zs_logits = zs_logits.float() if zs_logits is not None else None
+    loss, parts = run.objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss, parts, logits
+
+
 def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Tensor, FeatureSource],
                   labels: Sequence[int] | torch.Tensor,
                   config: TrainConfig | None = None, *, objective: Objective | None = None, task=None,
@@ -243,7 +270,7 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
     run = setup_run(backbone, classnames, features, labels, config, objective=objective, task=task,
                     zero_shot_text=zero_shot_text)
     config, settings, learner, optimizer, generator = run.config, run.settings, run.learner, run.optimizer, run.generator
-    device, scale = backbone.device, backbone.logit_scale
+    device = backbone.device
     labels_t, batch, steps_per_epoch, total_steps = run.labels, run.batch, run.steps_per_epoch, run.total_steps
     n = labels_t.shape[0]
     history: list[dict[str, float]] = []
@@ -263,21 +290,7 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
                 raise TrainingCancelled(f"Stopped by request at epoch {epoch + 1}, step {step + 1}.")
             idx = order[step * batch:(step + 1) * batch]
             target = labels_t[idx.to(device)]
-            with autocast(device, settings["precision"]):
-                if run.fresh:
-                    image = run.features(global_step, idx).to(device, torch.float32)
-                else:
-                    image = run.features[idx.to(device), views[idx].to(device)]
-                text = learner.encode_text(normalize=True)
-                logits = scale * image @ text.T
-                zs_logits = scale * image @ run.zero_shot_text.T if run.zero_shot_text is not None else None
-            logits, text = logits.float(), text.float()  # the loss in fp32, whatever the compute precision
-            zs_logits = zs_logits.float() if zs_logits is not None else None
-            loss, parts = run.objective(logits, target, text_features=text, zero_shot_logits=zs_logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+            loss, parts, logits = _train_step(run, backbone, idx, views, global_step, target)
             global_step += 1
             values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
             for key, value in values.items():
