@@ -58,6 +58,14 @@ def calibprompt_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.fixture()
+def core(demo_backbone, calibprompt_home):
+    """A service core over the demo model, with a private data directory (each test its own store)."""
+    from calibprompt.service.core import Core
+
+    return Core(demo_backbone, "test banner")
+
+
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """The app (build_demo over the demo model) served on localhost for the API and browser tests."""

@@ -42,13 +42,6 @@ def _dataset_zip(path, size: int = 1000):
     return _zip(path, {f"{c}/{i}.png": os.urandom(size) for c in ("a", "b") for i in range(2)})
 
 
-@pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    from calibprompt.service.core import Core
-
-    return Core(demo_backbone, "test banner")
-
-
 # ------------------------------------------------------------------ 1. the per-owner upload quota
 def test_uploads_within_the_quota_pass_and_one_past_it_is_refused_before_unpacking(tmp_path, calibprompt_home,
                                                                                      monkeypatch):

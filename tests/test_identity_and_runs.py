@@ -17,13 +17,6 @@ from calibprompt.service.session import identify, is_provisional, new_token, own
 TOKEN = "A" * 21 + "b_-" + "9" * 19  # 43 URL-safe characters, the shape of secrets.token_urlsafe(32)
 
 
-@pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    from calibprompt.service.core import Core
-
-    return Core(demo_backbone, "test banner")
-
-
 def test_a_token_gives_a_stable_browser_owner_that_does_not_reveal_it():
     owner = owner_for(TOKEN)
     assert owner == "browser:" + hashlib.sha256(TOKEN.encode()).hexdigest()[:32]

@@ -49,13 +49,6 @@ def refusal(name: str) -> str:
 
 # -- the service layer ---------------------------------------------------------------------------------------
 @pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    from calibprompt.service.core import Core
-
-    return Core(demo_backbone, "test banner")
-
-
-@pytest.fixture()
 def uploaded(core, tmp_path, calibprompt_home):
     """Owner A's upload: ``(choice, sessions)`` with demo-binary sessions of A, B and a provisional page."""
     choice = core.upload_dataset(str(make_zip(tmp_path / "scans.zip")), OWNER_A)

@@ -20,13 +20,6 @@ FAKE = "20261205-120000-coop-s1-dead"  # an id of the same shape that no run has
 
 
 @pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    from calibprompt.service.core import Core
-
-    return Core(demo_backbone, "test banner")
-
-
-@pytest.fixture()
 def people(core):
     """Sessions on the demo-binary task: alice and bob (logged in), a browser, a provisional page, the operator."""
     base = core.set_task(core.new_session(), "demo-binary")

@@ -11,7 +11,6 @@ from calibprompt.app.wording import review_summary
 from calibprompt.backbones import loading as models
 from calibprompt.defaults import DEFAULT_HEADS
 from calibprompt.demo import world
-from calibprompt.service.core import Core
 from calibprompt.service.startup import choose_backbone
 from test_training import make_dataset
 
@@ -19,11 +18,6 @@ from test_training import make_dataset
 @pytest.fixture(scope="module")
 def demo_backbone():
     return models.load_backbone("demo", device="cpu")
-
-
-@pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    return Core(demo_backbone, "test banner")
 
 
 def _patch(cls="TUM", index=0, tmp=None):

@@ -20,24 +20,13 @@ from calibprompt.data.resolve import SHARE_MARKER, dataset_key, resolve_choice
 from calibprompt.paths import owner_key, owner_uploads_dir
 from calibprompt.service import reviews as service
 from calibprompt.service.access import SHARING_NEEDS_LOGIN
-from test_private_uploads import make_zip
+from test_private_uploads import make_zip, refusal
 
 BROWSER_A = "browser:" + "a" * 32
 BROWSER_B = "browser:" + "b" * 32
 BROWSER_X = "browser:" + "c" * 32
 DEMO = "demo-binary"
 HEADS = ["zero-shot"]
-
-
-def refusal(name: str) -> str:
-    return re.escape(f"No dataset named {name!r}; choose one from the list.")
-
-
-@pytest.fixture()
-def core(demo_backbone, calibprompt_home):
-    from calibprompt.service.core import Core
-
-    return Core(demo_backbone, "test banner")
 
 
 @pytest.fixture()
