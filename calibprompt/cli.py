@@ -129,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args, [args.seed])
     job = TrainJob(model=args.model, dataset=args.dataset, task=args.task, shots=args.shots, seed=args.seed,
                    method=args.method, epochs=args.epochs, loss_params=_loss_params(args), device=args.device,
-                   n_views=args.views, n_bins=args.bins, protocol=args.protocol, precision=args.precision)
+                   n_views=args.views, n_bins=args.bins, protocol=args.protocol, precision=args.precision,
+                   learner=getattr(args, "learner", None) or defaults.LEARNER)  # a refused combination: before any run
     store = RunStore()
     bar = None
 
@@ -419,9 +420,12 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from calibprompt.runs.compare import ROW_FIELDS, parse_methods, run_comparison, summarize
+    from calibprompt.runs.compare import (LEARNER_ROW_FIELDS, ROW_FIELDS, parse_learners, parse_methods,
+                                          run_comparison, summarize)
 
     methods = parse_methods(args.methods)
+    learners = parse_learners(args.learners) if getattr(args, "learners", None) else None
+    fields = LEARNER_ROW_FIELDS if learners else ROW_FIELDS
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -431,10 +435,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_train_args(args, seeds)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(seeds) * len(methods), desc="compare", unit="run", file=sys.stderr, leave=False)
+    total = len(seeds) * (len(methods) if not learners else
+                          len(learners) * len([m for m in methods if m != "zeroshot"]) + ("zeroshot" in methods))
+    bar = tqdm(total=total, desc="compare", unit="run", file=sys.stderr, leave=False)
 
     def on_result(row):
         bar.update(1)
+        if row.get("refused"):
+            bar.set_postfix(learner=row["learner"], method=row["method"], seed=row["seed"], refused="yes")
+            return
         bar.set_postfix(method=row["method"], seed=row["seed"], acc=f"{row['accuracy']:.3f}", ece=f"{row['ece']:.3f}")
 
     steps = _StepCounter(bar)
@@ -445,28 +454,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               on_result=on_result, protocol=args.protocol, precision=args.precision,
                               max_batch_prompts=args.max_batch_prompts, resume=args.resume,
                               n_boot=defaults.N_BOOT_TABLE, executor=_ray_executor(args, defaults.N_BOOT_TABLE),
-                              on_event=_ray_event, on_step=steps.update)
+                              on_event=_ray_event, on_step=steps.update, learners=learners)
     finally:
         bar.close()
     table = summarize(rows)
     if args.json:
-        _write_json(args.json, [{k: r[k] for k in ROW_FIELDS} for r in rows])
+        _write_json(args.json, [{k: r[k] for k in fields} for r in rows])
     if args.csv:
-        _write_csv(args.csv, [{k: r[k] for k in ROW_FIELDS} for r in rows])
+        _write_csv(args.csv, [{k: r[k] for k in fields} for r in rows])
     precision = f", precision {args.precision}" if args.precision else ""
     print(f"{args.model} on {args.dataset}: {args.shots} shots, seeds {','.join(map(str, seeds))}, "
           f"{args.epochs} epochs, protocol {args.protocol}{precision} "
           f"(mean +- std over seeds; accuracy, ECE, MCE, ACE in %)")
     pretty = []
     for t in table:
-        entry = {"method": t["method"]}
+        entry = {"learner": t["learner"]} if learners else {}
+        entry["method"] = t["method"]
         for key, label in (("accuracy", "acc"), ("ece", "ECE"), ("mce", "MCE"), ("ace", "ACE")):
             entry[label] = f"{100 * t[key + '_mean']:.2f} +- {100 * t[key + '_std']:.2f}"
         entry["NLL"] = f"{t['nll_mean']:.3f} +- {t['nll_std']:.3f}"
         entry["Brier"] = f"{t['brier_mean']:.3f} +- {t['brier_std']:.3f}"
         entry["conf"] = f"{100 * t['mean_confidence_mean']:.1f}"
         pretty.append(entry)
-    _print_table(pretty, ["method", "acc", "ECE", "MCE", "ACE", "NLL", "Brier", "conf"])
+    columns = ["method", "acc", "ECE", "MCE", "ACE", "NLL", "Brier", "conf"]
+    _print_table(pretty, (["learner"] if learners else []) + columns)
+    for row in (r for r in rows if r.get("refused")):
+        print(f"refused: {row['learner']} x {row['method']} (seed {row['seed']}): {row['refused']}")
     return 0
 
 
@@ -818,12 +831,15 @@ def _add_training_numbers(p: argparse.ArgumentParser, *, seeds: bool) -> None:
 
 def _add_train_parser(sub) -> None:
     """``calibprompt train``: see :func:`cmd_train`."""
+    from calibprompt.training.learners import list_learners
     from calibprompt.training.losses import list_methods
 
     p = sub.add_parser("train", help="learn a prompt on a few shots (the paper's protocol by default)")
     _add_job_arguments(p, training=True)
     _add_training_numbers(p, seeds=False)
     p.add_argument("--method", default="calibprompt", choices=list_methods())
+    p.add_argument("--learner", default=defaults.LEARNER, metavar="NAME",
+                   help="the few-shot learner: " + ", ".join(list_learners()) + f" (default {defaults.LEARNER})")
     p.add_argument("--views", type=_request_number, default=defaults.N_VIEWS,
                    help=f"cached augmented views per training image (default {defaults.N_VIEWS})")
     _add_protocol_arguments(p)
@@ -864,6 +880,7 @@ def _add_reviews_parser(sub) -> None:
 
 def _add_compare_parser(sub) -> None:
     """``calibprompt compare``: see :func:`cmd_compare`."""
+    from calibprompt.training.learners import list_learners
     from calibprompt.training.losses import list_methods
 
     p = sub.add_parser("compare", help="several methods over several seeds: a paper-style table")
@@ -871,6 +888,10 @@ def _add_compare_parser(sub) -> None:
     _add_training_numbers(p, seeds=True)
     p.add_argument("--methods", default=defaults.METHODS,
                    help="comma-separated: zeroshot, " + ", ".join(list_methods()))
+    p.add_argument("--learners", metavar="A,B",
+                   help="comma-separated few-shot learners to compare under every method (rows gain a learner "
+                        "field; a combination a learner refuses gives a row with the reason): "
+                        + ", ".join(list_learners()))
     _add_protocol_arguments(p)
     _add_batch_arguments(p)
     _add_ray_arguments(p, "the training runs")

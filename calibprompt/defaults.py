@@ -94,3 +94,11 @@ LIMITS = {
     "ray_cpus_per_task": (0.0, 1024.0),  #: lower bound exclusive
     "days": (0, 100_000),  #: store clean-uploads: age of the uploads removed (0: none)
 }
+
+# -- few-shot learners (calibprompt.training.learners) ---------------------------------------------
+LEARNER = "coop"  #: the learner a training run uses unless told (today's CoOp prompt)
+#: training settings of the feature learners (adapters, probes) a job may override through its
+#: ``learner_params``; the rest of ``learner_params`` goes to the learner's constructor
+#: (a feature learner follows its published recipe, its epochs included: a job's ``epochs`` is the prompt
+#: learners' schedule)
+LEARNER_RECIPE_KEYS = ("optimizer", "lr", "epochs", "batch_size", "momentum", "weight_decay", "schedule")

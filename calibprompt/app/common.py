@@ -174,7 +174,9 @@ def run_label(option: dict) -> str:
     shared by another user or the operator adds who it is by ("..., by alice")."""
     name = option.get("name") or f"run {option.get('id', '')}"
     by = option.get("by")
-    details = ", ".join(str(v) for v in (option.get("method"), f"seed {option['seed']}" if option.get("seed") is not None else None,
+    learner, method = option.get("learner"), option.get("method")
+    method = f"{learner}/{method}" if learner and learner != "coop" and method else method  # as in the menus
+    details = ", ".join(str(v) for v in (method, f"seed {option['seed']}" if option.get("seed") is not None else None,
                                          f"by {by}" if by and by != "you" else None) if v)
     return f"{name} ({details})" if details else name
 

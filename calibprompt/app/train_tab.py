@@ -98,18 +98,19 @@ def build(core, shared):
     start_state = core.new_session()
     params = core.method_defaults(start_state, "calibprompt", core.model_family(start_state.model))
     with gr.Tab("Train") as tab:
-        ui = _layout(datasets, core.methods(), params)
+        ui = _layout(datasets, core.methods(), params, core.learners())
     return _wire(core, shared, tab, ui)
 
 
-def _layout(datasets: list[str], methods: list[str], params: dict) -> dict:
+def _layout(datasets: list[str], methods: list[str], params: dict, learners: list[dict] = ()) -> dict:
     """The tab's components by name: the job's settings and its buttons on the left, the run, its progress,
     its loss, its words and the sharing controls on the right, the history below, and the progress timer.
-    ``params``: the starting method's alpha and beta."""
+    ``params``: the starting method's alpha and beta; ``learners``: the learners' descriptions
+    (:func:`calibprompt.service.training.learners`)."""
     ui = {}
     with gr.Row():
         with gr.Column():
-            ui.update(_settings(datasets, methods, params))
+            ui.update(_settings(datasets, methods, params, learners))
             with gr.Row():
                 ui["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
                 ui["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -139,9 +140,15 @@ def _share_section() -> dict:
     return ui
 
 
-def _settings(datasets: list[str], methods: list[str], params: dict) -> dict:
-    """The job's settings by name: dataset (or an uploaded zip), run name, method, shots, seed, epochs, alpha,
-    beta, device."""
+def learner_choices(learners: list[dict]) -> list[tuple[str, str]]:
+    """The learner menu's ``(label, name)`` pairs: each learner's title and its one-line description."""
+    return [(f"{info['title']}: {info['description']}" if info.get("description") else info["title"],
+             info["name"]) for info in learners]
+
+
+def _settings(datasets: list[str], methods: list[str], params: dict, learners: list[dict] = ()) -> dict:
+    """The job's settings by name: dataset (or an uploaded zip), run name, learner, method, shots, seed,
+    epochs, alpha, beta, device."""
     ui = {}
     ui["dataset"] = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Dataset",
                                 elem_id="train-dataset")
@@ -151,6 +158,9 @@ def _settings(datasets: list[str], methods: list[str], params: dict) -> dict:
     ui["name"] = gr.Textbox(label=f"Run name (optional, up to {defaults.RUN_NAME_CHARS} characters)",
                             max_length=defaults.RUN_NAME_CHARS, elem_id="train-name",
                             placeholder="e.g. 16 shots, new alpha")
+    choices = learner_choices(list(learners)) or [("CoOp", "coop")]
+    ui["learner"] = gr.Dropdown(choices, value="coop", label="Learner", elem_id="train-learner",
+                                info="What learns: prompts on the text side, or an adapter on image features")
     ui["method"] = gr.Dropdown(methods, value="calibprompt", label="Method", elem_id="train-method")
     with gr.Row():
         # no precision or bounds here: Gradio would round 8.5 to 8 and refuse text without a message; the values
@@ -171,7 +181,8 @@ def _wire(core, shared, tab, ui: dict) -> dict:
     the page's header wires (see :func:`build`)."""
     use_upload, method_defaults = _dataset_handlers(core)
     start_job, poll_job, cancel_job, show_words = _job_handlers(core)
-    settings = [ui[k] for k in ("dataset", "name", "method", "shots", "seed", "epochs", "alpha", "beta", "device")]
+    settings = [ui[k] for k in ("dataset", "name", "method", "shots", "seed", "epochs", "alpha", "beta", "device",
+                                "learner")]
     ui["words_button"].click(show_words, [shared.state, ui["run_id"]], [ui["words"]], api_visibility="private")
     _wire_sharing(core, shared, tab, ui)
     uploaded = ui["upload_button"].click(use_upload, [shared.state, ui["upload"]], [ui["dataset"]],
@@ -214,14 +225,16 @@ def _job_handlers(core):
     """The handlers of a job: start it, poll its progress, cancel it, and show what its learned prompt says."""
 
     @handler
-    def start_job(state, dataset, run_name, method, shots, seed, epochs, alpha, beta, device, request: gr.Request):
-        """Queue the job; a refusal (shots above the data, a bad number, a full disk) is shown in the progress
-        box, the rest of the tab left as it was."""
+    def start_job(state, dataset, run_name, method, shots, seed, epochs, alpha, beta, device, learner="coop",
+                  request: gr.Request = None):
+        """Queue the job of ``learner`` (the menu's name; CoOp by default); a refusal (shots above the data, a
+        bad number, a learner that cannot take the method, a full disk) is shown in the progress box, the
+        rest of the tab left as it was."""
         state = session_for(core, state, request)
         try:
             state, new_id = handler(core.start_training)(state, dataset, method=method, shots=shots, seed=seed,
                                                          epochs=epochs, alpha=alpha, beta=beta, device=device,
-                                                         name=run_name)
+                                                         name=run_name, learner=learner or "coop")
         except gr.Error as exc:
             return state, gr.update(), alert_html(exc.message), gr.update(), gr.update()
         return (state, new_id, progress_html(core.job_status(state, new_id), new_id), gr.update(active=True),

@@ -23,10 +23,14 @@ from calibprompt.fileio import atomic_write, atomic_write_json
 from calibprompt.paths import shown
 from calibprompt.prompting.learner import PromptLearner
 
-__all__ = ["FORMAT", "save_prompt", "save_context", "read_prompt_metadata", "load_prompt", "checkpoint_paths",
+__all__ = ["FORMAT", "LEARNER_FORMAT", "checkpoint_format", "save_prompt", "save_context", "read_prompt_metadata",
+           "load_prompt", "checkpoint_paths",
            "CheckpointWriteError"]
 
 FORMAT = "calibprompt-prompt/1"
+#: the format of learner checkpoints that a prompt checkpoint cannot hold (CoCoOp's meta-net, the adapters'
+#: weights): read by :func:`calibprompt.training.learners.load_learner`, in the layers above this one
+LEARNER_FORMAT = "calibprompt-learner/1"
 
 _EDQUOT = getattr(errno, "EDQUOT", None)
 _FULL = {errno.ENOSPC} | ({_EDQUOT} if _EDQUOT is not None else set())
@@ -83,6 +87,17 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def checkpoint_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` a checkpoint's JSON records (:data:`FORMAT` or :data:`LEARNER_FORMAT`), or None when it
+    cannot be read or records none (then :func:`read_prompt_metadata` says what is wrong)."""
+    _, meta_path = checkpoint_paths(path)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta.get("format") if isinstance(meta, dict) else None
 
 
 def save_prompt(path: str | os.PathLike, learner: PromptLearner, *, backbone: str,

@@ -2,7 +2,10 @@
 
 A *head* is a set of class text features (K, D): zero-shot (the class prompts of a task's templates,
 averaged) or learned (a CoOp / CalibPrompt prompt checkpoint). Text features are computed once, when a
-head is added. Image features are cached by image content, so :meth:`Engine.predict` runs the image
+head is added. A *learner head* (:meth:`Engine.add_learner`) carries a few-shot learner of
+:mod:`calibprompt.training.learners` whose logits are not one product with fixed text features (CoCoOp's
+per-image prompts, the adapters and linear probes on image features): its prediction calls the learner on
+the image features. Image features are cached by image content, so :meth:`Engine.predict` runs the image
 encoder once per new image, whatever the number of heads, and a head's prediction is a single matrix
 product: ``logits = logit_scale * normalize(image) @ normalize(text).T``.
 
@@ -22,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from calibprompt.prompting.checkpoint import load_prompt
+from calibprompt import defaults
+from calibprompt.prompting.checkpoint import LEARNER_FORMAT, checkpoint_format, load_prompt
 from calibprompt.prompting.learner import PromptLearner
 from calibprompt.prompting.tasks import Task
 
-__all__ = ["Head", "Prediction", "Engine", "image_key"]
+__all__ = ["Head", "Prediction", "Engine", "image_key", "learner_head", "learner_logits", "is_text_learner"]
 
 
 @dataclass
@@ -36,8 +40,22 @@ class Head:
     name: str
     classnames: list[str]
     text_features: torch.Tensor  # (K, D), L2-normalised, float32, CPU
-    kind: str = "zero-shot"  # or "prompt"
+    kind: str = "zero-shot"  # or "prompt", or "learner"
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: a learner head's learner: ``learner(image_features (N, D))`` gives logits (N, K) or an output with
+    #: ``.logits``; None for a text head (the prediction is then one product with ``text_features``)
+    learner: Any = None
+
+    def fingerprint(self) -> str:
+        """A content digest of what predicts: the text features, and a learner head's whole state too
+        (two adapters may share their frozen zero-shot text features)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(self.text_features.detach().cpu().contiguous().numpy().tobytes())
+        if self.learner is not None:
+            for key, value in self.learner.state_dict().items():
+                digest.update(key.encode())
+                digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +86,64 @@ class Prediction:
     def top(self, i: int, k: int = 3) -> list[tuple[str, float]]:
         order = np.argsort(-self.probs[i])[:k]
         return [(self.classnames[j], float(self.probs[i, j])) for j in order]
+
+
+def is_text_learner(learner: Any) -> bool:
+    """Whether a prompt learner predicts through fixed class text features (CoOp, KgCoOp, ProGrad: CoOp
+    contexts at inference) rather than per image (CoCoOp) or on image features (the adapters)."""
+    return getattr(learner, "kind", None) == "prompt" and not hasattr(learner, "instance_text_features")
+
+
+def _learner_device(learner: Any) -> torch.device:
+    first = next(iter(learner.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def learner_logits(learner: Any, image_features: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """A learner's logits (N, K), float32 on the CPU, for L2-normalised image features (N, D), ``batch``
+    images at a time (default: ``defaults.MAX_BATCH_PROMPTS // K``, as CoCoOp encodes K prompts per image),
+    without gradients (a :class:`LearnerOutput`'s ``.logits``, or the tensor itself)."""
+    if batch is None:
+        batch = max(1, defaults.MAX_BATCH_PROMPTS // max(1, int(getattr(learner, "num_classes", 1))))
+    device, parts = _learner_device(learner), []
+    with torch.no_grad():
+        for start in range(0, image_features.shape[0], max(1, int(batch))):
+            out = learner(image_features[start:start + batch].to(device, torch.float32))
+            parts.append(getattr(out, "logits", out).detach().float().cpu())
+    return torch.cat(parts) if parts else image_features.new_zeros((0, 0))
+
+
+def learner_head(name: str, learner: Any, metadata: Mapping[str, Any] | None = None,
+                 classnames: Sequence[str] | None = None) -> Head:
+    """A :class:`Head` for a few-shot learner (see :mod:`calibprompt.training.learners`).
+
+    CoOp, KgCoOp and ProGrad give a plain prompt head (their class text features, exactly as
+    :meth:`Engine.add_prompt`); the others (CoCoOp, the adapters, the linear probes) a ``"learner"`` head
+    whose prediction calls the learner, with ``text_features`` its class text features where it has them
+    (CoCoOp's bare context, the learned prototypes, the frozen zero-shot ones), else zeros (K, D).
+
+    Raises:
+        ValueError: a learner without class names (give ``classnames``).
+    """
+    meta = dict(metadata or {})
+    names = list(classnames or getattr(learner, "classnames", None) or meta.get("classnames") or [])
+    if not names:
+        raise ValueError(f"The learner {getattr(learner, 'name', '?')!r} has no class names; give classnames=[...].")
+    learner.eval()
+    with torch.no_grad():
+        text = learner.class_text_features()
+    if is_text_learner(learner):
+        return Head(name, names, text.float().cpu(), kind="prompt", metadata=meta)
+    if text is None:
+        text = torch.zeros(len(names), int(getattr(learner, "dim", 1)))
+    meta.setdefault("learner", getattr(learner, "name", ""))
+    return Head(name, names, text.detach().float().cpu(), kind="learner", metadata=meta, learner=learner)
+
+
+def _is_prompt_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is not a learner checkpoint (an unreadable one counts as a prompt checkpoint, so
+    :func:`load_prompt` says what is wrong)."""
+    return checkpoint_format(path) != LEARNER_FORMAT
 
 
 def image_key(image: Image.Image) -> str:
@@ -126,6 +202,30 @@ class Engine:
         meta.update(metadata or {})
         return self.add_head(Head(name, list(prompt.classnames), text_features, kind="prompt", metadata=meta))
 
+    def add_learner(self, name: str, learner: Any, metadata: Mapping[str, Any] | None = None, *,
+                    loader: Any = None, classnames: Sequence[str] | None = None) -> Head:
+        """A head from a few-shot learner (:func:`learner_head`), or from its checkpoint path.
+
+        A prompt checkpoint (``calibprompt-prompt/1``: CoOp, KgCoOp, ProGrad) loads as :meth:`add_prompt`
+        does. Any other checkpoint (``calibprompt-learner/1``: CoCoOp, the adapters) needs ``loader``,
+        ``loader(path, backbone) -> (learner, metadata)``: pass
+        :func:`calibprompt.training.learners.load_learner` (the engine sits below the training layer).
+
+        Raises:
+            ValueError: a learner checkpoint without ``loader``, or a damaged checkpoint.
+        """
+        meta: dict[str, Any] = {}
+        if isinstance(learner, (str, os.PathLike)):
+            path = learner
+            if _is_prompt_checkpoint(path):
+                return self.add_prompt(name, path, metadata)
+            if loader is None:
+                raise ValueError(f"{os.fspath(path)} is a learner checkpoint (calibprompt-learner/1): load it with "
+                                 "loader=calibprompt.training.learners.load_learner.")
+            learner, meta = loader(path, self.backbone)
+        meta.update(metadata or {})
+        return self.add_head(learner_head(name, learner, meta, classnames))
+
     # -- images ---------------------------------------------------------------------------
     def clear_image_cache(self) -> None:
         with self._lock:
@@ -174,6 +274,11 @@ class Engine:
         feats = F.normalize(image_features.float(), dim=-1)
         out = {}
         for name, head in heads.items():
+            if head.learner is not None:  # its own logits (scale and any bias are the learner's)
+                logits = learner_logits(head.learner, feats)
+                out[name] = Prediction(name, head.classnames, logits.numpy().astype(np.float64),
+                                       torch.softmax(logits.double(), dim=1).numpy())
+                continue
             logits = scale * feats @ head.text_features.T + bias
             out[name] = Prediction(name, head.classnames, logits.numpy().astype(np.float64),
                                    torch.softmax(logits.double(), dim=1).numpy())

@@ -21,7 +21,7 @@ from calibprompt.runs.jobs import (JobOutcome, TrainJob, evaluate_trained, failu
                                   record_outcome, recording_progress)
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.training.batched import RunInputs, layout_key, train_many
-from calibprompt.training.trainer import StepInfo, TrainingCancelled, resolve_settings
+from calibprompt.training.trainer import StepInfo, TrainingCancelled, resolve_settings, train_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,12 @@ def train_jobs(jobs: Sequence[TrainJob], run_ids: Sequence[str], backbone, *,
     for p in prepared:
         p.timings["load_seconds"] += load_seconds / len(jobs)
     groups: dict[tuple, list[int]] = {}
+    alone: list[int] = []  # the other learners than coop: trained one by one, in the same call
     for i, p in enumerate(prepared):
-        groups.setdefault(_group_key(p, backbone), []).append(i)
+        if p.job.learner != defaults.LEARNER:
+            alone.append(i)
+        else:
+            groups.setdefault(_group_key(p, backbone), []).append(i)
     outcomes: list[JobOutcome | None] = [None] * len(jobs)
     for members in groups.values():
         ids = [run_ids[i] for i in members]
@@ -69,8 +73,26 @@ def train_jobs(jobs: Sequence[TrainJob], run_ids: Sequence[str], backbone, *,
                                            extra_timings={"trained_together": len(members)})
             if on_outcome is not None:
                 on_outcome(outcomes[i])
+    for i in alone:
+        outcomes[i] = _train_alone(prepared[i], backbone, run_ids[i], on_step=on_step, should_stop=should_stop,
+                                   n_boot=n_boot)
+        if on_outcome is not None:
+            on_outcome(outcomes[i])
     logger.info("Trained %d runs in %d group(s) in %.1f s", len(jobs), len(groups), time.perf_counter() - t0)
     return outcomes
+
+
+def _train_alone(prepared, backbone, run_id: str, *, on_step=None, should_stop=None,
+                 n_boot: int = defaults.N_BOOT) -> JobOutcome:
+    """Train one job of another learner than coop on its own (:func:`train_prompts`: a registry prompt
+    learner through the prompt loop, a feature learner on the cached features) and evaluate it."""
+    job = prepared.job
+    result = train_prompts(backbone, prepared.task.classnames, prepared.train_features, prepared.train.labels,
+                           prepared.config or job.config(backbone.family), task=prepared.task,
+                           zero_shot_text=prepared.zero_shot_text,
+                           on_step=None if on_step is None else lambda info: on_step(run_id, info),
+                           should_stop=should_stop)
+    return evaluate_trained(prepared, result, backbone, run_id, n_boot=n_boot)
 
 
 def run_train_jobs(jobs: Sequence[TrainJob], store: RunStore, *, run_ids: Sequence[str] | None = None, backbone=None,
@@ -98,7 +120,7 @@ def run_train_jobs(jobs: Sequence[TrainJob], store: RunStore, *, run_ids: Sequen
     if len({(j.model, str(resolve_device(j.device))) for j in jobs}) > 1:
         raise ValueError("Jobs trained together must share the model and the device.")
     run_ids = list(run_ids) if run_ids is not None else [
-        store.create_run("train", j.to_params(), slug=f"{j.method}-s{j.seed}") for j in jobs]
+        store.create_run("train", j.to_params(), slug=j.slug) for j in jobs]
     if len(run_ids) != len(jobs):
         raise ValueError(f"Got {len(run_ids)} run ids for {len(jobs)} jobs.")
     device = resolve_device(jobs[0].device)

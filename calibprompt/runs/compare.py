@@ -21,11 +21,31 @@ from calibprompt.runs.store import RunStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ROW_FIELDS", "METRIC_FIELDS", "parse_methods", "run_comparison", "summarize"]
+__all__ = ["ROW_FIELDS", "LEARNER_ROW_FIELDS", "METRIC_FIELDS", "parse_methods", "parse_learners", "run_comparison",
+           "summarize"]
 
 METRIC_FIELDS = ("accuracy", "ece", "mce", "ace", "nll", "brier", "mean_confidence")
 ROW_FIELDS = ("method", "seed") + METRIC_FIELDS + ("train_seconds",)
+#: the rows of a comparison over learners (``learners=...``): the learner first, and ``refused`` (why a
+#: learner x method combination does not exist, its metrics None; "" for a trained row)
+LEARNER_ROW_FIELDS = ("learner",) + ROW_FIELDS + ("refused",)
 ZERO_SHOT = "zeroshot"
+
+
+def parse_learners(text: str | Sequence[str]) -> list[str]:
+    """``"coop,cocoop,lp++"`` -> the registry's learner names, deduplicated in order (``ValueError``
+    naming the learners for an unknown one, or for none)."""
+    from calibprompt.training.learners import learner_name, list_learners
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    learners: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if item and learner_name(item) not in learners:
+            learners.append(learner_name(item))
+    if not learners:
+        raise ValueError(f"Name at least one learner, e.g. --learners coop,cocoop; the learners are: "
+                         f"{', '.join(list_learners())}.")
+    return learners
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -51,6 +71,12 @@ def _row(method: str, seed: int, metrics: dict[str, Any], train_seconds: float) 
             "train_seconds": float(train_seconds)}
 
 
+def _refused_row(learner: str, method: str, seed: int, reason: str) -> dict[str, Any]:
+    """The row of a combination that does not exist: no metrics, ``refused`` says why and what works."""
+    return {"learner": learner, "method": method, "seed": seed, **{k: None for k in METRIC_FIELDS},
+            "train_seconds": 0.0, "refused": reason}
+
+
 def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequence[int], *, task: str | None = None,
                    shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
                    device: str = "auto",
@@ -59,7 +85,8 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
                    protocol: str = defaults.PROTOCOL, precision: str | None = None, batched: bool = True,
                    max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, backbone=None, resume: bool = False,
                    lr: float = defaults.LR, executor: Executor | None = None,
-                   on_step: Callable | None = None, on_event: Callable | None = None) -> list[dict[str, Any]]:
+                   on_step: Callable | None = None, on_event: Callable | None = None,
+                   learners: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every method on every seed; returns one row per (method, seed), in seed then
     method order, with the fields of :data:`ROW_FIELDS` (fractions, not percent). ``protocol`` and
     ``precision`` are those of :class:`calibprompt.runs.jobs.TrainJob` (recorded with every run).
@@ -76,13 +103,24 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
 
     ``resume``: reuse every finished run in ``store`` with the same settings instead of training it
     again (:func:`calibprompt.runs.jobs.find_done_run`), so an interrupted table picks up where it
-    stopped. ``on_step(run_id, info)`` and ``on_event`` are passed on to the executor."""
+    stopped. ``on_step(run_id, info)`` and ``on_event`` are passed on to the executor.
+
+    ``learners`` (:func:`parse_learners`): compare these few-shot learners too; each row then has a
+    ``learner`` field and a ``refused`` one (:data:`LEARNER_ROW_FIELDS`), one row per seed, learner and method
+    (the zero-shot rows once per seed, learner ``"zeroshot"``), in that order; a combination a learner
+    cannot train with gives a row with its reason and no metrics, never a failure. coop's runs train
+    together as above; the other learners' one by one in the same executor."""
     store = store or RunStore()
     backbone = backbone if backbone is not None else load_backbone(model, device=device)
-    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    rows: dict[tuple, dict[str, Any]] = {}
+    by_learner = learners is not None
+    learners = list(learners) if by_learner else [defaults.LEARNER]
 
     def add(row: dict[str, Any]) -> None:
-        rows[(row["seed"], row["method"])] = row
+        if by_learner:
+            row.setdefault("learner", ZERO_SHOT if row["method"] == ZERO_SHOT else defaults.LEARNER)
+            row.setdefault("refused", "")
+        rows[_key(row, by_learner)] = row
         if on_result is not None:
             on_result(row)
 
@@ -91,12 +129,14 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
             raise RuntimeError(f"Run {record.id} ended {record.status}: {record.error}")
         params = record.params
         row = _row(params["method"], int(params["seed"]), record.metrics, record.metrics.get("train_seconds", 0.0))
+        if by_learner:
+            row["learner"] = params.get("learner", defaults.LEARNER)
         row["run_id"] = record.id
         add(row)
 
     settings = dict(model=model, dataset=dataset, task=task, shots=shots, epochs=epochs, device=str(backbone.device),
                     n_bins=n_bins, protocol=protocol, precision=precision, lr=lr)
-    jobs = _zero_shot_rows_and_jobs(backbone, methods, seeds, settings, loss_params, n_boot, add)
+    jobs = _zero_shot_rows_and_jobs(backbone, methods, seeds, settings, loss_params, n_boot, add, learners)
     if resume:  # finished runs with the same settings count as done
         finished = store.list_runs(status="done", kind="train")
         reused = {id(job): find_done_run(finished, job) for job in jobs}
@@ -106,14 +146,26 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
     if jobs:
         executor = executor or local_executor(batched, max_batch_prompts=max_batch_prompts, n_boot=n_boot)
         executor([JobGroup.create(store, jobs, backbone)], store, on_step=on_step, on_done=done, on_event=on_event)
-    return [rows[(seed, method)] for seed in seeds for method in methods]
+    if not by_learner:
+        return [rows[(seed, method)] for seed in seeds for method in methods]
+    return [rows[(seed, learner if method != ZERO_SHOT else ZERO_SHOT, method)] for seed in seeds
+            for learner in learners for method in methods
+            if method != ZERO_SHOT or learner == learners[0]]
+
+
+def _key(row: dict[str, Any], by_learner: bool) -> tuple:
+    """A row's place in the table: (seed, method), or (seed, learner, method) over learners."""
+    return (row["seed"], row["learner"], row["method"]) if by_learner else (row["seed"], row["method"])
 
 
 def _zero_shot_rows_and_jobs(backbone, methods: Sequence[str], seeds: Sequence[int], settings: dict[str, Any],
                              loss_params: dict[str, float] | None, n_boot: int,
-                             add: Callable[[dict[str, Any]], None]) -> list[TrainJob]:
+                             add: Callable[[dict[str, Any]], None],
+                             learners: Sequence[str] = (defaults.LEARNER,)) -> list[TrainJob]:
     """Evaluate the zero-shot rows now (each on its seed's test split, passed to ``add``) and return the
-    training jobs of the other methods, in seed then method order. ``settings``: the jobs' common fields."""
+    training jobs of the other methods, in seed, method then learner order. ``settings``: the jobs' common
+    fields. A learner x method a learner refuses (:class:`TrainJob` raises) is passed to ``add`` as a
+    refused row (only when comparing learners: otherwise the error is raised)."""
     task_obj, ds = open_dataset(settings["dataset"], settings["task"])
     cache = FeatureCache(backbone)
     jobs: list[TrainJob] = []
@@ -124,23 +176,35 @@ def _zero_shot_rows_and_jobs(backbone, methods: Sequence[str], seeds: Sequence[i
                 evaluation = evaluate_zero_shot(backbone, task_obj, test, cache, n_bins=settings["n_bins"],
                                                 n_boot=n_boot)
                 add(_row(method, seed, evaluation.report, 0.0))
-            else:
-                params = {k: v for k, v in (loss_params or {}).items() if k in get_method(method).task_params}
-                jobs.append(TrainJob(seed=seed, method=method, loss_params=params, **settings))
+                continue
+            params = {k: v for k, v in (loss_params or {}).items() if k in get_method(method).task_params}
+            for learner in learners:
+                if learner == defaults.LEARNER:
+                    jobs.append(TrainJob(seed=seed, method=method, loss_params=params, **settings))
+                    continue
+                try:
+                    jobs.append(TrainJob(seed=seed, method=method, loss_params=params, learner=learner, **settings))
+                except ValueError as exc:  # e.g. an AS loss on frozen class text features
+                    add(_refused_row(learner, method, seed, str(exc)))
     return jobs
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds per method, in first-seen method order:
-    ``{"method", "seeds", "<metric>_mean", "<metric>_std", ...}`` (std 0 for a single seed)."""
-    order: list[str] = []
+    """Mean and standard deviation over seeds per method (per learner and method for rows with a
+    ``learner``), in first-seen order: ``{"method", "seeds", "<metric>_mean", "<metric>_std", ...}``
+    (with ``learner`` where the rows have one; std 0 for a single seed). Refused rows (no metrics) are left out."""
+    rows = [r for r in rows if not r.get("refused")]
+    order: list[tuple] = []
     for row in rows:
-        if row["method"] not in order:
-            order.append(row["method"])
+        key = (row.get("learner"), row["method"])
+        if key not in order:
+            order.append(key)
     table = []
-    for method in order:
-        group = [r for r in rows if r["method"] == method]
+    for learner, method in order:
+        group = [r for r in rows if r["method"] == method and r.get("learner") == learner]
         entry: dict[str, Any] = {"method": method, "seeds": len(group)}
+        if learner is not None:
+            entry = {"learner": learner, **entry}
         for key in METRIC_FIELDS + ("train_seconds",):
             values = [float(r[key]) for r in group]
             entry[f"{key}_mean"] = statistics.fmean(values)

@@ -65,7 +65,7 @@ class JobGroup:
     def create(cls, store: RunStore, jobs: Sequence[TrainJob], backbone: Any = None) -> JobGroup:
         """A group of ``jobs`` with a queued ``train`` run created in ``store`` for each."""
         jobs = list(jobs)
-        run_ids = [store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}") for job in jobs]
+        run_ids = [store.create_run("train", job.to_params(), slug=job.slug) for job in jobs]
         return cls(jobs, run_ids, backbone)
 
 

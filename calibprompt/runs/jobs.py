@@ -26,6 +26,8 @@ from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
 from calibprompt.prompting.engine import Engine
+from calibprompt.prompting.learner import PromptLearner
+from calibprompt.training.learners import save_learner
 from calibprompt.evaluation.report import Evaluation
 from calibprompt.runs.evaluation import evaluate_prompt
 from calibprompt.training.features import FeatureCache, FreshViews
@@ -90,6 +92,10 @@ class TrainJob:
     n_ctx: int = defaults.N_CTX
     protocol: str = defaults.PROTOCOL
     precision: str | None = None
+    #: the few-shot learner (:func:`calibprompt.training.learners.list_learners`) and its own parameters;
+    #: recorded in the run's params only when not the default (a coop run's params are unchanged)
+    learner: str = defaults.LEARNER
+    learner_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         """Check and normalise the request once, at creation: the protocol and precision
@@ -113,6 +119,11 @@ class TrainJob:
                 raise ValueError(f"The loss parameter {key} must be a finite number; got {value!r}.")
         self.loss_params = {k: float(v) for k, v in params.items()}
         build_objective(self.method, **self.loss_params)  # ValueError for a parameter the method lacks
+        from calibprompt.training.learners import check_learner_method, learner_name
+
+        self.learner = learner_name(self.learner)  # ValueError naming the learners
+        self.learner_params = dict(self.learner_params or {})
+        check_learner_method(self.learner, self.method)  # a refused combination, before any run row
 
     def config(self, family: str | None = None) -> TrainConfig:
         """The trainer's :class:`~calibprompt.training.trainer.TrainConfig` of this job. With the backbone's
@@ -123,10 +134,24 @@ class TrainJob:
         settings = None if family is None else resolve_protocol(self.protocol, family, precision=self.precision)
         return TrainConfig(method=self.method, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            n_ctx=self.n_ctx, seed=self.seed, loss_params=dict(self.loss_params),
-                           protocol=self.protocol, precision=self.precision, settings=settings)
+                           protocol=self.protocol, precision=self.precision, settings=settings,
+                           learner=self.learner, learner_params=dict(self.learner_params))
 
     def to_params(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job's settings as recorded with its run; ``learner`` and ``learner_params`` only when not
+        the default (so a coop run's params are those of before the learners)."""
+        params = asdict(self)
+        if params["learner"] == defaults.LEARNER:
+            params.pop("learner")
+        if not params["learner_params"]:
+            params.pop("learner_params")
+        return params
+
+    @property
+    def slug(self) -> str:
+        """A short readable part of the run id: ``<method>-s<seed>``, the learner first when not coop."""
+        prefix = "" if self.learner == defaults.LEARNER else f"{self.learner.replace('++', 'pp')}-"
+        return f"{prefix}{self.method}-s{self.seed}"
 
 
 def _field_default(name: str) -> Any:
@@ -226,6 +251,8 @@ class JobOutcome:
     checkpoint_metadata: dict[str, Any]
     metrics: dict[str, Any]
     predictions: list[dict[str, Any]]
+    #: a registry learner other than plain coop (cocoop, an adapter...): written with ``save_learner``
+    learner: Any = None
 
 
 def prepare_job(job: TrainJob, backbone, cache: FeatureCache | None = None) -> PreparedJob:
@@ -288,7 +315,9 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
     split and assemble what :func:`record_outcome` writes; nothing is written here."""
     job, task = prepared.job, prepared.task
     timings = {**prepared.timings, "train_seconds": result.seconds, **dict(extra_timings or {})}
-    evaluation = evaluate_prompt(backbone, task, prepared.test, result.learner, features=prepared.test_features,
+    plain = isinstance(result.learner, PromptLearner)  # coop: today's prompt, evaluated and written as before
+    head = result.learner if plain else learner_head_of(backbone, result.learner)
+    evaluation = evaluate_prompt(backbone, task, prepared.test, head, features=prepared.test_features,
                                  n_bins=job.n_bins, n_boot=n_boot)
     metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
                "train_images": len(prepared.train), "test_images": len(prepared.test), "task": task.name,
@@ -300,16 +329,35 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
         "split": {"train": _split_record(prepared.train), "test_images": len(prepared.test)},
         "metrics": evaluation.summary, "timings": timings, "device": result.device,
     }
-    return JobOutcome(run_id, backbone.name, result.learner.ctx.detach().to("cpu", torch.float32).clone(),
-                      result.learner.config(), metadata, metrics, list(evaluation.rows))
+    if plain:
+        return JobOutcome(run_id, backbone.name, result.learner.ctx.detach().to("cpu", torch.float32).clone(),
+                          result.learner.config(), metadata, metrics, list(evaluation.rows))
+    metrics["learner"] = metadata["learner"] = job.learner
+    if result.recipe:  # a feature learner's own training recipe
+        metrics["learner_recipe"] = metadata["learner_recipe"] = dict(result.recipe)
+    prompt = getattr(result.learner, "prompt", None)  # a prompt learner's context; None for a feature learner
+    ctx = prompt.ctx.detach().to("cpu", torch.float32).clone() if prompt is not None else None
+    return JobOutcome(run_id, backbone.name, ctx, result.learner.config(), metadata, metrics, list(evaluation.rows),
+                      learner=result.learner)
+
+
+def learner_head_of(backbone, learner):
+    """A trained registry learner as an evaluation head (:meth:`Engine.add_learner`: a prompt head for the
+    learners with fixed class text features, else a head whose prediction calls the learner on the image
+    features), so it goes through the one evaluation pipeline (:func:`evaluate_prompt`)."""
+    return Engine(backbone).add_learner("prompt", learner)
 
 
 def record_outcome(store: RunStore, outcome: JobOutcome) -> RunRecord:
     """Write a finished run: the prompt checkpoint (atomically, under the runs folder), then its metrics
     and predictions in one store transaction. A run whose checkpoint is written but not recorded stays
     ``running`` and is later marked interrupted; nothing half-written is ever ``done``."""
-    checkpoint = save_context(runs_dir() / outcome.run_id / "prompt", outcome.ctx, outcome.prompt_config,
-                              backbone=outcome.backbone, metadata=outcome.checkpoint_metadata)
+    if outcome.learner is not None:  # a registry learner: its checkpoint records it (save_learner)
+        checkpoint = save_learner(runs_dir() / outcome.run_id / "prompt", outcome.learner,
+                                  backbone=outcome.backbone, metadata=outcome.checkpoint_metadata)
+    else:
+        checkpoint = save_context(runs_dir() / outcome.run_id / "prompt", outcome.ctx, outcome.prompt_config,
+                                  backbone=outcome.backbone, metadata=outcome.checkpoint_metadata)
     store.finish_run(outcome.run_id, outcome.metrics, str(checkpoint), outcome.predictions)
     return store.get_run(outcome.run_id)
 
@@ -332,7 +380,7 @@ def run_train_job(job: TrainJob, store: RunStore, *, run_id: str | None = None, 
     backbone train faster together: :func:`calibprompt.runs.batch.run_train_jobs`.
     """
     device = resolve_device(job.device)  # an unusable device is refused before any run is recorded
-    run_id = run_id or store.create_run("train", job.to_params(), slug=f"{job.method}-s{job.seed}")
+    run_id = run_id or store.create_run("train", job.to_params(), slug=job.slug)
     if store.get_run(run_id).status == "queued":  # a JobRunner marks its job running before loading the model
         store.start_run(run_id, str(device))
     try:
@@ -400,7 +448,7 @@ class JobRunner:
         name = check_run_name(name)
         if name:
             params["name"] = name
-        run_id = self.store.create_run("train", params, slug=f"{job.method}-s{job.seed}")
+        run_id = self.store.create_run("train", params, slug=job.slug)
         entry = _Entry(run_id, job, device, owner=str(owner))
         with self._lock:
             self._entries[run_id] = entry

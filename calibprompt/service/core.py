@@ -228,10 +228,17 @@ class Core:
     def start_training(self, state: SessionState, dataset: str, *, method: str = "calibprompt",
                        shots: int = defaults.SHOTS, seed: int = defaults.SEED, epochs: int = defaults.EPOCHS,
                        alpha: float | None = None, beta: float | None = None,
-                       device: str = "auto", name: str | None = None) -> tuple[SessionState, str]:
+                       device: str = "auto", name: str | None = None,
+                       learner: str = "coop") -> tuple[SessionState, str]:
         """See :func:`calibprompt.service.training.start_training`."""
         return training_service.start_training(self, state, dataset, method=method, shots=shots, seed=seed,
-                                               epochs=epochs, alpha=alpha, beta=beta, device=device, name=name)
+                                               epochs=epochs, alpha=alpha, beta=beta, device=device, name=name,
+                                               learner=learner)
+
+    @staticmethod
+    def learners() -> list[dict[str, Any]]:
+        """See :func:`calibprompt.service.training.learners`."""
+        return training_service.learners()
 
     def active_job(self, state: SessionState) -> str | None:
         """See :func:`calibprompt.service.training.active_job`."""

@@ -9,7 +9,6 @@ them. :class:`~calibprompt.service.core.Core` keeps thin methods of the same nam
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -89,8 +88,7 @@ def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str]
                                             lambda: loaded.features.plain(paths))
     ev.features = feats
     for name, head in chosen.items():
-        key = ("probs", loaded.backbone.fingerprint, stamp,
-               hashlib.blake2b(head.text_features.numpy().tobytes(), digest_size=16).hexdigest())
+        key = ("probs", loaded.backbone.fingerprint, stamp, head.fingerprint())  # a learner head's state too
         pred = core.evaluations.get_or_compute(key, lambda h=head: predict_prompt(loaded.backbone, task, h, feats))
         ev.probs[name], ev.logits[name] = pred.probs, pred.logits
         run_id = (head.metadata or {}).get("run_id")

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from calibprompt.service.core import Core
     from calibprompt.service.session import SessionState
 
-__all__ = ["method_defaults", "methods", "start_training", "active_job", "job_status", "cancel", "run_history",
+__all__ = ["method_defaults", "methods", "learners", "start_training", "active_job", "job_status", "cancel",
+           "run_history",
            "share_run", "interpret_run"]
 
 
@@ -33,13 +34,47 @@ def methods() -> list[str]:
     return list_methods()
 
 
+def learners() -> list[dict[str, Any]]:
+    """The few-shot learners a job may train, in the registry's order, each as
+    :func:`calibprompt.training.learners.learner_info` gives it (``name``, ``title``, ``kind``,
+    ``description``...)."""
+    from calibprompt.training.learners import learner_info, list_learners
+
+    return [learner_info(name) for name in list_learners()]
+
+
+def _job_learner(learner: str | None) -> dict[str, str]:
+    """``{"learner": name}`` for :class:`~calibprompt.runs.jobs.TrainJob` (the registry's spelling), or ``{}``
+    for plain CoOp where jobs do not take a learner yet.
+
+    Raises:
+        ValueError: an unknown learner (naming the allowed ones), or another learner than CoOp where jobs
+            cannot train it yet.
+    """
+    import dataclasses
+
+    from calibprompt.runs.jobs import TrainJob
+    from calibprompt.training.learners import get_learner
+
+    name = get_learner(learner or "coop").name
+    if "learner" in {f.name for f in dataclasses.fields(TrainJob)}:
+        return {"learner": name}
+    if name != "coop":
+        raise ValueError(f"This installation's training jobs train the learner 'coop' only, not {name!r}; "
+                         "choose coop.")
+    return {}
+
+
 def start_training(core: Core, state: SessionState, dataset: str, *, method: str = "calibprompt",
                    shots: int = defaults.SHOTS, seed: int = defaults.SEED, epochs: int = defaults.EPOCHS,
                    alpha: float | None = None, beta: float | None = None,
-                   device: str = "auto", name: str | None = None) -> tuple[SessionState, str]:
-    """Queue a prompt-tuning job on this session's model and task, owned by this session's owner, with an
-    optional ``name`` (at most 80 characters, see :func:`calibprompt.runs.jobs.check_run_name`); returns the
-    new state (with the job) and the run id. Every bound is checked before anything is queued."""
+                   device: str = "auto", name: str | None = None,
+                   learner: str = "coop") -> tuple[SessionState, str]:
+    """Queue a few-shot job of ``learner`` (a name of :func:`learners`, default CoOp) trained with
+    ``method`` on this session's model and task, owned by this session's owner, with an optional ``name``
+    (at most 80 characters, see :func:`calibprompt.runs.jobs.check_run_name`); returns the new state (with
+    the job) and the run id. Every bound is checked before anything is queued (a learner that cannot take
+    the method is refused by the job, naming what works)."""
     from calibprompt.runs.jobs import TrainJob, check_run_name
     from calibprompt.runs.requests import check_train_request, class_counts_for_split
 
@@ -47,13 +82,14 @@ def start_training(core: Core, state: SessionState, dataset: str, *, method: str
         raise ValueError("Training needs a task file (its classes and templates); choose a task instead of "
                          "typed class names.")
     name = check_run_name(name)
+    learner_arg = _job_learner(learner)
     spec = get_method(method)
     params = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v is not None and k in spec.params}
     source, task, ds = core._open(state, dataset)
     check_train_request(shots=shots, epochs=epochs, seed=seed, alpha=params.get("alpha"), beta=params.get("beta"),
                         method=spec.name, class_counts=class_counts_for_split(ds))
     job = TrainJob(model=state.model, dataset=source, task=task.name, shots=int(shots), seed=int(seed),
-                   method=spec.name, epochs=int(epochs), loss_params=params, device=device)
+                   method=spec.name, epochs=int(epochs), loss_params=params, device=device, **learner_arg)
     run_id = core.runner.submit(job, owner=state.owner, name=name)
     return state.with_(jobs=state.jobs + (run_id,)), run_id
 
@@ -90,8 +126,9 @@ def _number(value: Any) -> float | None:
 
 def run_history(core: Core, state: SessionState, limit: int = 200) -> list[dict[str, Any]]:
     """The training runs this session's owner may see (its own and those shared with it), newest first, as
-    data: ``accuracy`` and ``ece`` are fractions (None before a run is done), ``name`` the name its owner
-    gave it, ``by`` "you" for this session's owner, a logged-in user's name, or "operator" (the command
+    data: ``learner`` the few-shot learner (``"coop"`` for a run that records none), ``accuracy`` and ``ece``
+    are fractions (None before a run is done), ``name`` the name its owner gave it, ``by`` "you" for this
+    session's owner, a logged-in user's name, or "operator" (the command
     line's runs), ``shared`` whether its owner shares it."""
     rows = []
     for run in core.store.list_runs(kind="train"):
@@ -102,6 +139,7 @@ def run_history(core: Core, state: SessionState, limit: int = 200) -> list[dict[
         m = run.metrics or {}
         rows.append({
             "run": run.id, "name": run.params.get("name") or "", "status": run.status,
+            "learner": run.params.get("learner") or "coop",
             "method": run.params.get("method", ""), "model": run.params.get("model", ""),
             "task": m.get("task", run.params.get("task") or ""),
             "shots": run.params.get("shots", ""), "seed": run.params.get("seed", ""),
@@ -140,5 +178,11 @@ def interpret_run(core: Core, state: SessionState, run_id: str, top_k: int = 3) 
     record = visible_run(core.store, state.owner, run_id)
     if record.status != "done" or not record.checkpoint:
         raise ValueError(f"Run {record.id} is {record.status}; only a finished run has a prompt to read.")
+    from calibprompt.prompting.checkpoint import LEARNER_FORMAT, checkpoint_format
+
+    if checkpoint_format(record.checkpoint) == LEARNER_FORMAT:  # CoCoOp's meta-net, an adapter's weights
+        learner = record.params.get("learner") or "this learner"
+        raise ValueError(f"Run {record.id} trained {learner!r}, whose checkpoint is no plain prompt: only the "
+                         "runs of coop, kgcoop and prograd have context vectors to read as words.")
     backbone = core.pool.get(record.params["model"], core.default_device).backbone
     return interpret_prompt(record.checkpoint, top_k=top_k, backbone=backbone)

@@ -120,8 +120,13 @@ def train_many(backbone, classnames: Sequence[str], runs: Sequence[RunInputs], *
         on_step: ``on_step(i, info)`` after every step of run ``i`` (its index in ``runs``).
         should_stop: polled before every shared step; when true, :class:`TrainingCancelled` is raised.
 
-    ``TrainResult.seconds`` of each run is its chunk's wall time divided by the chunk's runs.
+    ``TrainResult.seconds`` of each run is its chunk's wall time divided by the chunk's runs. Only plain
+    ``coop`` runs stack; another learner (``config.learner``) is refused: train it with ``train_prompts``.
     """
+    others = sorted({r.config.learner for r in runs if r.config.learner != defaults.LEARNER})
+    if others:
+        raise ValueError(f"Only {defaults.LEARNER!r} runs train together; train the learners {', '.join(others)} "
+                         "one by one (calibprompt.training.trainer.train_prompts).")
     setups = [setup_run(backbone, classnames, r.features, r.labels, r.config, objective=r.objective, task=task,
                         zero_shot_text=r.zero_shot_text) for r in runs]
     if not setups:

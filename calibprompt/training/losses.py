@@ -24,7 +24,7 @@ from calibprompt import defaults
 __all__ = [
     "CE", "LS", "FL", "SMAC", "AS", "MDCA", "DCA", "MMCE", "MMCE_AUTHORS", "MBLS", "LOGITNORM", "ZS_NORM", "ZS_PENALTY",
     "LOSSES", "LOSS_VARIANTS", "get_loss", "Term", "Method", "METHODS", "list_methods", "get_method", "Objective",
-    "build_objective", "DEFAULT_ALPHA", "DEFAULT_BETA",
+    "build_objective", "DEFAULT_ALPHA", "DEFAULT_BETA", "TEXT_LOSSES", "ZERO_SHOT_LOSSES",
 ]
 
 DEFAULT_ALPHA = defaults.LOSS_ALPHA
@@ -233,8 +233,12 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "CE": CE, "LS": LS, "FL": FL, "SMAC": SMAC, "AS": AS, "MDCA": MDCA, "DCA": DCA, "MMCE": MMCE,
     "MMCE_AUTHORS": MMCE_AUTHORS, "MBLS": MBLS, "LOGITNORM": LOGITNORM, "ZS_NORM": ZS_NORM, "ZS_PENALTY": ZS_PENALTY,
 }
-_TEXT_LOSSES = {"AS"}
-_ZERO_SHOT_LOSSES = {"ZS_NORM", "ZS_PENALTY"}
+#: losses on the class text features (they need a learner whose class text features learn)
+TEXT_LOSSES = frozenset({"AS"})
+#: losses on the zero-shot logits (they need the zero-shot class text features)
+ZERO_SHOT_LOSSES = frozenset({"ZS_NORM", "ZS_PENALTY"})
+_TEXT_LOSSES = TEXT_LOSSES  # the older private names
+_ZERO_SHOT_LOSSES = ZERO_SHOT_LOSSES
 
 
 def get_loss(name: str) -> Callable[..., torch.Tensor]:
@@ -269,7 +273,13 @@ class Method:
 
     @property
     def needs_zero_shot(self) -> bool:
+        """Whether a term needs the zero-shot logits (:data:`ZERO_SHOT_LOSSES`)."""
         return any(t.loss in _ZERO_SHOT_LOSSES for t in self.terms)
+
+    @property
+    def needs_text_features(self) -> bool:
+        """Whether a term acts on learned class text features (:data:`TEXT_LOSSES`, e.g. CalibPrompt's AS)."""
+        return any(t.loss in _TEXT_LOSSES for t in self.terms)
 
 
 METHODS: dict[str, Method] = {

@@ -37,7 +37,7 @@ from calibprompt.prompting.learner import PromptLearner
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "StepInfo", "TrainResult", "TrainingCancelled", "train_prompts", "learning_rate",
-           "resolve_settings", "FeatureSource", "RunSetup", "setup_run"]
+           "resolve_settings", "FeatureSource", "RunSetup", "setup_run", "train_features"]
 
 #: A feature source the trainer calls every step: ``views(step, indices) -> (len(indices), D)``.
 FeatureSource = Callable[[int, torch.Tensor], torch.Tensor]
@@ -70,6 +70,12 @@ class TrainConfig:
     #: the protocol's choices resolved for the backbone family (resolve_protocol), set once by the job
     #: (TrainJob.config(family)) or by setup_run; None: not resolved yet. Not part of to_dict().
     settings: dict[str, Any] | None = field(default=None, compare=False)
+    #: the few-shot learner (:mod:`calibprompt.training.learners`); ``"coop"`` is today's PromptLearner, bit
+    #: for bit. ``learner_params``: its own hyperparameters (e.g. ``{"kg_lambda": 8.0}``; for a feature
+    #: learner also its training settings, :data:`calibprompt.defaults.LEARNER_RECIPE_KEYS`). Both are in
+    #: :meth:`to_dict` only when not the default, so coop's records stay as they were.
+    learner: str = defaults.LEARNER
+    learner_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -80,13 +86,29 @@ class TrainConfig:
         if self.warmup_epochs < 0:
             raise ValueError("warmup_epochs must be >= 0.")
         self.protocol, self.precision = check_choice(self.protocol, self.precision)  # ValueError naming them
+        from calibprompt.training.learners import learner_name
+
+        self.learner = learner_name(self.learner)  # ValueError naming the learners
+        self.learner_params = dict(self.learner_params or {})
 
     def to_dict(self) -> dict[str, Any]:
         """The hyperparameters (what a checkpoint records as ``config``); the resolved ``settings`` are
-        recorded apart, as ``protocol_settings``."""
+        recorded apart, as ``protocol_settings``; ``learner`` and ``learner_params`` only when not the
+        default (coop's records are unchanged)."""
         out = asdict(self)
         out.pop("settings")
+        if out["learner"] == defaults.LEARNER:
+            out.pop("learner")
+        if not out["learner_params"]:
+            out.pop("learner_params")
         return out
+
+    @property
+    def learner_kind(self) -> str:
+        """``"prompt"`` (trained by :func:`train_prompts`' loop) or ``"feature"`` (:func:`train_features`)."""
+        from calibprompt.training.learners import get_learner
+
+        return getattr(get_learner(self.learner), "kind", "prompt")
 
 
 @dataclass
@@ -123,6 +145,7 @@ class TrainResult:
     steps: int
     device: str
     settings: dict[str, Any] = field(default_factory=dict)  # the protocol's resolved choices (resolve_settings)
+    recipe: dict[str, Any] = field(default_factory=dict)  # a feature learner's training recipe (train_features)
 
 
 def resolve_settings(config: TrainConfig, family: str | None) -> dict[str, Any]:
@@ -209,9 +232,13 @@ def setup_run(backbone, classnames: Sequence[str], features: Union[torch.Tensor,
         zs_text = F.normalize(zero_shot_text.to(device, torch.float32), dim=-1)
 
     generator = torch.Generator().manual_seed(int(config.seed))
-    learner = PromptLearner(backbone, classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-                            class_specific=config.class_specific, class_token_position=config.class_token_position,
-                            generator=generator, double_embedding=settings["double_embedding"])
+    layout = dict(n_ctx=config.n_ctx, ctx_init=config.ctx_init, class_specific=config.class_specific,
+                  class_token_position=config.class_token_position, generator=generator,
+                  double_embedding=settings["double_embedding"])
+    if config.learner == defaults.LEARNER:
+        learner = PromptLearner(backbone, classnames, **layout)
+    else:
+        learner = _registry_prompt_learner(backbone, classnames, config, objective, layout, zs_text)
     optimizer = torch.optim.SGD(learner.parameters(), lr=learning_rate(0, config), momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     batch = min(config.batch_size, n)
@@ -219,11 +246,58 @@ def setup_run(backbone, classnames: Sequence[str], features: Union[torch.Tensor,
                     zs_text, batch, n // batch)  # incomplete last batches are dropped, as in the reference
 
 
+def _registry_prompt_learner(backbone, classnames: Sequence[str], config: TrainConfig, objective: Objective,
+                             layout: dict[str, Any], zero_shot_text: torch.Tensor | None):
+    """A prompt learner of the registry (``config.learner``: cocoop, kgcoop, prograd...) with the run's
+    prompt layout and ``config.learner_params``; ``ValueError`` for a feature learner or a method it
+    cannot train with (:func:`~calibprompt.training.learners.check_learner_method`)."""
+    from calibprompt.training.learners import check_learner_method, create_learner
+
+    if config.learner_kind != "prompt":
+        raise ValueError(f"Learner {config.learner!r} trains on cached image features: use train_features "
+                         "(the prompt learners are coop, cocoop, kgcoop, prograd).")
+    check_learner_method(config.learner, objective)
+    params = {**layout, **config.learner_params}
+    if zero_shot_text is not None:
+        params.setdefault("zero_shot_text", zero_shot_text)
+    return create_learner(config.learner, backbone, list(classnames), **params)
+
+
+def _registry_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tensor, global_step: int,
+                   target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """A registry prompt learner's step (as :func:`_train_step`): ``out = learner(image)`` under the run's
+    precision, then in fp32 the objective on ``out.logits`` and ``out.text_features`` plus
+    ``learner.regularizers(out)``, ``learner.backward(loss, out)`` and an SGD step."""
+    learner, device = run.learner, backbone.device
+    with autocast(device, run.settings["precision"]):
+        if run.fresh:
+            image = run.features(global_step, idx).to(device, torch.float32)
+        else:
+            image = run.features[idx.to(device), views[idx].to(device)]
+        out = learner(image)
+    zs_logits = None
+    if run.objective.method.needs_zero_shot:
+        zs_text = run.zero_shot_text if run.zero_shot_text is not None else learner.zero_shot_text
+        zs_logits = backbone.logit_scale * F.normalize(image.float(), dim=-1) @ zs_text.to(device).T
+    text = out.text_features.float() if out.text_features is not None else None
+    loss, parts = run.objective(out.logits.float(), target, text_features=text, zero_shot_logits=zs_logits)
+    for key, value in learner.regularizers(out).items():
+        parts[key] = value
+        loss = loss + value
+    run.optimizer.zero_grad(set_to_none=True)
+    learner.backward(loss, out)
+    run.optimizer.step()
+    return loss, parts, out.logits
+
+
 def _train_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tensor, global_step: int,
                 target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step on the batch ``idx`` (B,): image features (a cached view ``views[idx]``, or the
     feature source's fresh encoding), ``logits = logit_scale * image @ text.T`` (B, K) under the run's
-    compute precision, the objective in fp32, an SGD step. Returns ``(loss, parts, logits)``."""
+    compute precision, the objective in fp32, an SGD step. Returns ``(loss, parts, logits)``. A registry
+    prompt learner (``config.learner`` other than coop) steps through :func:`_registry_step`."""
+    if not isinstance(run.learner, PromptLearner):
+        return _registry_step(run, backbone, idx, views, global_step, target)
     device, scale = backbone.device, backbone.logit_scale
     with autocast(device, run.settings["precision"]):
         if run.fresh:
@@ -266,7 +340,11 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
         should_stop: polled before every step; when it returns true, :class:`TrainingCancelled` is raised.
 
     Many runs on one backbone train faster together: :func:`calibprompt.training.batched.train_many`.
+    A feature learner (``config.learner``: an adapter or a probe) trains through :func:`train_features`.
     """
+    if config is not None and config.learner_kind == "feature":
+        return train_features(backbone, classnames, features, labels, config, objective=objective, task=task,
+                              zero_shot_text=zero_shot_text, on_step=on_step, should_stop=should_stop)
     run = setup_run(backbone, classnames, features, labels, config, objective=objective, task=task,
                     zero_shot_text=zero_shot_text)
     config, settings, learner, optimizer, generator = run.config, run.settings, run.learner, run.optimizer, run.generator
@@ -307,3 +385,54 @@ def train_prompts(backbone, classnames: Sequence[str], features: Union[torch.Ten
     learner.eval()
     return TrainResult(learner, config, dict(run.objective.params), history, time.perf_counter() - start, global_step,
                        str(device), settings)
+
+
+def train_features(backbone, classnames: Sequence[str], features: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                   config: TrainConfig, *, objective: Objective | None = None, task=None,
+                   zero_shot_text: torch.Tensor | None = None,
+                   on_step: Callable[[StepInfo], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train a feature learner (``config.learner``: clip-adapter, tip-adapter-f, linear-probe, lp++, clap) on
+    cached image features (N, D) or (N, V, D) with
+    :func:`~calibprompt.training.learners.base.train_learner`: the learner's own published recipe (its
+    epochs included; ``config.epochs`` is the prompt learners'), seeded with ``config.seed``, with any of
+    :data:`calibprompt.defaults.LEARNER_RECIPE_KEYS` in ``config.learner_params`` on top (the other params
+    go to the learner's constructor); the recipe that ran is ``TrainResult.recipe``. ``on_step`` is called
+    once per epoch; ``should_stop`` is polled per epoch. ``ValueError`` for a fresh-augmentation feature
+    source or a method the learner cannot take (naming what works)."""
+    from calibprompt.training.learners import check_learner_method, create_learner, get_learner
+    from calibprompt.training.learners.base import train_learner
+
+    if callable(features):
+        raise ValueError(f"Learner {config.learner!r} trains on cached image features; use the 'paper' protocol "
+                         "(cached views), not fresh augmentation.")
+    settings = resolve_settings(config, backbone.family)
+    config = replace(config, warmup_lr=settings["warmup_lr"], precision=settings["precision"], settings=settings)
+    objective = objective or build_objective(config.method, backbone_family=backbone.family, task=task,
+                                             mmce_scale=settings["mmce_scale"], **config.loss_params)
+    check_learner_method(config.learner, objective)  # before any work
+    recipe = {k: v for k, v in config.learner_params.items() if k in defaults.LEARNER_RECIPE_KEYS}
+    params = {k: v for k, v in config.learner_params.items() if k not in defaults.LEARNER_RECIPE_KEYS}
+    if zero_shot_text is not None:
+        params.setdefault("zero_shot_text", F.normalize(zero_shot_text.float(), dim=-1))
+    params = {**get_learner(config.learner).data_params(len(labels)), **params}  # e.g. Tip-Adapter's cache size
+    learner = create_learner(config.learner, backbone, list(classnames), **params).to(backbone.device)
+    epochs = int({**learner.defaults, **recipe}.get("epochs", 1))
+    start = time.perf_counter()
+
+    def on_epoch(row: dict[str, float]) -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"Stopped by request after epoch {row['epoch']}.")
+        if on_step is not None:
+            elapsed = time.perf_counter() - start
+            done = int(row["epoch"])
+            parts = {k: v for k, v in row.items() if k not in ("epoch", "loss")}
+            on_step(StepInfo(done, epochs, 1, 1, done, epochs, float(row.get("loss", 0.0)), parts, 0.0, elapsed,
+                             elapsed / done * (epochs - done)))
+
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled("Stopped by request before the first epoch.")
+    result = train_learner(learner, features, torch.as_tensor(labels, dtype=torch.long), objective,
+                           seed=int(config.seed), on_epoch=on_epoch, **recipe)
+    return TrainResult(learner, config, dict(result.objective_params), result.history, result.seconds, result.steps,
+                       str(backbone.device), settings, recipe=dict(result.recipe))

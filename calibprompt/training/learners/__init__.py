@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = ["list_learners", "get_learner", "create_learner", "learner_info", "save_learner", "load_learner",
-           "LEARNER_MODULES"]
+           "LEARNER_MODULES", "learner_name", "check_learner_method"]
 
 #: registry name -> module (in this package) that defines it, in the order the menus list them
 LEARNER_MODULES: dict[str, str] = {
@@ -45,6 +45,34 @@ def _key(name: str) -> str:
     aliases = {"lpp": "lp++", "lp-plus-plus": "lp++", "tip-adapter": "tip-adapter-f", "tipadapter-f": "tip-adapter-f",
                "clipadapter": "clip-adapter", "lp": "linear-probe", "linear": "linear-probe"}
     return aliases.get(key, key)
+
+
+def learner_name(name: str) -> str:
+    """The registry name of ``name`` (aliases and case resolved); ``ValueError`` naming the learners."""
+    return get_learner(name).name
+
+
+def check_learner_method(name: str, method) -> None:
+    """Refuse, before anything runs, a method that learner ``name`` cannot train with: a loss on learned
+    class text features (AS, e.g. CalibPrompt's) on a learner whose class text features are frozen
+    (clip-adapter, tip-adapter-f) or absent (linear-probe). ``method``: a name, Method or Objective.
+
+    Raises:
+        ValueError: naming the combination and the learners and methods that work.
+    """
+    from calibprompt.training.losses import Method, Objective, get_method
+
+    if isinstance(method, Objective):
+        method = method.method
+    method = method if isinstance(method, Method) else get_method(method)
+    cls = get_learner(name)
+    if method.needs_text_features and getattr(cls, "text_features", None) != "learned":
+        works = [n for n in LEARNER_MODULES if getattr(get_learner(n), "text_features", None) == "learned"]
+        which = "frozen (the zero-shot ones)" if cls.text_features == "frozen" else "absent"
+        raise ValueError(
+            f"The method {method.name!r} needs learned class text features for its angular separation (AS), "
+            f"but the class text features of learner {cls.name!r} are {which}; use a method without AS "
+            f"(e.g. coop, ls, fl, mdca) with {cls.name!r}, or one of the learners: {', '.join(works)}.")
 
 
 def list_learners() -> list[str]:

@@ -108,6 +108,12 @@ class FeatureLearner(nn.Module):
         return cls(len(classnames), dim, zero_shot_text=zero_shot_text, logit_scale=float(backbone.logit_scale),
                    classnames=list(classnames), **params)
 
+    @classmethod
+    def data_params(cls, n_images: int) -> dict[str, Any]:
+        """Constructor arguments that follow from the few-shot set's size (``n_images`` training images),
+        e.g. Tip-Adapter's ``cache_size``; none by default."""
+        return {}
+
     # -- what subclasses provide: ``forward(image_features (N, D)) -> logits (N, K)`` (nn.Module's own
     # forward refuses to run when a subclass has none), and the hooks below ----------------------------
     def initialise(self, features: torch.Tensor, labels: torch.Tensor) -> "FeatureLearner":

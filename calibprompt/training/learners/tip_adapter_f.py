@@ -51,6 +51,11 @@ class TipAdapterF(FeatureLearner):
         self.cache_keys = nn.Parameter(torch.zeros(self.cache_size, dim))
         self.register_buffer("cache_values", torch.zeros(self.cache_size, num_classes))
 
+    @classmethod
+    def data_params(cls, n_images: int) -> dict[str, Any]:
+        """The cache holds every few-shot image: ``{"cache_size": n_images}``."""
+        return {"cache_size": int(n_images)}
+
     def hyperparameters(self) -> dict[str, Any]:
         return {"cache_size": self.cache_size, "alpha": self.alpha, "beta": self.beta}
 
