@@ -38,7 +38,8 @@ from calibprompt.paths import runs_dir
 from calibprompt.runs.requests import check_train_request
 from calibprompt.runs.store import RunRecord, RunStore
 from calibprompt.prompting.tasks import Task
-from calibprompt.training.trainer import StepInfo, TrainConfig, TrainingCancelled, train_prompts
+from calibprompt.training.trainer import (StepInfo, TrainConfig, TrainingCancelled, train_prompts,
+                                          without_default_learner)
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +141,7 @@ class TrainJob:
     def to_params(self) -> dict[str, Any]:
         """The job's settings as recorded with its run; ``learner`` and ``learner_params`` only when not
         the default (so a coop run's params are those of before the learners)."""
-        params = asdict(self)
-        if params["learner"] == defaults.LEARNER:
-            params.pop("learner")
-        if not params["learner_params"]:
-            params.pop("learner_params")
-        return params
+        return without_default_learner(asdict(self))
 
     @property
     def slug(self) -> str:

@@ -97,11 +97,7 @@ class TrainConfig:
         default (coop's records are unchanged)."""
         out = asdict(self)
         out.pop("settings")
-        if out["learner"] == defaults.LEARNER:
-            out.pop("learner")
-        if not out["learner_params"]:
-            out.pop("learner_params")
-        return out
+        return without_default_learner(out)
 
     @property
     def learner_kind(self) -> str:
@@ -263,6 +259,14 @@ def _registry_prompt_learner(backbone, classnames: Sequence[str], config: TrainC
     return create_learner(config.learner, backbone, list(classnames), **params)
 
 
+def _batch_features(run: RunSetup, device, idx: torch.Tensor, views: torch.Tensor, global_step: int) -> torch.Tensor:
+    """The batch's image features (B, D): the feature source's fresh encoding at this step, or each image's
+    cached view ``views[idx]``."""
+    if run.fresh:
+        return run.features(global_step, idx).to(device, torch.float32)
+    return run.features[idx.to(device), views[idx].to(device)]
+
+
 def _registry_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tensor, global_step: int,
                    target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """A registry prompt learner's step (as :func:`_train_step`): ``out = learner(image)`` under the run's
@@ -270,10 +274,7 @@ def _registry_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tens
     ``learner.regularizers(out)``, ``learner.backward(loss, out)`` and an SGD step."""
     learner, device = run.learner, backbone.device
     with autocast(device, run.settings["precision"]):
-        if run.fresh:
-            image = run.features(global_step, idx).to(device, torch.float32)
-        else:
-            image = run.features[idx.to(device), views[idx].to(device)]
+        image = _batch_features(run, device, idx, views, global_step)
         out = learner(image)
     zs_logits = None
     if run.objective.method.needs_zero_shot:
@@ -300,10 +301,7 @@ def _train_step(run: RunSetup, backbone, idx: torch.Tensor, views: torch.Tensor,
         return _registry_step(run, backbone, idx, views, global_step, target)
     device, scale = backbone.device, backbone.logit_scale
     with autocast(device, run.settings["precision"]):
-        if run.fresh:
-            image = run.features(global_step, idx).to(device, torch.float32)
-        else:
-            image = run.features[idx.to(device), views[idx].to(device)]
+        image = _batch_features(run, device, idx, views, global_step)
         text = run.learner.encode_text(normalize=True)
         logits = scale * image @ text.T
         zs_logits = scale * image @ run.zero_shot_text.T if run.zero_shot_text is not None else None
@@ -436,3 +434,13 @@ def train_features(backbone, classnames: Sequence[str], features: torch.Tensor, 
                            seed=int(config.seed), on_epoch=on_epoch, **recipe)
     return TrainResult(learner, config, dict(result.objective_params), result.history, result.seconds, result.steps,
                        str(backbone.device), settings, recipe=dict(result.recipe))
+
+
+def without_default_learner(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without ``learner`` when it is coop and without empty ``learner_params``, so that a coop
+    run's recorded settings and checkpoint are those of before the learners (``params`` is changed)."""
+    if params.get("learner") == defaults.LEARNER:
+        params.pop("learner")
+    if not params.get("learner_params"):
+        params.pop("learner_params", None)
+    return params
