@@ -23,7 +23,7 @@ from calibprompt.fileio import atomic_write, atomic_write_json
 from calibprompt.paths import shown
 from calibprompt.prompting.learner import PromptLearner
 
-__all__ = ["FORMAT", "LEARNER_FORMAT", "checkpoint_format", "save_prompt", "save_context", "read_prompt_metadata",
+__all__ = ["FORMAT", "LEARNER_FORMAT", "checkpoint_format", "save_prompt", "save_context", "write_checkpoint", "read_prompt_metadata",
            "load_prompt", "checkpoint_paths",
            "CheckpointWriteError"]
 
@@ -111,13 +111,21 @@ def save_context(path: str | os.PathLike, ctx: torch.Tensor, prompt_config: Mapp
     """Write context vectors ``ctx`` ((M, W), or (K, M, W) class-specific) with the prompt layout
     ``prompt_config`` (:meth:`PromptLearner.config`); returns the JSON path. What :func:`save_prompt`
     does for a learner, for a context that travelled without one (from a worker process, say)."""
-    weights, meta_path = checkpoint_paths(path)
     ctx = ctx.detach().to("cpu", torch.float32).contiguous()
     meta = {"format": FORMAT, "backbone": backbone, **dict(prompt_config), "ctx_shape": list(ctx.shape)}
-    meta.update(dict(metadata or {}))
-    meta["weights"] = weights.name
+    return write_checkpoint(path, {"ctx": ctx}, {**meta, **dict(metadata or {})})
+
+
+def write_checkpoint(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` (CPU, contiguous) to ``<stem>.safetensors``, then ``meta`` (with ``weights`` set to
+    that file's name) to ``<stem>.json``, each atomically; returns the JSON path. Weights whose description
+    could not be written are removed (they are no checkpoint), and a full or read-only disk is said in plain
+    words. Every checkpoint format (prompts, learners) is written here."""
+    weights, meta_path = checkpoint_paths(path)
+    meta = {**dict(meta), "weights": weights.name}
+    tensors = dict(tensors)
     try:
-        atomic_write(weights, lambda tmp: save_file({"ctx": ctx}, tmp))
+        atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     except (OSError, SafetensorError) as exc:
         plain = _write_error(exc, weights)
         if plain is None:

@@ -31,11 +31,10 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from calibprompt.fileio import atomic_write, atomic_write_json
-from calibprompt.prompting.checkpoint import checkpoint_paths
+from calibprompt.prompting.checkpoint import checkpoint_paths, write_checkpoint
 from calibprompt.training.learners.coop import LEARNER_FORMAT, CoOpLearner, LearnerOutput, _prompt_kwargs
 
 __all__ = ["CoCoOpLearner", "MetaNet", "LEARNERS"]
@@ -120,19 +119,10 @@ class CoCoOpLearner(CoOpLearner):
 
     def save(self, path: str | os.PathLike, *, backbone: str, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write ``<stem>.safetensors`` (ctx, meta-net) then ``<stem>.json``; returns the JSON path."""
-        weights, meta_path = checkpoint_paths(path)
         tensors = self.tensors()
         meta = {"format": LEARNER_FORMAT, "backbone": backbone, **self.config(),
                 "shapes": {k: list(v.shape) for k, v in tensors.items()}}
-        meta.update(dict(metadata or {}))
-        meta["weights"] = weights.name
-        atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-        try:
-            atomic_write_json(meta_path, meta)
-        except BaseException:
-            weights.unlink(missing_ok=True)  # weights without their description are no checkpoint
-            raise
-        return meta_path
+        return write_checkpoint(path, tensors, {**meta, **dict(metadata or {})})
 
     @classmethod
     def load(cls, path: str | os.PathLike, backbone, *, check_backbone: bool = True,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibprompt.prompting.checkpoint import checkpoint_paths, load_prompt, read_prompt_metadata, save_context
+from calibprompt.prompting.checkpoint import LEARNER_FORMAT, checkpoint_paths, load_prompt, read_prompt_metadata, save_context
 from calibprompt.prompting.learner import PromptLearner
 from calibprompt.training.losses import Method, Objective, get_method
 
@@ -38,7 +38,6 @@ __all__ = ["LearnerOutput", "CoOpLearner", "check_method", "train_step", "save_l
            "zero_shot_features", "LEARNER_FORMAT", "LEARNERS", "DEFAULT_ZS_TEMPLATES"]
 
 #: The format of checkpoints that a plain prompt checkpoint cannot hold (CoCoOp's meta-net).
-LEARNER_FORMAT = "calibprompt-learner/1"
 #: Zero-shot templates when none are given (KgCoOp's and ProGrad's reference prompt, "a photo of a {}.").
 DEFAULT_ZS_TEMPLATES = ("a photo of a {}.",)
 _TEXT_LOSSES = ("AS",)

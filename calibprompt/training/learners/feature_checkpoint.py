@@ -17,34 +17,23 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from calibprompt.fileio import atomic_write, atomic_write_json
-from calibprompt.prompting.checkpoint import checkpoint_paths
+from calibprompt.prompting.checkpoint import LEARNER_FORMAT, checkpoint_paths, write_checkpoint
 from calibprompt.training.learners.base import FeatureLearner
 
 __all__ = ["LEARNER_FORMAT", "save_feature_learner", "load_feature_learner"]
 
-LEARNER_FORMAT = "calibprompt-learner/1"
 
 
 def save_feature_learner(path: str | os.PathLike, learner: FeatureLearner, *, backbone: str | None = None,
                          metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``learner``'s state and description; returns the JSON path."""
-    weights, meta_path = checkpoint_paths(path)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in learner.state_dict().items()}
     meta = {"format": LEARNER_FORMAT, "kind": "feature", "backbone": backbone, **learner.config(),
             "learner_params": learner.hyperparameters(),
             "trainable": learner.trainable_names(), "shapes": {k: list(v.shape) for k, v in state.items()}}
-    meta.update(dict(metadata or {}))
-    meta["weights"] = weights.name
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
-    try:
-        atomic_write_json(meta_path, meta)
-    except BaseException:
-        weights.unlink(missing_ok=True)
-        raise
-    return meta_path
+    return write_checkpoint(path, state, {**meta, **dict(metadata or {})})
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
