@@ -254,11 +254,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     rows = []
     for r in records:
         m = r.metrics or {}
-        rows.append({"id": r.id, "kind": r.kind, "status": r.status, "method": r.params.get("method", ""),
-                     "model": r.params.get("model", ""), "seed": r.params.get("seed", ""),
-                     "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece")),
+        learner = r.params.get("learner", defaults.LEARNER) if r.kind == "train" else ""
+        rows.append({"id": r.id, "kind": r.kind, "status": r.status, "learner": learner,
+                     "method": r.params.get("method", ""), "model": r.params.get("model", ""),
+                     "seed": r.params.get("seed", ""), "accuracy": _fmt(m.get("accuracy")), "ece": _fmt(m.get("ece")),
                      "shared": "yes" if r.params.get("shared") is True else ""})
-    _print_table(rows, ["id", "kind", "status", "method", "model", "seed", "accuracy", "ece", "shared"])
+    _print_table(rows, ["id", "kind", "status", "learner", "method", "model", "seed", "accuracy", "ece", "shared"])
     return 0
 
 
@@ -420,26 +421,33 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from calibprompt.runs.compare import (LEARNER_ROW_FIELDS, ROW_FIELDS, parse_learners, parse_methods,
+    from calibprompt.runs.compare import (LEARNER_ROW_FIELDS, ROW_FIELDS, parse_learners, parse_methods, parse_shots,
                                           run_comparison, summarize)
 
     methods = parse_methods(args.methods)
     learners = parse_learners(args.learners) if getattr(args, "learners", None) else None
-    fields = LEARNER_ROW_FIELDS if learners else ROW_FIELDS
+    shot_counts = parse_shots(args.shots)
+    protocol_rows = bool(learners or len(shot_counts) > 1 or args.base_to_novel or args.eval_dataset)
+    fields = LEARNER_ROW_FIELDS if protocol_rows else ROW_FIELDS
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated integers, e.g. 1,2,3; got {args.seeds!r}.") from None
     if not seeds:
         raise ValueError("Give at least one seed, e.g. --seeds 1,2,3.")
-    _check_train_args(args, seeds)
+    for shots in shot_counts:
+        args.shots = shots
+        _check_train_args(args, seeds)
     from tqdm.auto import tqdm
 
-    total = len(seeds) * (len(methods) if not learners else
-                          len(learners) * len([m for m in methods if m != "zeroshot"]) + ("zeroshot" in methods))
-    bar = tqdm(total=total, desc="compare", unit="run", file=sys.stderr, leave=False)
+    per_seed = len(methods) if not learners else (len(learners) * len([m for m in methods if m != "zeroshot"])
+                                                 + ("zeroshot" in methods))
+    bar = tqdm(total=len(seeds) * len(shot_counts) * per_seed, desc="compare", unit="run", file=sys.stderr,
+               leave=False)
 
     def on_result(row):
+        if row.get("side") not in (None, "test", "base", "source"):
+            return  # a run's other sides come with it
         bar.update(1)
         if row.get("refused"):
             bar.set_postfix(learner=row["learner"], method=row["method"], seed=row["seed"], refused="yes")
@@ -449,7 +457,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     steps = _StepCounter(bar)
 
     try:
-        rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task, shots=args.shots,
+        rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task,
+                              shots=shot_counts if len(shot_counts) > 1 else shot_counts[0],
+                              base_to_novel=args.base_to_novel, eval_dataset=args.eval_dataset,
                               epochs=args.epochs, n_bins=args.bins, device=args.device, loss_params=_loss_params(args),
                               on_result=on_result, protocol=args.protocol, precision=args.precision,
                               max_batch_prompts=args.max_batch_prompts, resume=args.resume,
@@ -463,32 +473,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.csv:
         _write_csv(args.csv, [{k: r[k] for k in fields} for r in rows])
     precision = f", precision {args.precision}" if args.precision else ""
-    print(f"{args.model} on {args.dataset}: {args.shots} shots, seeds {','.join(map(str, seeds))}, "
-          f"{args.epochs} epochs, protocol {args.protocol}{precision} "
+    target = (", base-to-novel" if args.base_to_novel else "") + (
+        f", evaluated on {args.eval_dataset} too" if args.eval_dataset else "")
+    print(f"{args.model} on {args.dataset}{target}: {','.join(map(str, shot_counts))} shots, seeds "
+          f"{','.join(map(str, seeds))}, {args.epochs} epochs, protocol {args.protocol}{precision} "
           f"(mean +- std over seeds; accuracy, ECE, MCE, ACE in %)")
+    _print_summary(table, protocol_rows)
+    said = set()
+    for row in (r for r in rows if r.get("refused")):
+        if (row["learner"], row["method"], row["refused"]) not in said:  # once per reason, not per seed or side
+            said.add((row["learner"], row["method"], row["refused"]))
+            print(f"refused: {row['learner']} x {row['method']} ({row['side']}): {row['refused']}")
+    return 0
+
+
+def _print_summary(table: list[dict], protocol_rows: bool) -> None:
+    """The summary of a comparison, one line per (learner, method, shots, side); "-" where a row kind
+    has no such metric (a harmonic-mean row has accuracy and ECE only)."""
+    def cell(t, key, scale=100.0, digits=2):
+        mean, std = t.get(key + "_mean"), t.get(key + "_std")
+        return "-" if mean is None else f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"
+
     pretty = []
     for t in table:
-        entry = {"learner": t["learner"]} if learners else {}
+        entry = {"learner": t["learner"], "shots": t["shots"], "side": t["side"]} if protocol_rows else {}
         entry["method"] = t["method"]
         for key, label in (("accuracy", "acc"), ("ece", "ECE"), ("mce", "MCE"), ("ace", "ACE")):
-            entry[label] = f"{100 * t[key + '_mean']:.2f} +- {100 * t[key + '_std']:.2f}"
-        entry["NLL"] = f"{t['nll_mean']:.3f} +- {t['nll_std']:.3f}"
-        entry["Brier"] = f"{t['brier_mean']:.3f} +- {t['brier_std']:.3f}"
-        entry["conf"] = f"{100 * t['mean_confidence_mean']:.1f}"
+            entry[label] = cell(t, key)
+        entry["NLL"], entry["Brier"] = cell(t, "nll", 1.0, 3), cell(t, "brier", 1.0, 3)
+        conf = t.get("mean_confidence_mean")
+        entry["conf"] = "-" if conf is None else f"{100 * conf:.1f}"
         pretty.append(entry)
     columns = ["method", "acc", "ECE", "MCE", "ACE", "NLL", "Brier", "conf"]
-    _print_table(pretty, (["learner"] if learners else []) + columns)
-    for row in (r for r in rows if r.get("refused")):
-        print(f"refused: {row['learner']} x {row['method']} (seed {row['seed']}): {row['refused']}")
-    return 0
+    _print_table(pretty, (["learner", "shots", "side"] if protocol_rows else []) + columns)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from calibprompt.fileio import atomic_write_text
     from calibprompt.paths import datasets_dir
+    from calibprompt.runs.compare import parse_learners
     from calibprompt.runs.reproduce import reproduce
 
     bar = None
+    learners = parse_learners(args.learners) if args.learners else None
 
     def progress(event):
         nonlocal bar
@@ -501,7 +528,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
                 bar = tqdm(total=event["todo"], desc="reproduce", unit="cell", file=sys.stderr, leave=False)
                 steps.bar = bar
-            bar.set_postfix(cell=f"{cell.backbone}/{cell.dataset}/{cell.method}/s{cell.seed}")
+            learner = f"{cell.learner}/" if learners else ""
+            bar.set_postfix(cell=f"{cell.backbone}/{cell.dataset}/{learner}{cell.method}/s{cell.seed}")
         elif event["event"] == "done" and bar is not None:
             bar.update(1)
 
@@ -513,7 +541,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            dry_run=args.dry_run, progress=progress, max_batch_prompts=args.max_batch_prompts,
                            n_boot=defaults.N_BOOT_TABLE, on_event=_ray_event,
                            executor=None if args.dry_run else _ray_executor(args, defaults.N_BOOT_TABLE),
-                           on_step=steps.update if not args.dry_run else None)
+                           on_step=steps.update if not args.dry_run else None, learners=learners)
     finally:
         if bar is not None:
             bar.close()
@@ -522,15 +550,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, result.markdown())
     if args.dry_run:
-        cells = [{"backbone": c.backbone, "dataset": c.dataset, "method": c.method, "seed": c.seed,
-                  "paper_ece": c.paper_ece, "paper_accuracy": c.paper_accuracy, "status": c.status} for c in result.cells]
+        cells = [{"backbone": c.backbone, "dataset": c.dataset, **({"learner": c.learner} if learners else {}),
+                  "method": c.method, "seed": c.seed, "paper_ece": c.paper_ece, "paper_accuracy": c.paper_accuracy,
+                  "status": c.status} for c in result.cells]
         if args.csv:
             _write_csv(args.csv, cells)
         print(f"{args.suite} suite, {args.protocol} protocol: {len(result.cells)} cells, nothing run "
               f"(the paper's ECE and accuracy in %)")
         _print_table([{**c, "paper_ece": "-" if c["paper_ece"] is None else f"{c['paper_ece']:.2f}",
                        "paper_accuracy": "-" if c["paper_accuracy"] is None else f"{c['paper_accuracy']:.2f}"}
-                      for c in cells], ["backbone", "dataset", "method", "seed", "paper_ece", "paper_accuracy", "status"])
+                      for c in cells], ["backbone", "dataset"] + (["learner"] if learners else [])
+                     + ["method", "seed", "paper_ece", "paper_accuracy", "status"])
     else:
         if args.csv:
             atomic_write_text(args.csv, result.csv())
@@ -542,6 +572,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if compared:
             print(f"{sum(r['within'] for r in compared)} of {len(compared)} rows within ±{args.tolerance:g} ECE points "
                   "of the paper")
+    refused = {(c.learner, c.method): c.error for c in result.cells if c.status == "refused"}
+    for (learner, method), reason in refused.items():
+        print(f"refused: {learner} x {method}: {reason}")
     for name in result.missing_data:
         print(f"missing data: {name} (put it in {datasets_dir() / name}: images/train|test/<class>/ + classnames.txt)")
     return 0
@@ -710,6 +743,12 @@ def _request_number(text: str):
     return number_from_text(text)
 
 
+def _shot_counts(text: str):
+    """``--shots`` of compare: one count as a number (checked with the request), a sweep ``1,2,4`` as text
+    (:func:`calibprompt.runs.compare.parse_shots` checks each)."""
+    return text if "," in text else _request_number(text)
+
+
 def _bounded(name: str):
     """An argparse ``type`` for the numeric option ``name`` of ``calibprompt.runs.requests.CLI_LIMITS``:
     a value outside its range is refused by argparse, naming the option and the range (exit status 2)."""
@@ -817,7 +856,12 @@ def _add_training_numbers(p: argparse.ArgumentParser, *, seeds: bool) -> None:
     """The numbers of ``train`` (one ``--seed``) or ``compare`` (``--seeds``): typed as given and checked
     with the request by :func:`_check_train_args` (``check_number``, naming the field; exit 2)."""
     number = _request_number
-    p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
+    if seeds:  # compare: a sweep over shot counts too
+        p.add_argument("--shots", type=_shot_counts, default=defaults.SHOTS, metavar="K[,K...]",
+                       help=f"images per class, or comma-separated counts for a sweep, e.g. 1,2,4,8,16 (default "
+                            f"{defaults.SHOTS})")
+    else:
+        p.add_argument("--shots", type=number, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
     if seeds:
         p.add_argument("--seeds", default=defaults.SEEDS, help=f"comma-separated seeds (default {defaults.SEEDS})")
     else:
@@ -892,6 +936,12 @@ def _add_compare_parser(sub) -> None:
                    help="comma-separated few-shot learners to compare under every method (rows gain a learner "
                         "field; a combination a learner refuses gives a row with the reason): "
                         + ", ".join(list_learners()))
+    p.add_argument("--base-to-novel", action="store_true",
+                   help="train on the first half of the classes (base), evaluate on the base and on the other half "
+                        "(novel), with their harmonic mean (rows gain side base/novel/hm)")
+    p.add_argument("--eval-dataset", metavar="DATASET",
+                   help="cross-domain: also evaluate every run on this dataset with the same classes, e.g. "
+                        "demo-shifted (rows gain side source/target)")
     _add_protocol_arguments(p)
     _add_batch_arguments(p)
     _add_ray_arguments(p, "the training runs")
@@ -904,6 +954,7 @@ def _add_compare_parser(sub) -> None:
 
 def _add_reproduce_parser(sub) -> None:
     """``calibprompt reproduce``: see :func:`cmd_reproduce`."""
+    from calibprompt.training.learners import list_learners
     from calibprompt.training.losses import list_methods
     from calibprompt.training.protocols import list_protocols
 
@@ -912,6 +963,10 @@ def _add_reproduce_parser(sub) -> None:
                    help="paper: the 10 backbone/dataset pairs of the paper; demo: the demo backbone on demo, demo-binary")
     p.add_argument("--model", help="only this backbone of the suite (e.g. biomedclip)")
     p.add_argument("--methods", default=defaults.METHODS, help="comma-separated: zeroshot, " + ", ".join(list_methods()))
+    p.add_argument("--learners", metavar="A,B",
+                   help="comma-separated few-shot learners to run every training method with (the table gains a "
+                        "learner column; the paper's values apply to coop only; a combination a learner refuses is "
+                        f"a refused cell with the reason; default {defaults.LEARNER}): " + ", ".join(list_learners()))
     p.add_argument("--seeds", default=defaults.SEEDS, help=f"comma-separated seeds (default {defaults.SEEDS})")
     p.add_argument("--shots", type=int, default=defaults.SHOTS, help=f"images per class (default {defaults.SHOTS})")
     p.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs (default {defaults.EPOCHS})")

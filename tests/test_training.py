@@ -19,16 +19,17 @@ from calibprompt.training.trainer import TrainConfig, learning_rate, train_promp
 COLOURS = {"adipose": (240, 230, 235), "lymphocytes": (60, 40, 120), "stroma": (200, 80, 150)}
 
 
-def make_dataset(root, n_train=6, n_test=4, size=32, seed=0):
-    """A split folder of small PNGs whose colour depends on the class (so features can separate them)."""
+def make_dataset(root, n_train=6, n_test=4, size=32, seed=0, colours=None, shift=0):
+    """A split folder of small PNGs whose colour depends on the class (so features can separate them);
+    ``colours``: class name -> RGB (default :data:`COLOURS`), ``shift`` added to every colour (another domain)."""
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
-        for name, colour in COLOURS.items():
+        for name, colour in (colours or COLOURS).items():
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 noise = rng.normal(0, 25, size=(size, size, 3))
-                pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                pixels = np.clip(np.array(colour) + shift + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
     return root
 

@@ -26,7 +26,7 @@ from calibprompt.demo import world
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_TASKS", "STANDARD_SPLITS", "write_demo_dataset", "standard_split", "is_demo_task"]
+__all__ = ["DEMO_TASKS", "STANDARD_SPLITS", "SHIFTED_SPLITS", "write_demo_dataset", "standard_split", "is_demo_task"]
 
 DEMO_TASKS: dict[str, tuple[str, ...]] = {
     "demo": world.CLASS_IDS,
@@ -36,6 +36,12 @@ DEMO_TASKS: dict[str, tuple[str, ...]] = {
 STANDARD_SPLITS: dict[str, dict] = {
     "demo": {"seed": 0, "train_per_class": 32, "test_per_class": 100, "shift": 1.25, "version": 1},
     "demo-binary": {"seed": 0, "train_per_class": 64, "test_per_class": 300, "shift": 1.25, "version": 1},
+}
+#: Other domains of a task's world, for cross-domain evaluation (``compare --eval-dataset demo-shifted``):
+#: the same classes, another world seed and a stronger stain/blur/noise shift.
+SHIFTED_SPLITS: dict[str, dict] = {
+    "demo-shifted": {"task": "demo", "seed": 7, "train_per_class": 16, "test_per_class": 100, "shift": 1.75,
+                     "version": 1},
 }
 TEST_INDEX_OFFSET = 1_000_000  # test images use other indices than training images: no overlap
 
@@ -149,22 +155,25 @@ def _finished(folder: Path) -> bool:
 
 
 def standard_split(task: str) -> Path:
-    """The folder of ``task``'s standard split, generated on first use.
+    """The folder of ``task``'s standard split (or of a shifted domain of :data:`SHIFTED_SPLITS`), generated
+    on first use.
 
     Safe to call from several threads or processes at once: one generates it (under the file lock of
     :func:`write_demo_dataset`), the others wait and get the finished folder."""
-    if task not in DEMO_TASKS:
-        raise ValueError(f"Unknown demo task {task!r}; choose one of: {', '.join(DEMO_TASKS)}.")
-    params = dict(STANDARD_SPLITS[task])
+    splits = {**STANDARD_SPLITS, **SHIFTED_SPLITS}
+    if task not in splits:
+        raise ValueError(f"Unknown demo dataset {task!r}; choose one of: {', '.join(splits)}.")
+    params = dict(splits[task])
     version = params.pop("version")
-    folder = datasets_dir() / f"{task}-standard-v{version}-w{world.WORLD_VERSION}"
+    name, task = task, params.pop("task", task)
+    folder = datasets_dir() / f"{name}-{'standard-' if name in STANDARD_SPLITS else ''}v{version}-w{world.WORLD_VERSION}"
     if _finished(folder):  # it only ever appears by the rename of a finished folder
         return folder
     with _lock_for(folder):
         if _finished(folder):  # another thread or process finished it while this one waited
             return folder
         _remove_stale_partials(folder)
-        logger.info("Generating the standard split of %s into %s (once)", task, folder)
+        logger.info("Generating the split %s of the %s world into %s (once)", name, task, folder)
         base = {"seed": 0, "train_per_class": 32, "test_per_class": 100, "shift": 1.0, "size": 64, "workers": 2}
         params = {**base, **params}
         _check_params(task, params["train_per_class"], params["test_per_class"], params["shift"])

@@ -384,13 +384,15 @@ def as_calibration_report(report: Any, name: str = "report") -> CalibrationRepor
 @dataclass
 class Evaluation:
     """``report``: :func:`calibprompt.evaluation.metrics.calibration_report`; ``rows``: one dict per image with
-    path, true label, predicted label, confidence and every class probability."""
+    path, true label, predicted label, confidence and every class probability; ``logits`` where known."""
 
     report: dict[str, Any]
     rows: list[dict[str, Any]]
     probs: np.ndarray
     labels: np.ndarray
     classnames: list[str]
+    #: the logits (N, K) the probabilities came from, where the evaluation had them (what post-hoc calibrators fit)
+    logits: np.ndarray | None = None
 
     @property
     def calibration(self) -> CalibrationReport:

@@ -15,10 +15,11 @@ backbone family, from the paper's table.
 """
 from __future__ import annotations
 
+
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -129,6 +130,15 @@ class Task:
             description=str(data.get("description", "")), source=str(data.get("source", "")),
             paper_hparams=hparams, path=path,
         )
+
+    def subset(self, indices: Sequence[int], part: str) -> "Task":
+        """The task restricted to the classes at ``indices`` (in that order, relabelled 0..m-1), named
+        ``<name>:<part>`` (e.g. ``"demo:novel"``), with the same templates; its hyperparameters are the task's."""
+        indices = [int(i) for i in indices]
+        if any(not 0 <= i < self.num_classes for i in indices) or len(set(indices)) != len(indices):
+            raise ValueError(f"Class indices must be distinct and in 0..{self.num_classes - 1}; got {indices}.")
+        return replace(self, name=f"{self.name}:{part}", classes=tuple(self.classes[i] for i in indices),
+                                   title=f"{self.title or self.name} ({part} classes)")
 
     @classmethod
     def from_classnames(cls, classnames: Sequence[str], templates: Sequence[str] | None = None,

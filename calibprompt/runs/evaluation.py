@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+import numpy as np
+
 from calibprompt import defaults
 from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
@@ -128,8 +130,10 @@ def evaluate_prompt(backbone: Any, task: Task, test: LabeledImages, prompt: Any 
 
         features = (cache or FeatureCache(backbone)).plain(test.paths)
     prediction = predict_prompt(backbone, task, head, features)
-    return evaluate_probs(prediction.probs, test.labels, [str(p) for p in test.paths], head.classnames,
-                          n_bins=n_bins, n_boot=n_boot)
+    evaluation = evaluate_probs(prediction.probs, test.labels, [str(p) for p in test.paths], head.classnames,
+                                n_bins=n_bins, n_boot=n_boot)
+    evaluation.logits = np.asarray(prediction.logits, dtype=np.float64)
+    return evaluation
 
 
 @dataclass

@@ -59,7 +59,9 @@ class JobGroup:
 
     @property
     def name(self) -> str:
-        return f"{self.jobs[0].model}/{self.jobs[0].dataset}"
+        learners = sorted({job.learner for job in self.jobs})
+        which = f"/{learners[0]}" if learners != [defaults.LEARNER] and len(learners) == 1 else ""
+        return f"{self.jobs[0].model}/{self.jobs[0].dataset}{which}"
 
     @classmethod
     def create(cls, store: RunStore, jobs: Sequence[TrainJob], backbone: Any = None) -> JobGroup:

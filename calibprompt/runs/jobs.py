@@ -22,12 +22,16 @@ import torch
 
 from calibprompt import defaults
 from calibprompt.prompting.checkpoint import CheckpointWriteError, save_context
+from calibprompt.data.class_splits import (SIDES, base_novel_classes, check_same_classes, evaluation_images,
+                                            restrict_classes)
 from calibprompt.data.layouts import LabeledImages, few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.devices import resolve_device
 from calibprompt.prompting.engine import Engine
 from calibprompt.prompting.learner import PromptLearner
 from calibprompt.training.learners import save_learner
+from calibprompt.training.learners.transfer import for_classes
+from calibprompt.evaluation.selective import risk_coverage
 from calibprompt.evaluation.report import Evaluation
 from calibprompt.runs.evaluation import evaluate_prompt
 from calibprompt.training.features import FeatureCache, FreshViews
@@ -97,6 +101,11 @@ class TrainJob:
     #: recorded in the run's params only when not the default (a coop run's params are unchanged)
     learner: str = defaults.LEARNER
     learner_params: dict[str, Any] = field(default_factory=dict)
+    #: the evaluation protocol (:mod:`calibprompt.data.class_splits`), recorded only when not the default:
+    #: ``classes="base"`` trains on the base half of the classes and evaluates on both halves
+    #: (base-to-novel); ``eval_dataset`` also evaluates on another dataset with the same classes (cross-domain)
+    classes: str = "all"
+    eval_dataset: str | None = None
 
     def __post_init__(self):
         """Check and normalise the request once, at creation: the protocol and precision
@@ -125,6 +134,12 @@ class TrainJob:
         self.learner = learner_name(self.learner)  # ValueError naming the learners
         self.learner_params = dict(self.learner_params or {})
         check_learner_method(self.learner, self.method)  # a refused combination, before any run row
+        if self.classes not in SIDES:
+            raise ValueError(f"classes must be one of {', '.join(SIDES)} (all classes, or the base half of a "
+                             f"base-to-novel split); got {self.classes!r}.")
+        if self.classes != "all" and self.eval_dataset:
+            raise ValueError("Base-to-novel and cross-domain are separate protocols: ask for one at a time.")
+        self.eval_dataset = str(self.eval_dataset) if self.eval_dataset else None
 
     def config(self, family: str | None = None) -> TrainConfig:
         """The trainer's :class:`~calibprompt.training.trainer.TrainConfig` of this job. With the backbone's
@@ -141,13 +156,18 @@ class TrainJob:
     def to_params(self) -> dict[str, Any]:
         """The job's settings as recorded with its run; ``learner`` and ``learner_params`` only when not
         the default (so a coop run's params are those of before the learners)."""
-        return without_default_learner(asdict(self))
+        params = without_default_learner(asdict(self))
+        for key, default in (("classes", "all"), ("eval_dataset", None)):
+            if params.get(key) == default:
+                params.pop(key)
+        return params
 
     @property
     def slug(self) -> str:
         """A short readable part of the run id: ``<method>-s<seed>``, the learner first when not coop."""
         prefix = "" if self.learner == defaults.LEARNER else f"{self.learner.replace('++', 'pp')}-"
-        return f"{prefix}{self.method}-s{self.seed}"
+        suffix = "-base" if self.classes == "base" else ""
+        return f"{prefix}{self.method}-s{self.seed}{suffix}"
 
 
 def _field_default(name: str) -> Any:
@@ -161,6 +181,8 @@ def _field_default(name: str) -> Any:
     return None
 
 
+#: settings a job records only when not the default (:meth:`TrainJob.to_params`)
+_OMITTED_WHEN_DEFAULT = ("learner", "learner_params", "classes", "eval_dataset")
 _IGNORED_PARAMS = ("device", "owner", "name")  # where, for whom and under what name a run ran does not change its result
 
 
@@ -168,8 +190,9 @@ def same_training(record: RunRecord, wanted: dict[str, Any]) -> bool:
     """Whether a training run used every setting of ``wanted`` (a job's :meth:`TrainJob.to_params`); a
     setting the run did not record (an older version) counts as that setting's default."""
     params = record.params or {}
-    return all(params.get(key, _field_default(key)) == value
-               for key, value in wanted.items() if key not in _IGNORED_PARAMS)
+    keys = set(wanted) | (set(_OMITTED_WHEN_DEFAULT) & set(params))  # a kgcoop run is no coop run
+    return all(params.get(key, _field_default(key)) == wanted.get(key, _field_default(key))
+               for key in keys if key not in _IGNORED_PARAMS)
 
 
 def find_done_run(runs: Sequence[RunRecord], job: TrainJob) -> RunRecord | None:
@@ -214,6 +237,19 @@ def recording_progress(store: RunStore, run_id: str, on_step: Callable[[StepInfo
 
 
 @dataclass
+class Side:
+    """Images a trained run is evaluated on besides its own test split: the novel classes of a base-to-novel
+    split (``name="novel"``) or another dataset with the same classes (``name="target"``); ``features``
+    (N, D) are filled by :func:`prepare_jobs`."""
+
+    name: str
+    task: Task
+    images: LabeledImages
+    dataset: str
+    features: Any = None
+
+
+@dataclass
 class PreparedJob:
     """A job's data, ready to train on: its task, seeded split and image features."""
 
@@ -228,6 +264,8 @@ class PreparedJob:
     timings: dict[str, float] = field(default_factory=dict)
     #: the job's trainer config with its protocol resolved for the backbone's family (``job.config(family)``)
     config: TrainConfig | None = None
+    #: the other evaluations of the job's protocol (novel classes, a cross-domain dataset)
+    sides: list[Side] = field(default_factory=list)
 
     @property
     def zero_shot_text(self):
@@ -266,21 +304,20 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
     jobs = list(jobs)
     cache = cache or FeatureCache(backbone)
     t0 = time.perf_counter()
-    splits: dict[tuple, tuple[Task, Any, LabeledImages, LabeledImages]] = {}
+    splits: dict[tuple, tuple[Task, Any, LabeledImages, LabeledImages, list[Side]]] = {}
     for job in jobs:
-        key = (job.dataset, job.task, job.shots, job.seed)
-        if key not in splits:
-            task, dataset = open_dataset(job.dataset, job.task)
-            splits[key] = (task, dataset, *few_shot_split(dataset, job.shots, job.seed))
+        if _split_key(job) not in splits:
+            splits[_split_key(job)] = protocol_split(job.dataset, job.task, job.shots, job.seed,
+                                                     classes=job.classes, eval_dataset=job.eval_dataset)
     load_seconds = (time.perf_counter() - t0) / len(jobs)
 
     t0 = time.perf_counter()
     configs = {id(job): job.config(backbone.family) for job in jobs}  # each job's protocol, resolved once
     fresh = {id(job): configs[id(job)].settings["fresh_augmentation"] for job in jobs}
     cached = [job for job in jobs if not fresh[id(job)]]
-    train_paths = list(dict.fromkeys(str(p) for job in cached
-                                     for p in splits[(job.dataset, job.task, job.shots, job.seed)][2].paths))
-    test_paths = list(dict.fromkeys(str(p) for _, _, _, test in splits.values() for p in test.paths))
+    train_paths = list(dict.fromkeys(str(p) for job in cached for p in splits[_split_key(job)][2].paths))
+    test_paths = list(dict.fromkeys(str(p) for _, _, _, test, sides in splits.values()
+                                    for images in [test, *(side.images for side in sides)] for p in images.paths))
     views = cache.augmented(train_paths, max(job.n_views for job in cached)) if train_paths else None
     plain = cache.plain(test_paths)
     train_row = {p: i for i, p in enumerate(train_paths)}
@@ -289,8 +326,10 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
 
     engines: dict[str, Engine] = {}
     prepared = []
+    for side in (side for *_, sides in splits.values() for side in sides):
+        side.features = plain[[test_row[str(p)] for p in side.images.paths]]
     for job in jobs:
-        task, dataset, train, test = splits[(job.dataset, job.task, job.shots, job.seed)]
+        task, dataset, train, test, sides = splits[_split_key(job)]
         if fresh[id(job)]:
             train_feats = FreshViews(backbone, train.paths, seed=job.seed)  # augmented and encoded every step
         else:
@@ -301,8 +340,34 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
         prepared.append(PreparedJob(job, task, str(dataset.root), train, test, train_feats, test_feats,
                                     engines[task.name],
                                     {"load_seconds": load_seconds, "feature_seconds": feature_seconds},
-                                    configs[id(job)]))
+                                    configs[id(job)], list(sides)))
     return prepared
+
+
+def _split_key(job: TrainJob) -> tuple:
+    return job.dataset, job.task, job.shots, job.seed, job.classes, job.eval_dataset
+
+
+def protocol_split(dataset: str, task: str | Task | None, shots: int, seed: int, *, classes: str = "all",
+                   eval_dataset: str | None = None) -> tuple[Task, Any, LabeledImages, LabeledImages, list[Side]]:
+    """``(task, dataset, train, test, sides)`` of a protocol: the seeded k-shot split
+    (:func:`~calibprompt.data.layouts.few_shot_split`); with ``classes="base"`` the task, the shots and the
+    test images of the base classes only, and a ``novel`` side with the novel classes' test images
+    (:func:`~calibprompt.data.class_splits.base_novel_classes`); with ``eval_dataset`` a ``target`` side with
+    that dataset's test images (the same classes, checked). The sides' features are not computed here."""
+    task_obj, ds = open_dataset(dataset, task)
+    train, test = few_shot_split(ds, shots, seed)
+    sides: list[Side] = []
+    if classes == "base":
+        base, novel = base_novel_classes(task_obj.num_classes)
+        sides.append(Side("novel", task_obj.subset(novel, "novel"), restrict_classes(test, novel), str(dataset)))
+        task_obj, train, test = (task_obj.subset(base, "base"), restrict_classes(train, base),
+                                 restrict_classes(test, base))
+    if eval_dataset:
+        _, target = open_dataset(eval_dataset)  # its own classes: compared with the source's, not forced
+        check_same_classes(ds.class_ids, target, str(dataset))
+        sides.append(Side("target", task_obj, evaluation_images(target), str(eval_dataset)))
+    return task_obj, ds, train, test, sides
 
 
 def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_boot: int = defaults.N_BOOT,
@@ -317,7 +382,10 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
                                  n_bins=job.n_bins, n_boot=n_boot)
     metrics = {**evaluation.report, **timings, "history": result.history, "loss_params": result.objective_params,
                "train_images": len(prepared.train), "test_images": len(prepared.test), "task": task.name,
-               "protocol": job.protocol, "protocol_settings": result.settings}
+               "protocol": job.protocol, "protocol_settings": result.settings,
+               "aurc": risk_coverage(evaluation.probs, evaluation.labels)["aurc"]}
+    if prepared.sides:
+        metrics["sides"] = evaluate_sides(prepared, result.learner, backbone, n_boot=n_boot)
     metadata = {
         "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
         "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": prepared.dataset_root,
@@ -335,6 +403,39 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
     ctx = prompt.ctx.detach().to("cpu", torch.float32).clone() if prompt is not None else None
     return JobOutcome(run_id, backbone.name, ctx, result.learner.config(), metadata, metrics, list(evaluation.rows),
                       learner=result.learner)
+
+
+#: what a side's evaluation records (fractions; ``aurc``: the area under the risk-coverage curve)
+SIDE_FIELDS = ("accuracy", "ece", "mce", "ace", "nll", "brier", "mean_confidence", "aurc")
+
+
+def side_metrics(evaluation: Evaluation) -> dict[str, Any]:
+    """The headline numbers of one evaluation (:data:`SIDE_FIELDS`) and its number of images."""
+    report = {**evaluation.report, "aurc": risk_coverage(evaluation.probs, evaluation.labels)["aurc"]}
+    return {**{k: float(report[k]) for k in SIDE_FIELDS}, "test_images": int(len(evaluation.labels))}
+
+
+def evaluate_sides(prepared: PreparedJob, learner, backbone, *, n_boot: int = defaults.N_BOOT) -> dict[str, Any]:
+    """The trained ``learner`` on each of the job's other sides (:class:`Side`): ``{name: metrics}``
+    (:func:`side_metrics`, plus ``classes`` and ``dataset``), or ``{name: {"refused": why}}`` where the learner
+    cannot be applied (a learner with a weight per class on the novel classes, :mod:`~calibprompt.training.
+    learners.transfer`). The novel classes get the learner transferred to their names."""
+    out: dict[str, Any] = {}
+    for side in prepared.sides:
+        where = {"classes": list(side.task.classnames), "dataset": side.dataset}
+        try:
+            trained = learner
+            if side.name == "novel":
+                zero_shot = _zero_shot_engine(backbone, side.task).heads["zero-shot"].text_features
+                trained = for_classes(learner, backbone, side.task.classnames, zero_shot_text=zero_shot)
+        except ValueError as exc:
+            out[side.name] = {"refused": str(exc), **where}
+            continue
+        head = trained if isinstance(trained, PromptLearner) else learner_head_of(backbone, trained)
+        evaluation = evaluate_prompt(backbone, side.task, side.images, head, features=side.features,
+                                     n_bins=prepared.job.n_bins, n_boot=n_boot)
+        out[side.name] = {**side_metrics(evaluation), **where}
+    return out
 
 
 def learner_head_of(backbone, learner):

@@ -1,5 +1,5 @@
 """Reproduce the paper's table: every (backbone, dataset, method, seed) cell, resumably, against the
-published numbers.
+published numbers; with ``learners``, every (backbone, dataset, method, learner, seed) cell.
 
 :func:`plan_cells` lists the cells of a suite and what each needs: ``missing-data`` (no dataset in
 ``$CALIBPROMPT_HOME/datasets/<task>``), ``done`` (a finished run with the same settings is in the run
@@ -16,6 +16,12 @@ both protocols share them (and ``calibprompt evaluate``'s zero-shot runs of the 
 
 The published values are package data (``paper_results.json`` next to this module), each with its
 source. All ECE and accuracy values in this module are in percent.
+
+``learners`` (:func:`calibprompt.runs.compare.parse_learners`) adds the few-shot learners of
+:mod:`calibprompt.training.learners`: each training method is then run with each learner (a cell's
+``learner``; zero-shot cells, which learn nothing, once, with learner ``"zeroshot"``). A learner x method
+that does not exist is a ``refused`` cell with the reason in ``error``. The paper reports CoOp prompts
+only: its values apply to coop and zero-shot cells, other learners' are None.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from calibprompt import defaults
 from calibprompt.data.layouts import few_shot_split
 from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
-from calibprompt.runs.compare import ZERO_SHOT, parse_methods
+from calibprompt.runs.compare import ZERO_SHOT, parse_learners, parse_methods
 from calibprompt.runs.executors import Executor, JobGroup, local_executor
 from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, failure_text, find_done_run, open_dataset
 from calibprompt.runs.store import RunRecord, RunStore
@@ -45,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PAPER_PAIRS", "DEMO_PAIRS", "SUITES", "PROTOCOLS", "DEFAULT_METHODS", "DEFAULT_SEEDS", "DEFAULT_TOLERANCE",
-    "CELL_STATUSES", "PAPER_RESULTS_FILE", "Cell", "Reproduction", "paper_results", "paper_value", "parse_seeds",
+    "CELL_STATUSES", "PAPER_LEARNERS", "PAPER_RESULTS_FILE", "Cell", "Reproduction", "paper_results", "paper_value", "parse_seeds",
     "dataset_available", "plan_cells", "reproduce", "build_table", "within_tolerance", "table_markdown",
     "table_csv",
 ]
@@ -68,8 +74,11 @@ DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_TOLERANCE = 1.5  #: ECE points (percent) within which our mean counts as matching the paper
 DEFAULT_N_BOOT = defaults.N_BOOT_TABLE  #: bootstrap resamples of each stored evaluation (the table does not use them)
 #: ``missing-data``: no dataset; ``done``: a finished run is in the store; ``todo``: to run;
-#: ``unavailable``: the backbone's weights could not be loaded (set by :func:`reproduce` only).
-CELL_STATUSES = ("missing-data", "done", "todo", "unavailable")
+#: ``unavailable``: the backbone's weights could not be loaded (set by :func:`reproduce` only);
+#: ``refused``: the learner cannot train with the method (the reason in ``Cell.error``; nothing runs).
+CELL_STATUSES = ("missing-data", "done", "todo", "unavailable", "refused")
+#: the learners whose cells the paper's values apply to: its CoOp prompts, and zero-shot (no learner)
+PAPER_LEARNERS = (defaults.LEARNER, ZERO_SHOT)
 PAPER_RESULTS_FILE = Path(__file__).resolve().parent / "paper_results.json"
 ZERO_SHOT_HEAD = "zero-shot"  # the ``head`` param of zero-shot evaluate runs (as ``calibprompt evaluate``)
 
@@ -105,8 +114,10 @@ def paper_value(backbone: str, dataset: str, method: str) -> dict[str, Any] | No
 
 @dataclass
 class Cell:
-    """One (backbone, dataset, method, seed) of a suite. ``epochs`` is None for zero-shot; ``paper_*``,
-    ``ece`` and ``accuracy`` are percent (``ece``/``accuracy``: ours, once the cell is done)."""
+    """One (backbone, dataset, method, seed) of a suite, trained by ``learner`` (``"zeroshot"`` for
+    zero-shot cells made by :func:`plan_cells`). ``epochs`` is None for zero-shot; ``paper_*``, ``ece``
+    and ``accuracy`` are percent (``ece``/``accuracy``: ours, once the cell is done); ``error``: why a
+    cell is ``unavailable`` or ``refused``."""
 
     backbone: str
     dataset: str
@@ -124,6 +135,7 @@ class Cell:
     ece: float | None = None
     accuracy: float | None = None
     error: str | None = None
+    learner: str = defaults.LEARNER
 
     @property
     def zero_shot(self) -> bool:
@@ -176,7 +188,19 @@ def _suite_pairs(suite: str, model: str | None) -> list[tuple[str, str]]:
 
 def _train_job(cell: Cell, device: str = "auto") -> TrainJob:
     return TrainJob(model=cell.backbone, dataset=cell.dataset, shots=cell.shots, seed=cell.seed, method=cell.method,
-                    epochs=cell.epochs, device=device, n_bins=cell.n_bins, protocol=cell.protocol)
+                    epochs=cell.epochs, device=device, n_bins=cell.n_bins, protocol=cell.protocol,
+                    learner=cell.learner)
+
+
+def _refusal(learner: str, method: str) -> str | None:
+    """Why ``learner`` cannot train with ``method`` (:func:`check_learner_method`), or None when it can."""
+    from calibprompt.training.learners import check_learner_method
+
+    try:
+        check_learner_method(learner, method)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _same_zero_shot(record: RunRecord, cell: Cell) -> bool:
@@ -197,19 +221,24 @@ def _find_run(cell: Cell, train_runs: Sequence[RunRecord], eval_runs: Sequence[R
     """The newest done run that is this cell (the lists are newest first)."""
     if cell.zero_shot:
         return next((r for r in eval_runs if r.metrics and _same_zero_shot(r, cell)), None)
-    return find_done_run(train_runs, _train_job(cell))
+    return find_done_run(train_runs, _train_job(cell))  # the learner included (same_training)
 
 
 def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHODS,
                seeds: str | Sequence[int] = DEFAULT_SEEDS, protocol: str = "paper", *,
                shots: int = defaults.SHOTS, epochs: int = defaults.EPOCHS, n_bins: int = defaults.N_BINS,
-               model: str | None = None, store: RunStore | None = None) -> list[Cell]:
-    """Every cell of ``suite`` (pairs in the suite's order, then methods, then seeds) with the paper's
-    values and its status. ``model`` restricts the suite to one backbone. Nothing is run; the run store
-    is only read. ValueError for an unknown suite, protocol, method or backbone, or a bad setting."""
+               model: str | None = None, store: RunStore | None = None,
+               learners: str | Sequence[str] | None = None) -> list[Cell]:
+    """Every cell of ``suite`` (pairs in the suite's order, then methods, then learners, then seeds) with
+    the paper's values and its status. ``model`` restricts the suite to one backbone; ``learners``
+    (default: coop only) the few-shot learners of the training methods (zero-shot cells come once, learner
+    ``"zeroshot"``); a learner x method that does not exist is a ``refused`` cell with its reason in
+    ``error``. Nothing is run; the run store is only read. ValueError for an unknown suite, protocol,
+    method, learner or backbone, or a bad setting."""
     protocol = get_protocol(protocol).name  # ValueError naming the protocols
     methods = parse_methods(methods)
     seeds = parse_seeds(seeds)
+    learners = [defaults.LEARNER] if learners is None else parse_learners(learners)
     pairs = _suite_pairs(suite, model)
     store = store or RunStore()
     done = store.list_runs(status="done")
@@ -219,22 +248,35 @@ def plan_cells(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METH
     for backbone, dataset in pairs:
         available = dataset_available(dataset)
         for method in methods:
-            paper = paper_value(backbone, dataset, method) or {}
-            for seed in seeds:
-                cell = Cell(backbone=backbone, dataset=dataset, method=method, seed=seed, protocol=protocol,
-                            shots=int(shots), epochs=None if method == ZERO_SHOT else int(epochs),
-                            n_bins=int(n_bins), status="todo", paper_ece=paper.get("ece"),
-                            paper_accuracy=paper.get("accuracy"), paper_sources=tuple(paper.get("sources", ())))
-                if method != ZERO_SHOT:
-                    _train_job(cell)  # ValueError for out-of-range shots, epochs, seed or bins
-                if not available:
-                    cell.status = "missing-data"
-                else:
-                    record = _find_run(cell, train_runs, eval_runs)
-                    if record is not None:
-                        _set_done(cell, record)
-                cells.append(cell)
+            for learner in [ZERO_SHOT] if method == ZERO_SHOT else learners:
+                paper = (paper_value(backbone, dataset, method) if learner in PAPER_LEARNERS else None) or {}
+                refused = None if method == ZERO_SHOT else _refusal(learner, method)
+                for seed in seeds:
+                    cell = Cell(backbone=backbone, dataset=dataset, method=method, seed=seed, protocol=protocol,
+                                shots=int(shots), epochs=None if method == ZERO_SHOT else int(epochs),
+                                n_bins=int(n_bins), status="todo", paper_ece=paper.get("ece"),
+                                paper_accuracy=paper.get("accuracy"), paper_sources=tuple(paper.get("sources", ())),
+                                learner=learner)
+                    _plan_status(cell, refused, available, train_runs, eval_runs)
+                    cells.append(cell)
     return cells
+
+
+def _plan_status(cell: Cell, refused: str | None, available: bool, train_runs: Sequence[RunRecord],
+                 eval_runs: Sequence[RunRecord]) -> None:
+    """Set a new cell's planned status: ``refused`` (with ``error``), ``missing-data``, ``done`` (a stored
+    run) or left ``todo``. ValueError for out-of-range shots, epochs, seed or bins."""
+    if refused is not None:
+        cell.status, cell.error = "refused", refused
+        return
+    if not cell.zero_shot:
+        _train_job(cell)  # ValueError for out-of-range shots, epochs, seed or bins
+    if not available:
+        cell.status = "missing-data"
+        return
+    record = _find_run(cell, train_runs, eval_runs)
+    if record is not None:
+        _set_done(cell, record)
 
 
 # ------------------------------------------------------------------------------------------- table
@@ -256,35 +298,44 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def build_table(cells: Sequence[Cell], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
-    """One row per (backbone, dataset, method), in the cells' order: ``seeds`` (with a result),
+    """One row per (backbone, dataset, learner, method), in the cells' order: ``learner``, ``seeds`` (with a result),
     ``ece_mean``/``ece_std``/``accuracy_mean``/``accuracy_std`` (ours, percent, None without a result),
     ``paper_ece``, ``paper_accuracy``, ``ece_diff``/``accuracy_diff`` (ours - paper), ``within`` (the
     ECE difference within ``tolerance`` points; None when either side is missing), ``status``
-    (``done``, ``partial``: some seeds lack a result, or the cells' common status), ``run_ids``."""
+    (``done``, ``partial``: some seeds lack a result, or the cells' common status, e.g. ``refused``),
+    ``run_ids``. The paper's values apply to coop and zero-shot rows only (:data:`PAPER_LEARNERS`): other
+    learners' rows have them None, and ``within`` None."""
     within_tolerance(0.0, 0.0, tolerance)  # validates the tolerance
-    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    groups: dict[tuple[str, str, str, str], list[Cell]] = {}
     for cell in cells:
-        groups.setdefault((cell.backbone, cell.dataset, cell.method), []).append(cell)
+        groups.setdefault((cell.backbone, cell.dataset, cell.learner, cell.method), []).append(cell)
     table = []
-    for (backbone, dataset, method), group in groups.items():
+    for (backbone, dataset, learner, method), group in groups.items():
         finished = [c for c in group if c.ece is not None]
         ece_mean, ece_std = _mean_std([c.ece for c in finished])
         acc_mean, acc_std = _mean_std([c.accuracy for c in finished])
         statuses = {c.status for c in group}
         status = ("done" if len(finished) == len(group) else "partial" if finished
                   else statuses.pop() if len(statuses) == 1 else "partial")
-        paper_ece, paper_acc = group[0].paper_ece, group[0].paper_accuracy
+        paper = learner in PAPER_LEARNERS
+        paper_ece, paper_acc = (group[0].paper_ece, group[0].paper_accuracy) if paper else (None, None)
         table.append({
-            "backbone": backbone, "dataset": dataset, "method": method, "protocol": group[0].protocol,
+            "backbone": backbone, "dataset": dataset, "learner": learner, "method": method,
+            "protocol": group[0].protocol,
             "seeds": [c.seed for c in finished], "ece_mean": ece_mean, "ece_std": ece_std,
             "accuracy_mean": acc_mean, "accuracy_std": acc_std, "paper_ece": paper_ece, "paper_accuracy": paper_acc,
             "ece_diff": None if ece_mean is None or paper_ece is None else ece_mean - paper_ece,
             "accuracy_diff": None if acc_mean is None or paper_acc is None else acc_mean - paper_acc,
             "within": within_tolerance(ece_mean, paper_ece, tolerance), "tolerance": float(tolerance),
             "status": status, "run_ids": [c.run_id for c in finished],
-            "paper_sources": list(group[0].paper_sources),
+            "paper_sources": list(group[0].paper_sources) if paper else [],
         })
     return table
+
+
+def _shows_learners(table: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a table needs its learner column: some row's learner is neither coop nor zero-shot."""
+    return any(row.get("learner", defaults.LEARNER) not in PAPER_LEARNERS for row in table)
 
 
 def _num(value: float | None, digits: int = 2, signed: bool = False) -> str:
@@ -302,13 +353,17 @@ def _within_text(within: bool | None) -> str:
 
 
 def table_markdown(table: Sequence[Mapping[str, Any]], tolerance: float | None = None) -> str:
-    """The table as GitHub markdown (ECE and accuracy in %, mean ± std over seeds)."""
+    """The table as GitHub markdown (ECE and accuracy in %, mean ± std over seeds), with a Learner column
+    when some row's learner is neither coop nor zero-shot."""
     tol = tolerance if tolerance is not None else (table[0]["tolerance"] if table else DEFAULT_TOLERANCE)
-    head = ["Backbone", "Dataset", "Method", "Seeds", "Acc (%)", "ECE (%)", "Paper ECE", "Δ ECE", "Paper Acc",
-            f"Within ±{tol:g}", "Status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * 3 + [":-:"] * (len(head) - 3)) + "|"]
+    learners = _shows_learners(table)
+    names = ["Backbone", "Dataset"] + (["Learner"] if learners else []) + ["Method"]
+    head = names + ["Seeds", "Acc (%)", "ECE (%)", "Paper ECE", "Δ ECE", "Paper Acc", f"Within ±{tol:g}", "Status"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":--"] * len(names) + [":-:"] * (len(head) - len(names))) + "|"]
     for row in table:
-        cells = [row["backbone"], row["dataset"], row["method"], ",".join(map(str, row["seeds"])) or "-",
+        learner = [row.get("learner", defaults.LEARNER)] if learners else []
+        cells = [row["backbone"], row["dataset"], *learner, row["method"], ",".join(map(str, row["seeds"])) or "-",
                  _pm(row["accuracy_mean"], row["accuracy_std"]), _pm(row["ece_mean"], row["ece_std"]),
                  _num(row["paper_ece"]), _num(row["ece_diff"], signed=True), _num(row["paper_accuracy"]),
                  _within_text(row["within"]), row["status"]]
@@ -322,13 +377,17 @@ CSV_COLUMNS = ("backbone", "dataset", "method", "protocol", "seeds", "accuracy_m
 
 
 def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
-    """The table as CSV text (lists joined with ``;``, missing values empty)."""
+    """The table as CSV text (lists joined with ``;``, missing values empty; a ``learner`` column after
+    ``dataset`` when some row's learner is neither coop nor zero-shot)."""
+    columns = list(CSV_COLUMNS)
+    if _shows_learners(table):
+        columns.insert(columns.index("dataset") + 1, "learner")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in table:
         out = {}
-        for key in CSV_COLUMNS:
+        for key in columns:
             value = row.get(key)
             if isinstance(value, (list, tuple)):
                 value = ";".join(str(v) for v in value)
@@ -343,7 +402,8 @@ def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
 
 @dataclass
 class Reproduction:
-    """What :func:`reproduce` did: the settings, every cell (with its final status) and the table."""
+    """What :func:`reproduce` did: the settings (``learners``: those of the training methods), every cell
+    (with its final status) and the table."""
 
     suite: str
     protocol: str
@@ -355,6 +415,7 @@ class Reproduction:
     cells: list[Cell]
     table: list[dict[str, Any]] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)  # run ids created by this call
+    learners: list[str] = field(default_factory=lambda: [defaults.LEARNER])
 
     @property
     def missing_data(self) -> list[str]:
@@ -363,7 +424,7 @@ class Reproduction:
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "protocol": self.protocol, "methods": list(self.methods),
-                "seeds": list(self.seeds), "shots": self.shots, "epochs": self.epochs, "tolerance": self.tolerance,
+                "learners": list(self.learners), "seeds": list(self.seeds), "shots": self.shots, "epochs": self.epochs, "tolerance": self.tolerance,
                 "missing_data": self.missing_data, "missing_data_dirs": [str(datasets_dir() / d) for d in self.missing_data],
                 "ran": list(self.ran), "cells": [c.to_dict() for c in self.cells], "table": list(self.table),
                 "paper_sources": paper_sources()}
@@ -399,26 +460,29 @@ def _zero_shot_cell(cell: Cell, backbone, task, dataset, cache, store: RunStore,
     return store.get_run(run_id)
 
 
-#: the training cells of one (backbone, dataset), with their positions in the suite, and their jobs
+#: the training cells of one (backbone, dataset, learner), with their positions in the suite, and their jobs
 _Plan = tuple[list[tuple[int, Cell]], list[TrainJob]]
 
 
 def _walk_cells(cells: Sequence[Cell], store: RunStore, *, device: str, n_boot: int, dry_run: bool,
                 emit: Callable[..., None], ran: list[str]) -> list[_Plan]:
-    """One pass over the cells: report the reused and missing-data ones, load each backbone once (one in
-    memory at a time; a backbone that cannot load makes its cells ``unavailable``), evaluate the zero-shot
-    cells now (their run ids appended to ``ran``), and return the training cells grouped by (backbone,
-    dataset), in suite order, with their jobs. With ``dry_run`` the todo cells are left as they are."""
+    """One pass over the cells: report the reused, missing-data and refused ones, load each backbone once
+    (one in memory at a time; a backbone that cannot load makes its cells ``unavailable``), evaluate the
+    zero-shot cells now (their run ids appended to ``ran``), and return the training cells grouped by
+    (backbone, dataset, learner), in suite order, with their jobs: one group per learner, so that an
+    executor may train learners in parallel (a Ray task each) while each learner's runs train together.
+    With ``dry_run`` the todo cells are left as they are."""
     from calibprompt.backbones import BackboneUnavailableError, load_backbone
     from calibprompt.training.features import FeatureCache
 
     current: dict[str, Any] = {}  # backbone name -> Backbone (the one loaded), or why it is unavailable (str)
     opened: dict[str, tuple[Any, Any, Any]] = {}  # dataset -> task, dataset, feature cache (current backbone)
-    plans: dict[tuple[str, str], _Plan] = {}
+    plans: dict[tuple[str, str, str], _Plan] = {}
     for index, cell in enumerate(cells):
-        if cell.status in ("done", "missing-data"):
-            extra = {"run_id": cell.run_id} if cell.status == "done" else {}
-            emit("reused" if cell.status == "done" else "missing-data", cell, index, **extra)
+        if cell.status in ("done", "missing-data", "refused"):
+            extra = ({"run_id": cell.run_id} if cell.status == "done" else
+                     {"error": cell.error} if cell.status == "refused" else {})
+            emit("reused" if cell.status == "done" else cell.status, cell, index, **extra)
             continue
         if dry_run:
             continue
@@ -434,7 +498,7 @@ def _walk_cells(cells: Sequence[Cell], store: RunStore, *, device: str, n_boot: 
             cell.status, cell.error = "unavailable", backbone
             emit("unavailable", cell, index, error=backbone)
         elif not cell.zero_shot:
-            members, jobs = plans.setdefault((cell.backbone, cell.dataset), ([], []))
+            members, jobs = plans.setdefault((cell.backbone, cell.dataset, cell.learner), ([], []))
             members.append((index, cell))
             jobs.append(_train_job(cell, str(backbone.device)))
         else:
@@ -456,16 +520,21 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
               n_boot: int = DEFAULT_N_BOOT, store: RunStore | None = None, dry_run: bool = False,
               progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None,
               max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, executor: Executor | None = None,
-              on_event: Callable[[dict], None] | None = None) -> Reproduction:
+              on_event: Callable[[dict], None] | None = None,
+              learners: str | Sequence[str] | None = None) -> Reproduction:
     """Run every todo cell of ``suite`` (see :func:`plan_cells`), reuse the done ones, and build the
     table (:func:`build_table`). With ``dry_run`` nothing runs: the cells keep their planned status.
 
+    ``learners`` (default: coop only): the few-shot learners each training method runs with (see
+    :func:`plan_cells`; a learner x method that does not exist is a ``refused`` cell, never a failure).
+
     ``progress`` gets dicts ``{"event", "cell", "index", "total", "todo"}`` (``todo``: the cells to
     run, fixed for the call), one per cell, with event ``reused``
-    (done before), ``missing-data``, ``start`` then ``done`` (run now; also ``"run_id"``), or
-    ``unavailable`` (the backbone could not be loaded; also ``"error"``). Zero-shot cells are evaluated
-    first, as the cells are walked. The training cells of each backbone and dataset then form one
-    :class:`~calibprompt.runs.executors.JobGroup`, and every group goes to ``executor``
+    (done before), ``missing-data``, ``refused`` (also ``"error"``: why), ``start`` then ``done`` (run
+    now; also ``"run_id"``), or ``unavailable`` (the backbone could not be loaded; also ``"error"``).
+    Zero-shot cells are evaluated first, as the cells are walked. The training cells of each backbone,
+    dataset and learner then form one :class:`~calibprompt.runs.executors.JobGroup`, and every group goes
+    to ``executor``
     (:mod:`calibprompt.runs.executors`; e.g. ``calibprompt.cluster.runs.RayExecutor``, which submits
     every group as a Ray task at once); without one the groups are trained here one after the other
     (:class:`~calibprompt.runs.executors.Batched`, at most ``max_batch_prompts`` prompts per
@@ -476,9 +545,10 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     within_tolerance(0.0, 0.0, tolerance)
     store = store or RunStore()
     cells = plan_cells(suite, methods, seeds, protocol, shots=shots, epochs=epochs, n_bins=n_bins, model=model,
-                       store=store)
+                       store=store, learners=learners)
     result = Reproduction(suite=suite, protocol=protocol, methods=parse_methods(methods), seeds=parse_seeds(seeds),
-                          shots=int(shots), epochs=int(epochs), tolerance=float(tolerance), cells=cells)
+                          shots=int(shots), epochs=int(epochs), tolerance=float(tolerance), cells=cells,
+                          learners=[defaults.LEARNER] if learners is None else parse_learners(learners))
     total, todo = len(cells), sum(c.status == "todo" for c in cells)
 
     def emit(event: str, cell: Cell, index: int, **extra: Any) -> None:
@@ -497,7 +567,8 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     def done(record: RunRecord) -> None:
         index, cell = by_run[record.id]
         if record.status != "done":
-            raise RuntimeError(f"Run {record.id} ({cell.backbone} {cell.dataset} {cell.method} seed {cell.seed}) "
+            raise RuntimeError(f"Run {record.id} ({cell.backbone} {cell.dataset} {cell.learner} {cell.method} "
+                               f"seed {cell.seed}) "
                                f"ended {record.status}: {record.error}")
         _set_done(cell, record)
         result.ran.append(record.id)

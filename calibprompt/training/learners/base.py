@@ -258,9 +258,9 @@ def train_learner(learner: FeatureLearner, features: torch.Tensor, labels: torch
     labels = torch.as_tensor(labels, dtype=torch.long).to(device)
     if labels.shape != (plain.shape[0],) or int(labels.min()) < 0 or int(labels.max()) >= learner.num_classes:
         raise ValueError(f"labels must have shape ({plain.shape[0]},) with values in [0, {learner.num_classes}).")
+    start, history = time.perf_counter(), []  # the learner's own set-up (e.g. the probe's C search) counts
     learner.initialise(plain, labels)
     optimizer = _make_optimizer(learner, recipe, plain)
-    start, history = time.perf_counter(), []
     learner.train()
     if recipe["optimizer"] == "lbfgs":
         steps = _run_lbfgs(learner, objective, optimizer, plain, labels, history)
