@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
         "calibprompt.data.sources": ("DatasetSource", "list_registered_datasets", "register_dataset"),
         "calibprompt.devices": ("available_devices", "resolve_device"),
         "calibprompt.evaluation.agreement": ("cohen_kappa",),
+        "calibprompt.evaluation.calibrators": ("cross_fit", "calibrator_reports", "create_calibrator",
+                                               "get_calibrator", "list_calibrators"),
         "calibprompt.evaluation.card": ("debiased_ece", "kde_ece", "paired_bootstrap", "per_class_ece",
                                         "seed_difference", "smooth_ece"),
         "calibprompt.evaluation.conformal": ("ConformalClassifier", "mean_set_size", "set_coverage"),
@@ -65,9 +67,11 @@ _EXPORTS: dict[str, str] = {
         "calibprompt.runs.store": ("RunRecord", "RunStore"),
         "calibprompt.training.batched": ("RunInputs", "train_many"),
         "calibprompt.training.features": ("FeatureCache",),
+        "calibprompt.training.learners": ("create_learner", "get_learner", "list_learners"),
         "calibprompt.training.losses": ("LOSSES", "METHODS", "build_objective", "get_loss", "get_method",
                                         "list_methods"),
         "calibprompt.training.protocols": ("PROTOCOLS", "Protocol", "get_protocol", "list_protocols"),
+        "calibprompt.training.test_time": ("get_test_time", "list_test_time", "test_time_predict"),
         "calibprompt.training.trainer": ("StepInfo", "TrainConfig", "TrainingCancelled", "train_prompts"),
     }.items()
     for name in names

@@ -216,24 +216,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from calibprompt.runs.store import RunStore
 
     alpha = _miscoverage(args)  # a bad level fails before any work
+    from calibprompt.evaluation.calibrators import parse_calibrators
+
+    calibrators = parse_calibrators(args.calibrators)
+    if args.test_time:
+        from calibprompt.training.test_time import get_test_time
+
+        args.test_time = get_test_time(args.test_time).name  # ValueError naming the methods
     store = RunStore()
     request = _evaluation_request(args, store)
     method = request.pop("method")
     done = evaluate_split(store, **request, device=args.device, n_bins=args.bins)
     result, task = done.evaluation, done.task
+    extra = {}
+    if calibrators:
+        from calibprompt.evaluation.calibrators import calibrator_reports
+
+        extra["calibrators"] = calibrator_reports(result.logits, result.labels, calibrators, n_bins=args.bins)
+    if args.test_time:
+        extra["test_time"] = _test_time(args, done, request["checkpoint"])
     if args.csv:
         _write_csv(args.csv, [{k: v for k, v in r.items() if k != "probs"} | {
             f"p_{c}": p for c, p in zip(task.class_ids, r["probs"])} for r in result.rows])
     summary = uncertainty_summary(result.probs, result.labels, alpha)
     if args.json:
         _write_json(args.json, {"run_id": done.run_id, "report": result.report, "rows": result.rows, **summary,
-                                "coverage": round(1.0 - alpha, 10)})
+                                "coverage": round(1.0 - alpha, 10), **extra})
     r = result.report
     print(f"{done.run_id}: {len(done.test)} images, accuracy {r['accuracy']:.4f}, ECE {r['ece']:.4f} "
           f"(95% {r['intervals']['ece'][0]:.4f}-{r['intervals']['ece'][1]:.4f}), MCE {r['mce']:.4f}, "
           f"ACE {r['ace']:.4f}, NLL {r['nll']:.4f}, Brier {r['brier']:.4f}")
     _print_uncertainty_summary(method or ("prompt" if request["checkpoint"] else "zero-shot"), summary)
+    if calibrators:
+        _print_calibrators(extra["calibrators"])
+    if args.test_time:
+        t, u = extra["test_time"], extra["test_time"]["untuned"]
+        print(f"test-time {t['title']} ({t['needs']}: the labels only measure it; {t['n_views']} views + the image, "
+              f"{t['steps']} step, {t['seconds_per_image']:.2f} s per image on {t['images']} images): accuracy "
+              f"{t['accuracy']:.4f}, ECE {t['ece']:.4f}, NLL {t['nll']:.4f}, Brier {t['brier']:.4f} "
+              f"(the same prompt untuned: accuracy {u['accuracy']:.4f}, ECE {u['ece']:.4f})")
     return 0
+
+
+def _test_time(args: argparse.Namespace, done, checkpoint) -> dict:
+    """``evaluate --test-time NAME``: the prompt (the checkpoint's, or TPT's "a photo of a" for zero-shot)
+    tuned on each test image without labels (:func:`calibprompt.runs.evaluation.evaluate_test_time`)."""
+    from tqdm.auto import tqdm
+
+    from calibprompt.runs.evaluation import evaluate_test_time, test_time_prompt
+
+    prompt = test_time_prompt(done.backbone, done.task, checkpoint)
+    with tqdm(total=len(done.test), desc=f"test-time {args.test_time}", unit="image", file=sys.stderr,
+              leave=False) as bar:
+        return evaluate_test_time(done.backbone, done.task, done.test, prompt, args.test_time, n_bins=args.bins,
+                                  on_image=lambda i, n: bar.update(1))
+
+
+def _print_calibrators(rows: list[dict]) -> None:
+    """The post-hoc calibrators' rows (cross-fitted: each half mapped by the fit on the other half)."""
+    print(f"post-hoc calibrators, cross-fitted: each map is fitted on one half of the test images (at least "
+          f"{rows[-1]['fitted_on']}) and applied to the other half, both ways (accuracy, ECE in %):")
+    _print_table([{"calibrator": r["calibrator"], "acc": f"{100 * r['accuracy']:.2f}", "ECE": f"{100 * r['ece']:.2f}",
+                   "NLL": f"{r['nll']:.3f}", "Brier": f"{r['brier']:.3f}", "fitted on": r["fitted_on"],
+                   "argmax changed": f"{100 * r['argmax_changed']:.1f}%", "seconds": f"{r['seconds']:.2f}"}
+                  for r in rows], ["calibrator", "acc", "ECE", "NLL", "Brier", "fitted on", "argmax changed", "seconds"])
 
 
 def _fmt(value) -> str:
@@ -421,6 +467,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from calibprompt.evaluation.calibrators import parse_calibrators
     from calibprompt.runs.compare import (LEARNER_ROW_FIELDS, ROW_FIELDS, parse_learners, parse_methods, parse_shots,
                                           run_comparison, summarize)
 
@@ -428,7 +475,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     learners = parse_learners(args.learners) if getattr(args, "learners", None) else None
     shot_counts = parse_shots(args.shots)
     protocol_rows = bool(learners or len(shot_counts) > 1 or args.base_to_novel or args.eval_dataset)
-    fields = LEARNER_ROW_FIELDS if protocol_rows else ROW_FIELDS
+    calibrators = parse_calibrators(args.calibrators)
+    fields = (LEARNER_ROW_FIELDS if protocol_rows else ROW_FIELDS) + tuple(
+        f"{n}_{k}" for n in calibrators for k in ("accuracy", "ece", "nll"))
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -460,6 +509,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows = run_comparison(args.model, args.dataset, methods, seeds, task=args.task,
                               shots=shot_counts if len(shot_counts) > 1 else shot_counts[0],
                               base_to_novel=args.base_to_novel, eval_dataset=args.eval_dataset,
+                              calibrators=calibrators,
                               epochs=args.epochs, n_bins=args.bins, device=args.device, loss_params=_loss_params(args),
                               on_result=on_result, protocol=args.protocol, precision=args.precision,
                               max_batch_prompts=args.max_batch_prompts, resume=args.resume,
@@ -906,6 +956,13 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--coverage", type=_bounded("coverage"), default=defaults.COVERAGE, metavar="C",
                    help="coverage of the conformal prediction sets, above 0 and below 1 (default "
                         f"{defaults.COVERAGE:g}: the true class in the set {100 * defaults.COVERAGE:.0f}%% of the time)")
+    p.add_argument("--calibrators", metavar="A,B",
+                   help="post-hoc calibrators fitted on half the test images and applied to the other half, both "
+                        "ways: temperature, vector, dirichlet, histogram, isotonic (the JSON gains 'calibrators')")
+    p.add_argument("--test-time", metavar="NAME",
+                   help="label-free test-time prompt tuning of the prompt on each test image: tpt, c-tpt, o-tpt, "
+                        "a-tpt (63 augmented views and one step per image: about a second per image on a CPU; "
+                        "the JSON gains 'test_time')")
     p.add_argument("--alpha", action=_Moved, metavar="A",
                    message="--alpha is the loss's smoothing weight (train, compare); the conformal level of "
                            f"evaluate is --coverage, e.g. --coverage {defaults.COVERAGE:g} for "
@@ -939,6 +996,9 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--base-to-novel", action="store_true",
                    help="train on the first half of the classes (base), evaluate on the base and on the other half "
                         "(novel), with their harmonic mean (rows gain side base/novel/hm)")
+    p.add_argument("--calibrators", metavar="A,B",
+                   help="post-hoc calibrators cross-fitted on each run's test predictions: temperature, vector, "
+                        "dirichlet, histogram, isotonic (rows gain <name>_accuracy, <name>_ece, <name>_nll)")
     p.add_argument("--eval-dataset", metavar="DATASET",
                    help="cross-domain: also evaluate every run on this dataset with the same classes, e.g. "
                         "demo-shifted (rows gain side source/target)")

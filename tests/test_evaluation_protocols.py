@@ -153,6 +153,11 @@ def test_base_to_novel_rows_match_the_runs_and_never_train_on_novel(tiny_native,
     novel = run.metrics["sides"]["novel"]
     assert novel["test_images"] == 6 and novel["classes"] == ["mucus", "stroma"]  # classes in folder order
     assert novel["accuracy"] == pytest.approx(by[("coop", "novel")]["accuracy"])
+    # DAC on the novel classes: T from the 9 labelled base images, scales from text features; the answers stay
+    assert novel["dac"]["fitted_on"] == 9 and novel["dac"]["temperature"] > 0
+    assert by[("coop", "novel")]["dac_accuracy"] == pytest.approx(by[("coop", "novel")]["accuracy"])
+    assert by[("coop", "novel")]["dac_ece"] == pytest.approx(novel["dac"]["ece"])
+    assert by[("coop", "base")]["dac_ece"] is None and by[("zeroshot", "novel")]["dac_ece"] is None
     meta = json.loads(Path(run.checkpoint).read_text())
     trained = meta["split"]["train"]["paths"]
     assert len(trained) == 6 and all(p.split("/")[1] in ("adipose", "debris", "lymphocytes") for p in trained)

@@ -17,12 +17,25 @@ from calibprompt.service.evaluation import SELECTIVE_COVERAGES, significance_pai
 PERCENT_KEYS = ("accuracy", "ece", "mce", "ace")
 PER_CLASS = "per-class ECE (top-label within true class, authors')"
 CLASSWISE = "classwise ECE (Kull)"
-METRICS_LABEL = "Metrics in % (95 % bootstrap intervals; NLL and Brier score as they are; T: the fitted temperature)"
+METRICS_LABEL = ("Metrics in % (95 % bootstrap intervals; NLL and Brier score as they are; T: the fitted temperature; "
+                 "fitted on: the labelled images each post-hoc map was fitted on)")
 ESTIMATORS_LABEL = ("Other ECE estimates, in %: KDE-ECE as the authors compute it; smECE (Błasiok & Nakkiran); debiased "
                     f"ECE (Kumar et al.); {PER_CLASS}: the top-label ECE within each true class, averaged; {CLASSWISE}: "
                     "each class's probability against how often it is the true class, one-vs-rest, averaged (the "
                     "panel above shows it class by class)")
 DISPLAY = {"calibprompt": "CalibPrompt", "coop": "CoOp", "zero-shot": "Zero-shot"}
+#: the Calibration tab's other post-hoc calibrators: (label, registry name); DAC needs novel classes, TS has its box
+POST_HOC = [("vector scaling", "vector"), ("Dirichlet (ODIR)", "dirichlet"), ("histogram binning", "histogram"),
+            ("isotonic", "isotonic")]
+
+
+def grid_rows(heads: list[str], reports: dict) -> list[list[str | None]]:
+    """The reliability grid's layout: one column per prompt, one row per map (raw first, then each
+    post-hoc calibrator in the order computed), a blank where a map was not computed."""
+    suffixes = list(dict.fromkeys([""] + [name[len(h):] for name in reports for h in heads
+                                          if name != h and name.startswith(h + " + ")]))
+    rows = [[h + suffix if h + suffix in reports else None for h in heads] for suffix in suffixes]
+    return [row for row in rows if any(cell is not None for cell in row)]
 
 
 def metrics_table(reports: dict) -> pd.DataFrame:
@@ -37,6 +50,7 @@ def metrics_table(reports: dict) -> pd.DataFrame:
             row[key] = f"{scale * r[key]:.2f}" + (f" [{scale * lo:.2f}, {scale * hi:.2f}]" if lo is not None else "")
         row["mean conf."] = f"{100 * r['mean_confidence']:.1f}"
         row["T"] = f"{r['temperature']:.2f}" if "temperature" in r else ""
+        row["fitted on"] = f"{r['fitted_on']} images" if "fitted_on" in r else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -130,6 +144,8 @@ def report_details(kept: dict, ev, threshold: float, pair: tuple[str | None, str
         "Prompts": ", ".join(display_name(h, labels) for h in ev.probs),
         "Run ids": runs or "none recorded",
         "Settings": (f"{settings['bins']} bins; temperature scaling {'on' if settings['scaling'] else 'off'}; "
+                     + (f"post-hoc calibrators: {', '.join(settings['calibrators'])} (cross-fitted); "
+                        if settings.get("calibrators") else "") +
                      f"refer below {percent(threshold, 0)} confidence; selective accuracy at "
                      + ", ".join(f"{100 * c:.0f} %" for c in SELECTIVE_COVERAGES) + " coverage; "
                      f"intervals: 95 % bootstrap ({defaults.N_BOOT_INTERACTIVE} resamples)"),
@@ -191,6 +207,9 @@ def _layout(datasets: list[str]) -> dict:
                                     elem_id="calibration-dataset")
         ui["n_bins"] = gr.Slider(5, 20, value=defaults.N_BINS, step=1, label="Bins", elem_id="calibration-bins")
         ui["ts"] = gr.Checkbox(True, label="Temperature scaling (post hoc)", elem_id="calibration-ts")
+        ui["calibrators"] = gr.CheckboxGroup(
+            POST_HOC, value=[], label="More post-hoc calibrators", elem_id="calibration-calibrators",
+            info="Each is fitted on one half of these labelled images and applied to the other, both ways.")
         ui["layout"] = gr.Radio(["side by side", "overlaid"], value="side by side", label="Diagrams",
                                 elem_id="calibration-layout")
         ui["button"] = gr.Button("Show calibration", variant="primary", elem_id="calibration-button")
@@ -225,8 +244,8 @@ def _wire(core, shared, ui: dict, export_dir) -> None:
     run, compare_pair, move_threshold = _handlers(core)
     evaluation, figures, first, second, threshold = (ui[k] for k in ("evaluation", "figures", "first", "second",
                                                                     "threshold"))
-    ui["button"].click(run, [shared.state, ui["dataset"], shared.prompts, ui["n_bins"], ui["ts"], ui["layout"],
-                             threshold],
+    ui["button"].click(run, [shared.state, ui["dataset"], shared.prompts, ui["n_bins"], ui["ts"], ui["calibrators"],
+                             ui["layout"], threshold],
                        [shared.state, evaluation, figures, ui["note"], ui["reliability"], ui["histogram"],
                         ui["metrics"], ui["estimators"], ui["classwise"], ui["risk"], ui["selective"], first, second,
                         ui["significance"]], api_visibility="private")
@@ -247,16 +266,23 @@ def _handlers(core):
     (``compare_pair``) and of the threshold (``move_threshold``)."""
 
     @handler
-    def run(state, dataset, heads, bins, scaling, layout_choice, cut, request: gr.Request):
+    def run(state, dataset, heads, bins, scaling, calibrators, layout_choice, cut, request: gr.Request):
         state = session_for(core, state, request)
         reports, ev = core.calibration(state, dataset, heads or state.prompts, n_bins=bins,
-                                       temperature_scaling=bool(scaling))
-        shown = {k: v for k, v in reports.items() if bool(scaling) or not k.endswith("+ TS")}
-        diagram = plots.reliability_overlay(shown) if layout_choice == "overlaid" else plots.reliability_grid(shown)
+                                       temperature_scaling=bool(scaling), calibrators=list(calibrators or []))
+        shown = reports
+        diagram = (plots.reliability_overlay(shown) if layout_choice == "overlaid"
+                   else plots.reliability_grid(shown, rows=grid_rows(list(ev.probs), shown)))
         bars = plots.classwise_ece_bars({k: v["classwise_ece"] for k, v in shown.items()}, ev.task.display_names)
         text = f"Evaluated on {ev.describe()}"
-        if bool(scaling):
-            text += " Temperature scaling: T fitted on one half of these images and applied to the other, both ways."
+        mapped = [r for r in reports.values() if "calibrator" in r]
+        if mapped:
+            text += (f" Post-hoc calibrators ({', '.join(dict.fromkeys(r['calibrator'] for r in mapped))}): each fitted "
+                     f"on one half of these images (at least {min(r['fitted_on'] for r in mapped)}) and applied to the "
+                     "other, both ways; they need labelled images like these.")
+            changed = sorted({r["calibrator"] for r in mapped if r["argmax_changed"] > 0})
+            if changed:
+                text += f" {', '.join(changed)} changed some predicted classes, not only the confidence."
         text += " Advice on new images in Compare is now calibrated on this dataset."
         curves, rows = core.selective(ev, _fraction(cut))
         state = state.with_(calibration_dataset=dataset)
@@ -266,7 +292,8 @@ def _handlers(core):
         kept = {"figures": {"Reliability diagrams": diagram, "Confidence": histogram_fig,
                             "Classwise ECE (Kull) per class": bars},
                 "metrics": table, "estimators": others, "labels": labels, "title": text,
-                "settings": {"model": state.model, "bins": int(bins), "scaling": bool(scaling)}}
+                "settings": {"model": state.model, "bins": int(bins), "scaling": bool(scaling),
+                             "calibrators": list(calibrators or [])}}
         a, b = significance_pair(list(ev.probs))
         pairs = [(labels.get(h, h), h) for h in ev.probs]
         return (state, ev, kept, text, diagram, histogram_fig, table, others, bars,

@@ -15,9 +15,12 @@ from calibprompt.app.compare_view import (VERDICT_TEXT, advice_html, card_html, 
                                           slug)
 from calibprompt.app.wording import calibration_note, with_calibration_note
 from calibprompt.service.advice import AUTO
+from calibprompt.service.test_time import OFF, test_time_choices
 
 TABLE_COLUMNS = ["image", "method", "prediction", "confidence", "set", "advice"]
 AUTO_LABEL = "Auto: lowest ECE on the labelled images"
+#: the test-time menu: off, then each label-free method by its title
+TEST_TIME_CHOICES = test_time_choices()
 PREVIEW_SIDE = defaults.PREVIEW_SIDE  #: the preview kept per image (the long side, in pixels; see Core.assess)
 
 
@@ -40,6 +43,8 @@ def _frame_update(image: dict):
 
 def _note(found: dict, index: int) -> str:
     text = calibration_note(found["calibration"])
+    if found.get("test_time"):
+        text += " " + found["test_time"]
     if len(found["images"]) > 1:
         text += f" Showing {found['images'][index]['name']}; click another image to see its results."
     return f"<p class='cp-note'>{html.escape(text)}</p>"
@@ -70,15 +75,15 @@ def _gallery(found: dict, cache_dir: str | None = None) -> list:
     return items
 
 
-def _assess(core, state, images, heads, cov, answer_with, frames=None) -> dict:
+def _assess(core, state, images, heads, cov, answer_with, frames=None, test_time=None) -> dict:
     found = core.assess(state, images, heads or state.prompts, alpha=1 - float(cov) / 100,
-                        answer_with=answer_with or AUTO, frames=frames)
+                        answer_with=answer_with or AUTO, frames=frames, test_time=test_time)
     sources = [s for s, im in zip(images, found["images"]) if "error" not in im]
     errors = [im for im in found["images"] if "error" in im]
     good = [im for im in found["images"] if "error" not in im]  # previews: bounded copies (Core.assess)
     return {**found, "images": good, "errors": errors, "sources": sources, "coverage": float(cov),
             "labels": _labels(core, state),
-            "heads": list(heads or state.prompts), "answer_with": answer_with or AUTO}
+            "heads": list(heads or state.prompts), "answer_with": answer_with or AUTO, "test_time_method": test_time}
 
 
 def _shown(found: dict, index: int) -> tuple:
@@ -112,6 +117,10 @@ def _layout(samples: list[tuple[str, str]], prompts) -> dict:
                                        label="Prediction-set coverage (%)")
             ui["answer_with"] = gr.Dropdown(_answer_choices(prompts), value=AUTO, label="Answer with",
                                             info="The method the advice is for.", elem_id="answer-with")
+            ui["test_time"] = gr.Dropdown(TEST_TIME_CHOICES, value=OFF, label="Test-time calibration (no labels)",
+                                          info="Also tune each prompt on each image alone, without labels: "
+                                               "about a second per image and prompt on a CPU.",
+                                          elem_id="compare-test-time")
             ui["button"] = gr.Button("Compare", variant="primary", elem_id="compare-button")
         with gr.Column(scale=2):
             ui["preview"] = gr.Gallery(label="As the model saw it (click an image to see its results)", columns=6,
@@ -159,21 +168,21 @@ def _wire(core, shared, samples, ui: dict) -> None:
     public endpoints, ``/compare`` and ``/assess``."""
     outputs = [shared.state, ui["result"], ui["shown"], ui["preview"], ui["advice"], ui["frame"], ui["errors"]]
 
-    def run_compare(state, files, sample, heads, cov, answer_with, request: gr.Request):
+    def run_compare(state, files, sample, heads, cov, answer_with, test_time, request: gr.Request):
         try:
             state = session_for(core, state, request)
             images = file_paths(files) + ([sample] if sample else [])
-            found = handler(_assess)(core, state, images, heads, cov, answer_with)
+            found = handler(_assess)(core, state, images, heads, cov, answer_with, test_time=test_time)
             gallery = handler(_gallery)(found, ui["preview"].GRADIO_CACHE)
         except gr.Error as exc:  # shown in the page, so no component is left in an error state
             return state, None, 0, [], alert_html(exc.message), gr.update(visible=False), ""
         return (state, found, 0, gallery, *_shown(found, 0), errors_html(found["errors"]))
 
-    def rerun(found, state, files, sample, heads, cov, answer_with, request: gr.Request):
+    def rerun(found, state, files, sample, heads, cov, answer_with, test_time, request: gr.Request):
         """A changed answering method re-advises the images already compared (nothing to do before)."""
         if not found:
             return tuple(gr.update() for _ in outputs)
-        return run_compare(state, files, sample, heads, cov, answer_with, request)
+        return run_compare(state, files, sample, heads, cov, answer_with, test_time, request)
 
     def select_image(found, evt: gr.SelectData):
         if not found or not 0 <= evt.index < len(found["images"]):
@@ -187,7 +196,7 @@ def _wire(core, shared, samples, ui: dict) -> None:
             return gr.update(), gr.update(), gr.update()
         source = found["sources"][index]
         again = _assess(core, state, [source], found["heads"], found["coverage"], found["answer_with"],
-                        frames={0: int(number) - 1})
+                        frames={0: int(number) - 1}, test_time=found.get("test_time_method"))
         images = list(found["images"])
         images[index] = {**again["images"][0], "name": images[index]["name"]}
         found = {**found, "images": images}
@@ -212,7 +221,8 @@ def _wire(core, shared, samples, ui: dict) -> None:
         labels = _labels(core, session_for(core, state, request))
         return gr.update(choices=_answer_choices(prompts, labels), value=current if current in (prompts or []) else AUTO)
 
-    inputs = [shared.state, ui["files"], ui["sample"], shared.prompts, ui["coverage"], ui["answer_with"]]
+    inputs = [shared.state, ui["files"], ui["sample"], shared.prompts, ui["coverage"], ui["answer_with"],
+              ui["test_time"]]
     ui["thumbnails"].select(pick_sample, None, ui["sample"], api_visibility="private")
     ui["button"].click(run_compare, inputs, outputs, api_visibility="private")
     ui["answer_with"].input(rerun, [ui["result"], *inputs], outputs, api_visibility="private")

@@ -11,6 +11,7 @@ import statistics
 from typing import Any, Callable, Sequence
 
 from calibprompt import defaults
+from calibprompt.evaluation.calibrators import parse_calibrators
 from calibprompt.training.features import FeatureCache
 from calibprompt.runs.executors import Executor, JobGroup, local_executor
 from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, find_done_run, protocol_split, side_metrics
@@ -21,16 +22,16 @@ from calibprompt.runs.store import RunStore
 logger = logging.getLogger(__name__)
 
 __all__ = ["ROW_FIELDS", "LEARNER_ROW_FIELDS", "METRIC_FIELDS", "SIDES", "parse_methods", "parse_learners",
-           "parse_shots", "run_comparison", "summarize", "side_rows", "harmonic_mean"]
+           "parse_shots", "run_comparison", "summarize", "side_rows", "harmonic_mean", "calibrated_columns"]
 
 METRIC_FIELDS = ("accuracy", "ece", "mce", "ace", "nll", "brier", "mean_confidence")
 ROW_FIELDS = ("method", "seed") + METRIC_FIELDS + ("train_seconds",)
 #: the rows of a comparison over learners or protocols (``learners=``, several ``shots``, ``base_to_novel``,
 #: ``eval_dataset``): the learner first; ``shots``; ``side``, what the row was evaluated on (:data:`SIDES`);
-#: ``aurc``; and ``refused`` (why a learner x method, or a learner on a side, does not exist: its metrics
-#: None; "" for a row with results)
-LEARNER_ROW_FIELDS = ("learner", "method", "seed", "shots", "side") + METRIC_FIELDS + ("aurc", "train_seconds",
-                                                                                       "refused")
+#: ``aurc``; ``dac_accuracy``/``dac_ece`` (a novel row after DAC, None elsewhere); and ``refused`` (why a
+#: learner x method, or a learner on a side, does not exist: its metrics None; "" for a row with results)
+LEARNER_ROW_FIELDS = ("learner", "method", "seed", "shots", "side") + METRIC_FIELDS + (
+    "aurc", "dac_accuracy", "dac_ece", "train_seconds", "refused")
 #: ``side`` of a row: its run's own test split; the base and novel classes of a base-to-novel split and
 #: their harmonic mean (of accuracy and of ECE, the other metrics None); the training dataset's test split
 #: and the cross-domain dataset
@@ -82,8 +83,10 @@ def _protocol_row(learner: str, method: str, seed: int, shots: int, side: str, m
     """A row of :data:`LEARNER_ROW_FIELDS`; ``metrics`` None (refused) gives None metrics."""
     values = {k: (None if metrics is None or metrics.get(k) is None else float(metrics[k]))
               for k in METRIC_FIELDS + ("aurc",)}
+    dac = (metrics or {}).get("dac") or {}
     return {"learner": learner, "method": method, "seed": seed, "shots": shots, "side": side, **values,
-            "train_seconds": float(train_seconds), "refused": refused}
+            "dac_accuracy": dac.get("accuracy"), "dac_ece": dac.get("ece"), "train_seconds": float(train_seconds),
+            "refused": refused}
 
 
 def harmonic_mean(a: float | None, b: float | None) -> float | None:
@@ -160,7 +163,7 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
                    lr: float = defaults.LR, executor: Executor | None = None,
                    on_step: Callable | None = None, on_event: Callable | None = None,
                    learners: Sequence[str] | None = None, base_to_novel: bool = False,
-                   eval_dataset: str | None = None) -> list[dict[str, Any]]:
+                   eval_dataset: str | None = None, calibrators: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train and evaluate every method on every seed; returns one row per (method, seed), in seed then
     method order, with the fields of :data:`ROW_FIELDS` (fractions, not percent). ``protocol`` and
     ``precision`` are those of :class:`calibprompt.runs.jobs.TrainJob` (recorded with every run).
@@ -188,7 +191,12 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
     - ``base_to_novel``: train on the base half of the classes, evaluate on the base and on the novel half
       (sides ``base``, ``novel``, ``hm``; :mod:`calibprompt.data.class_splits`);
     - ``eval_dataset``: also evaluate on that dataset, with the same classes (sides ``source``, ``target``).
+
+    ``calibrators`` (:func:`calibprompt.evaluation.calibrators.list_calibrators`, not ``dac``): every row of a
+    run's own test split gains ``<name>_accuracy``, ``<name>_ece`` and ``<name>_nll``, its predictions mapped by
+    the calibrator cross-fitted on them (:func:`calibrated_columns`; None on the other sides and refused rows).
     """
+    calibrators = parse_calibrators(calibrators)
     shot_counts = parse_shots(shots)
     by_learner = learners is not None or len(shot_counts) > 1 or base_to_novel or bool(eval_dataset)
     plan = _Plan(learners=list(learners or [defaults.LEARNER]), sides=_sides(base_to_novel, eval_dataset),
@@ -211,7 +219,32 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
         groups = [JobGroup.create(store, [j for j in jobs if j.learner == learner], backbone)
                   for learner in dict.fromkeys(j.learner for j in jobs)]  # one group per learner (a Ray task each)
         executor(groups, store, on_step=on_step, on_done=plan.done, on_event=on_event)
-    return plan.ordered(methods, seeds, shot_counts)
+    rows = plan.ordered(methods, seeds, shot_counts)
+    for row in rows if calibrators else ():
+        row.update(calibrated_columns(row, calibrators, store, plan.zero_shot_probs, n_bins))
+    return rows
+
+
+def calibrated_columns(row: dict[str, Any], calibrators: Sequence[str], store: RunStore,
+                       zero_shot_probs: dict[tuple, tuple], n_bins: int) -> dict[str, float | None]:
+    """``<name>_accuracy``, ``<name>_ece``, ``<name>_nll`` of one row's predictions mapped by each calibrator,
+    cross-fitted on them (:func:`calibprompt.evaluation.calibrators.calibrator_reports` on the log-probabilities:
+    a per-image shift of the logits, which temperature scaling ignores and the others are defined on); None
+    where the row has no stored predictions (another side, a refused row)."""
+    import numpy as np
+
+    from calibprompt.evaluation.calibrators import calibrator_reports
+
+    empty = {f"{n}_{k}": None for n in calibrators for k in ("accuracy", "ece", "nll")}
+    if row.get("refused") or row.get("side") not in (None, "test", "base", "source"):
+        return empty
+    if row.get("run_id"):
+        stored = store.predictions(row["run_id"])
+        probs, labels = np.array([p["probs"] for p in stored]), np.array([p["label"] for p in stored])
+    else:
+        probs, labels = zero_shot_probs[(row.get("shots"), row["seed"])]
+    reports = calibrator_reports(np.log(np.clip(probs, 1e-12, 1.0)), labels, list(calibrators), n_bins=n_bins)
+    return {f"{r['calibrator']}_{k}": float(r[k]) for r in reports[1:] for k in ("accuracy", "ece", "nll")}
 
 
 class _Plan:
@@ -221,6 +254,7 @@ class _Plan:
                  on_result: Callable[[dict[str, Any]], None] | None):
         self.learners, self.sides, self.by_learner, self.on_result = learners, sides, by_learner, on_result
         self.rows: dict[tuple, dict[str, Any]] = {}
+        self.zero_shot_probs: dict[tuple, tuple] = {}  # (shots, seed) -> (probs, labels) of the own test split
 
     def add(self, row: dict[str, Any]) -> None:
         key = ((row["shots"], row["seed"], row["learner"], row["method"], row["side"]) if self.by_learner
@@ -274,6 +308,7 @@ class _Plan:
                                                      classes=settings.get("classes", "all"),
                                                      eval_dataset=settings.get("eval_dataset"))
         evaluation = evaluate_zero_shot(backbone, task_obj, test, cache, n_bins=settings["n_bins"], n_boot=n_boot)
+        self.zero_shot_probs[(shots if self.by_learner else None, seed)] = (evaluation.probs, evaluation.labels)
         if not self.by_learner:
             self.add(_row(ZERO_SHOT, seed, evaluation.report, 0.0))
             return

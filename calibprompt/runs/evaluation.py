@@ -46,11 +46,14 @@ if TYPE_CHECKING:  # the feature cache imports torchvision: loaded with the firs
     from calibprompt.training.features import FeatureCache
 
 __all__ = ["prompt_head", "never_trained_on", "trained_images", "relative_path", "predict_prompt", "evaluate_prompt",
-           "SplitEvaluation", "evaluate_split"]
+           "SplitEvaluation", "evaluate_split", "test_time_prompt", "evaluate_test_time", "TPT_INIT"]
+
+#: the context TPT starts from when there is no learned prompt (Shu et al.'s ``--ctx_init a_photo_of_a``)
+TPT_INIT = "a photo of a"
 
 def prompt_head(backbone: Any, task: Task, prompt: Any = None, name: str | None = None) -> Head:
     """``prompt`` as a head on ``backbone``: None gives the task's zero-shot head (each class's text feature
-    is the normalised mean over the templates); a checkpoint path or a
+    is the normalised mean over the templates); a checkpoint path (of any learner) or a
     :class:`~calibprompt.prompting.learner.PromptLearner` gives its learned head; a
     :class:`~calibprompt.prompting.engine.Head` is returned as is. ``name`` defaults to ``"zero-shot"`` or
     ``"prompt"``."""
@@ -62,6 +65,10 @@ def prompt_head(backbone: Any, task: Task, prompt: Any = None, name: str | None 
     if not isinstance(prompt, (str, os.PathLike, PromptLearner)):
         raise ValueError(f"A prompt to evaluate is None (zero-shot), a checkpoint path, a PromptLearner or a Head; "
                          f"got {type(prompt).__name__}.")
+    if not isinstance(prompt, PromptLearner):  # a checkpoint: any learner's (CoCoOp, an adapter, a probe...)
+        from calibprompt.training.learners import load_learner
+
+        return engine.add_learner(name or "prompt", prompt, loader=load_learner)
     return engine.add_prompt(name or "prompt", prompt)
 
 
@@ -145,6 +152,7 @@ class SplitEvaluation:
     task: Task
     test: LabeledImages
     evaluation: Evaluation
+    backbone: Any = None  #: the backbone it was evaluated on (loaded once; reused for test-time tuning)
 
 
 def evaluate_split(store: RunStore, *, model: str, dataset: str, task: str | None = None,
@@ -171,4 +179,48 @@ def evaluate_split(store: RunStore, *, model: str, dataset: str, task: str | Non
     except BaseException as exc:
         store.fail_run(run_id, failure_text(exc))
         raise
-    return SplitEvaluation(run_id, task_obj, test, result)
+    return SplitEvaluation(run_id, task_obj, test, result, backbone)
+
+
+def test_time_prompt(backbone: Any, task: Task, checkpoint: str | os.PathLike | None) -> PromptLearner:
+    """The prompt test-time tuning starts from: the checkpoint's learned context, or, for zero-shot, TPT's
+    hand-written context :data:`TPT_INIT` before the task's class names. ValueError in plain words for a
+    learner checkpoint without a context (an adapter, a linear probe)."""
+    from calibprompt.prompting.checkpoint import LEARNER_FORMAT, checkpoint_format, load_prompt
+
+    if checkpoint is None:
+        return PromptLearner(backbone, task.classnames, ctx_init=TPT_INIT).to(backbone.device)
+    if checkpoint_format(checkpoint) == LEARNER_FORMAT:
+        from calibprompt.training.learners import load_learner
+        from calibprompt.training.test_time import resolve_prompt
+
+        return resolve_prompt(load_learner(checkpoint, backbone)[0])  # ValueError: no learned context
+    return load_prompt(checkpoint, backbone)[0]
+
+
+def evaluate_test_time(backbone: Any, task: Task, test: LabeledImages, prompt: PromptLearner, method: str, *,
+                       n_bins: int = defaults.N_BINS, on_image=None) -> dict[str, Any]:
+    """Label-free test-time prompt tuning (:func:`calibprompt.training.test_time.test_time_predict`) of
+    ``prompt`` on each of the ``test`` images, scored against their labels afterwards (the labels are used
+    only to measure): ``{"method", "title", "needs", <metrics>, "aurc", "images", "seconds_per_image",
+    "n_views", "steps", "weight", "untuned": <the same prompt's metrics without tuning>}``."""
+    from calibprompt.evaluation.selective import risk_coverage
+    from calibprompt.training.test_time import get_test_time, test_time_predict
+
+    spec = get_test_time(method)
+    tuned = test_time_predict(backbone, prompt, test.paths, spec.name, on_image=on_image)
+    labels = np.asarray(test.labels)
+    names = [str(p) for p in test.paths]
+
+    def scored(probs: np.ndarray) -> dict[str, Any]:
+        report = evaluate_probs(probs, labels, names, task.classnames, n_bins=n_bins, n_boot=0).report
+        keys = ("accuracy", "ece", "mce", "ace", "nll", "brier", "mean_confidence")
+        return {**{k: float(report[k]) for k in keys}, "aurc": risk_coverage(probs, labels)["aurc"]}
+
+    from calibprompt.training.features import FeatureCache
+
+    untuned = predict_prompt(backbone, task, prompt, FeatureCache(backbone).plain(test.paths)).probs
+    return {"method": spec.name, "title": spec.title, "needs": spec.needs, **scored(tuned.probs),
+            "images": len(labels), "seconds_per_image": tuned.seconds_per_image, "n_views": tuned.n_views,
+            "steps": tuned.steps, "weight": tuned.weight, "untuned": scored(untuned)}
+

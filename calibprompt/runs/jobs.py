@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from calibprompt import defaults
@@ -32,7 +33,7 @@ from calibprompt.prompting.learner import PromptLearner
 from calibprompt.training.learners import save_learner
 from calibprompt.training.learners.transfer import for_classes
 from calibprompt.evaluation.selective import risk_coverage
-from calibprompt.evaluation.report import Evaluation
+from calibprompt.evaluation.report import Evaluation, evaluate_probs
 from calibprompt.runs.evaluation import evaluate_prompt
 from calibprompt.training.features import FeatureCache, FreshViews
 from calibprompt.training.losses import build_objective
@@ -385,7 +386,7 @@ def evaluate_trained(prepared: PreparedJob, result, backbone, run_id: str, *, n_
                "protocol": job.protocol, "protocol_settings": result.settings,
                "aurc": risk_coverage(evaluation.probs, evaluation.labels)["aurc"]}
     if prepared.sides:
-        metrics["sides"] = evaluate_sides(prepared, result.learner, backbone, n_boot=n_boot)
+        metrics["sides"] = evaluate_sides(prepared, result.learner, backbone, n_boot=n_boot, base=evaluation)
     metadata = {
         "run_id": run_id, "task": task.to_dict(), "method": job.method, "loss_params": result.objective_params,
         "seed": job.seed, "shots": job.shots, "config": result.config.to_dict(), "dataset": prepared.dataset_root,
@@ -415,11 +416,14 @@ def side_metrics(evaluation: Evaluation) -> dict[str, Any]:
     return {**{k: float(report[k]) for k in SIDE_FIELDS}, "test_images": int(len(evaluation.labels))}
 
 
-def evaluate_sides(prepared: PreparedJob, learner, backbone, *, n_boot: int = defaults.N_BOOT) -> dict[str, Any]:
+def evaluate_sides(prepared: PreparedJob, learner, backbone, *, n_boot: int = defaults.N_BOOT,
+                   base: Evaluation | None = None) -> dict[str, Any]:
     """The trained ``learner`` on each of the job's other sides (:class:`Side`): ``{name: metrics}``
     (:func:`side_metrics`, plus ``classes`` and ``dataset``), or ``{name: {"refused": why}}`` where the learner
     cannot be applied (a learner with a weight per class on the novel classes, :mod:`~calibprompt.training.
-    learners.transfer`). The novel classes get the learner transferred to their names."""
+    learners.transfer`). The novel classes get the learner transferred to their names, and, with ``base``
+    (the evaluation on the base classes' test images, with logits) and class text features, their metrics
+    after DAC in ``"dac"`` (:func:`novel_with_dac`)."""
     out: dict[str, Any] = {}
     for side in prepared.sides:
         where = {"classes": list(side.task.classnames), "dataset": side.dataset}
@@ -435,7 +439,48 @@ def evaluate_sides(prepared: PreparedJob, learner, backbone, *, n_boot: int = de
         evaluation = evaluate_prompt(backbone, side.task, side.images, head, features=side.features,
                                      n_bins=prepared.job.n_bins, n_boot=n_boot)
         out[side.name] = {**side_metrics(evaluation), **where}
+        if side.name == "novel" and base is not None:
+            dac = novel_with_dac(learner, trained, prepared.zero_shot_text, zero_shot, base, evaluation,
+                                 n_bins=prepared.job.n_bins)
+            if dac is not None:
+                out[side.name]["dac"] = dac
     return out
+
+
+def _class_text(learner) -> torch.Tensor | None:
+    """A learner's class text features (K, D), or None for a learner without fixed ones (CoCoOp's vary per image)."""
+    with torch.no_grad():
+        if isinstance(learner, PromptLearner):
+            return learner.encode_text(normalize=True).float().cpu()
+        if getattr(learner, "meta_net", None) is not None or not hasattr(learner, "class_text_features"):
+            return None
+        text = learner.class_text_features()
+        return None if text is None else text.detach().float().cpu()
+
+
+def novel_with_dac(learner, novel_learner, zero_shot_base, zero_shot_novel, base: Evaluation, novel: Evaluation, *,
+                   n_bins: int = defaults.N_BINS) -> dict[str, Any] | None:
+    """The novel classes' predictions after DAC (Wang et al., ICML 2024;
+    :class:`calibprompt.evaluation.calibrators.DACCalibrator`): ``softmax(s_pred * z / T)`` with ``T`` fitted on
+    the base classes' labelled test logits (as the paper fits temperature scaling on base data) and the
+    per-class scales from the distances of the novel classes' text features to the base ones. No novel label
+    is used to calibrate. None when a learner has no fixed class text features (CoCoOp) or no logits."""
+    from calibprompt.evaluation.calibrators import create_calibrator
+    from calibprompt.evaluation.metrics import fit_temperature
+
+    texts = (_class_text(novel_learner), _class_text(learner))
+    if any(t is None for t in texts) or base.logits is None or novel.logits is None:
+        return None
+    temperature = fit_temperature(base.logits, base.labels)
+    dac = create_calibrator("dac", text_features=texts[0].numpy(), trained_text_features=texts[1].numpy(),
+                            zero_shot_text_features=np.asarray(zero_shot_novel),
+                            zero_shot_trained_text_features=np.asarray(zero_shot_base), temperature=False)
+    dac.fit(novel.logits, np.zeros(len(novel.labels), dtype=int))  # temperature=False: the labels are not used
+    probs = dac.transform(novel.logits / temperature)
+    report = evaluate_probs(probs, novel.labels, [str(i) for i in range(len(novel.labels))], novel.classnames,
+                            n_bins=n_bins, n_boot=0).report
+    return {**{k: float(report[k]) for k in ("accuracy", "ece", "nll", "brier", "mean_confidence")},
+            "temperature": float(temperature), "fitted_on": int(len(base.labels))}
 
 
 def learner_head_of(backbone, learner):

@@ -19,6 +19,7 @@ from calibprompt.data.images import load_image
 from calibprompt.data.metadata import image_metadata
 from calibprompt.evaluation.ood import modality_mismatch, unknown_words
 from calibprompt.service.advice import CalibrationData, assess_image, choose_answering_method, fit_calibration
+from calibprompt.service.test_time import test_time_answers
 
 if TYPE_CHECKING:
     from calibprompt.service.core import Core
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ComparedImage", "check_image_count", "compare", "compare_api", "calibration_source", "calibration_data",
            "assess", "assess_api", "read_image", "bounded_preview", "calibration_summary", "no_data_reason"]
+
+
+#: what every test-time tuned answer says of itself
+TUNED_NOTE = ("Tuned on this image alone at test time, without labels: its confidence may be better calibrated, but "
+              "no labelled image checked this answer.")
 
 
 @dataclass
@@ -166,7 +172,7 @@ def calibration_summary(calibration: CalibrationData | None, no_data: str) -> di
 
 def assess(core: Core, state: SessionState, images: Sequence[Any], heads: Sequence[str] = (),
            alpha: float = defaults.ALPHA, answer_with: str | None = None,
-           frames: Mapping[int, int] | None = None) -> dict[str, Any]:
+           frames: Mapping[int, int] | None = None, test_time: str | None = None) -> dict[str, Any]:
     """Refer / answer / not-checked advice for each image (the rules: :mod:`calibprompt.service.advice`),
     with each image as the model saw it and what was read from its file.
 
@@ -175,8 +181,12 @@ def assess(core: Core, state: SessionState, images: Sequence[Any], heads: Sequen
 
     Returns ``{"images": [{"name", "preview" (PIL), "metadata", "verdict", "answering_method", "checks",
     "methods", "ood", "refer", "reasons", "notes"} or {"name", "error"}], "calibration": where the advice
-    comes from, or why there is none (:func:`calibration_summary`), "vocabulary": str}``; a preview is a
-    copy at most ``defaults.PREVIEW_SIDE`` pixels on its long side (the model saw the full image)."""
+    comes from, or why there is none (:func:`calibration_summary`), "vocabulary": str, "test_time": what
+    test-time tuning did (:mod:`calibprompt.service.test_time`; "" without)}``; a preview is a copy at most
+    ``defaults.PREVIEW_SIDE`` pixels on its long side (the model saw the full image).
+
+    ``test_time`` (``tpt``, ``c-tpt``, ...): each chosen prompt is also tuned on each image without labels and
+    answers as ``"<prompt> + <method>"``, advised on its own (never checked by labelled images)."""
     check_image_count(images)
     chosen = core.resolve_heads(state, heads)
     choose_answering_method(list(chosen), None, answer_with)  # a clear error before any work
@@ -185,6 +195,7 @@ def assess(core: Core, state: SessionState, images: Sequence[Any], heads: Sequen
     good = [r for r in read if "error" not in r]
     if not good:
         raise ValueError(" ".join(r["error"] for r in read))
+    tuned = test_time_answers(core, state, list(chosen), [r["preview"] for r in good], test_time)
     feats = model.engine.image_features([r["preview"] for r in good])
     for r in good:  # the model saw the full image; what is kept (in a session, too) is a bounded copy
         r["preview"] = bounded_preview(r["preview"])
@@ -198,8 +209,17 @@ def assess(core: Core, state: SessionState, images: Sequence[Any], heads: Sequen
                               calibration, task.classnames, metadata=r["metadata"], unknown=unknown,
                               modality_reason=modality_mismatch(r["metadata"], task.modality or ""),
                               answer_with=answer_with, no_data_reason=no_data))
+        if tuned.probs:  # advised on their own, so that they never change the chosen prompts' advice
+            extra = assess_image({h: p[j] for h, p in tuned.probs.items()}, feats[j:j + 1].numpy(), calibration,
+                                 task.classnames, metadata=r["metadata"], unknown=unknown,
+                                 modality_reason=modality_mismatch(r["metadata"], task.modality or ""),
+                                 no_data_reason=no_data)["methods"]
+            for entry in extra.values():
+                entry["notes"].append(TUNED_NOTE)
+            r["methods"].update(extra)
     vocabulary = good[0]["checks"]["vocabulary"]["detail"] if unknown else ""
-    return {"images": read, "calibration": calibration_summary(calibration, no_data), "vocabulary": vocabulary}
+    return {"images": read, "calibration": calibration_summary(calibration, no_data), "vocabulary": vocabulary,
+            "test_time": tuned.note}
 
 
 def _api_accuracy(acc: dict[str, Any] | None) -> dict[str, Any] | None:

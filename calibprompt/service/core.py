@@ -180,9 +180,9 @@ class Core:
 
     def assess(self, state: SessionState, images: Sequence[Any], heads: Sequence[str] = (),
                alpha: float = defaults.ALPHA, answer_with: str | None = None,
-               frames: Mapping[int, int] | None = None) -> dict[str, Any]:
+               frames: Mapping[int, int] | None = None, test_time: str | None = None) -> dict[str, Any]:
         """See :func:`calibprompt.service.compare.assess`."""
-        return compare_service.assess(self, state, images, heads, alpha, answer_with, frames)
+        return compare_service.assess(self, state, images, heads, alpha, answer_with, frames, test_time)
 
     def assess_api(self, image: Any, task: str | None = None) -> dict[str, Any]:
         """See :func:`calibprompt.service.compare.assess_api`."""
@@ -275,9 +275,10 @@ class Core:
         return evaluation_service.evaluate(self, state, dataset, heads)
 
     def calibration(self, state: SessionState, dataset: str, heads: Sequence[str] = (), n_bins: int = defaults.N_BINS,
-                    temperature_scaling: bool = True) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
+                    temperature_scaling: bool = True,
+                    calibrators: Sequence[str] = ()) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
         """See :func:`calibprompt.service.evaluation.calibration`."""
-        return evaluation_service.calibration(self, state, dataset, heads, n_bins, temperature_scaling)
+        return evaluation_service.calibration(self, state, dataset, heads, n_bins, temperature_scaling, calibrators)
 
     @staticmethod
     def significance(ev: EvaluationSet, a: str = "calibprompt", b: str = "coop",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from calibprompt.service.session import SessionState
 
 __all__ = ["EvaluationSet", "evaluation_images", "evaluate", "calibration", "significance", "significance_pair",
-           "selective", "cross_fitted_temperature", "cross_fitted_sets", "SIGNIFICANCE_BOOT", "SELECTIVE_COVERAGES"]
+           "selective", "post_hoc_maps", "cross_fitted_sets", "SIGNIFICANCE_BOOT", "SELECTIVE_COVERAGES"]
 
 #: paired-bootstrap resamples of the significance test: its p-value resolution is 2 / 2000 = 0.001
 SIGNIFICANCE_BOOT = 2000
@@ -100,10 +100,14 @@ def evaluate(core: Core, state: SessionState, dataset: str, heads: Sequence[str]
 
 
 def calibration(core: Core, state: SessionState, dataset: str, heads: Sequence[str] = (),
-                n_bins: int = defaults.N_BINS,
-                temperature_scaling: bool = True) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
-    """Calibration reports per head (and, with ``temperature_scaling``, per temperature-scaled head:
-    T fitted on one half of the evaluation images and applied to the other, both ways).
+                n_bins: int = defaults.N_BINS, temperature_scaling: bool = True,
+                calibrators: Sequence[str] = ()) -> tuple[dict[str, dict[str, Any]], EvaluationSet]:
+    """Calibration reports per head, and per head mapped by each post-hoc calibrator: ``"<head> + TS"`` with
+    ``temperature_scaling``, ``"<head> + <name>"`` for each of ``calibrators``
+    (:func:`calibprompt.evaluation.calibrators.list_calibrators`; ``dac`` is refused: it needs a prompt
+    evaluated on classes it was not trained on). Each map is fitted on one half of the evaluation images
+    and applied to the other, both ways (:func:`~calibprompt.evaluation.calibrators.cross_fit`); its report
+    records ``calibrator``, ``fitted_on`` (the smaller half), ``argmax_changed`` and, for TS, ``temperature``.
 
     Each head's report carries a ``card``: ``kde_ece`` (the authors'), ``smooth_ece``, ``debiased_ece``,
     ``per_class_ece_true`` (the authors' per-class ECE: the top-label ECE within each true class, averaged)
@@ -114,6 +118,7 @@ def calibration(core: Core, state: SessionState, dataset: str, heads: Sequence[s
     from calibprompt.runs.requests import check_number
 
     n_bins = check_number("n_bins", n_bins)  # 8.5, NaN or text refused, naming the field
+    maps = post_hoc_maps(temperature_scaling, calibrators)
     ev = evaluate(core, state, dataset, heads)
     reports = {}
     for head in ev.probs:
@@ -126,13 +131,34 @@ def calibration(core: Core, state: SessionState, dataset: str, heads: Sequence[s
             "per_class_ece_true": float(np.nanmean(per_class_ece(p, ev.labels, by="true", n_bins=int(n_bins)))),
             "classwise_ece": float(reports[head]["classwise_ece_mean"]),
         }
-        if temperature_scaling and len(ev.labels) >= 4:
-            scaled, temps = cross_fitted_temperature(ev.logits[head], ev.labels)
-            report = evaluate_probs(scaled, ev.labels, ev.paths, ev.task.classnames, n_bins=int(n_bins),
-                                    n_boot=defaults.N_BOOT_INTERACTIVE).report
-            report["temperature"] = float(np.mean(temps))
-            reports[f"{head} + TS"] = report
+        if len(ev.labels) >= 4:
+            for name, label in maps:
+                reports[f"{head} + {label}"] = _mapped_report(ev, head, name, int(n_bins))
     return reports, ev
+
+
+def post_hoc_maps(temperature_scaling: bool, calibrators: Sequence[str]) -> list[tuple[str, str]]:
+    """``[(calibrator, row label)]``: TS first (``"TS"``), then the others by registry name (ValueError naming
+    them for an unknown one; ``dac`` refused in plain words)."""
+    from calibprompt.evaluation.calibrators import parse_calibrators
+
+    names = (["temperature"] if temperature_scaling else []) + parse_calibrators(calibrators)
+    return [(n, "TS" if n == "temperature" else n) for n in dict.fromkeys(names)]
+
+
+def _mapped_report(ev: EvaluationSet, head: str, name: str, n_bins: int) -> dict[str, Any]:
+    """The report of ``head`` mapped by calibrator ``name``, cross-fitted on the evaluation images."""
+    from calibprompt.evaluation.calibrators import cross_fit
+    from calibprompt.evaluation.report import evaluate_probs
+
+    fit = cross_fit(name, ev.logits[head], ev.labels)
+    report = evaluate_probs(fit.probs, ev.labels, ev.paths, ev.task.classnames, n_bins=n_bins,
+                            n_boot=defaults.N_BOOT_INTERACTIVE).report
+    report.update(calibrator=name, fitted_on=int(min(fit.fitted_on)), seconds=float(fit.seconds),
+                  argmax_changed=float(np.mean(fit.probs.argmax(1) != ev.probs[head].argmax(1))))
+    if name == "temperature":
+        report["temperature"] = float(np.mean([p["temperature"] for p in fit.params]))
+    return report
 
 
 def significance_pair(heads: Sequence[str]) -> tuple[str | None, str | None]:
@@ -180,21 +206,6 @@ def selective(ev: EvaluationSet, threshold: float) -> tuple[dict[str, dict[str, 
                      "aurc": float(curves[head]["aurc"]),
                      "accuracy_at": {c: float(selective_accuracy(probs, ev.labels, c)) for c in SELECTIVE_COVERAGES}})
     return curves, rows
-
-
-def cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """Temperature scaling fitted on the even-indexed half and applied to the odd one, and the other way."""
-    from calibprompt.evaluation.metrics import apply_temperature, fit_temperature
-
-    idx = np.arange(len(labels))
-    halves = (idx % 2 == 0, idx % 2 == 1)
-    out = np.empty_like(logits, dtype=np.float64)
-    temps = []
-    for fit, apply in (halves, halves[::-1]):
-        t = fit_temperature(logits[fit], labels[fit])
-        out[apply] = apply_temperature(logits[apply], t)
-        temps.append(t)
-    return out, temps
 
 
 def cross_fitted_sets(ev: EvaluationSet, alpha: float = defaults.ALPHA) -> dict[str, np.ndarray] | None:
