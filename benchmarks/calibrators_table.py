@@ -20,9 +20,9 @@ Accuracy, ECE and AURC in %, mean ± std over seeds; seconds per image for the t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
+from pathlib import Path
 import time
 from typing import Any, Sequence
 
@@ -39,6 +39,9 @@ from calibprompt.evaluation.selective import risk_coverage
 from calibprompt.runs.compare import run_comparison
 from calibprompt.runs.evaluation import evaluate_prompt, evaluate_test_time, test_time_prompt
 from calibprompt.runs.store import RunStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper
+from _report import write_outputs  # noqa: E402
 
 POST_HOC = [n for n in list_calibrators() if n != "dac"]
 TEST_TIME = ("c-tpt", "o-tpt")
@@ -127,13 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = (f"Demo world, {args.shots} shots, seeds {args.seeds}, {args.epochs} epochs; test-time rows on "
             f"{args.tt_per_class} test images per class ({seconds:.0f} s on this machine, reused runs included)\n\n"
             + table(rows))
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"rows": rows, "seconds": seconds}, fh, indent=2)
+    write_outputs(text, args.markdown, args.json, {"rows": rows, "seconds": seconds})
     return 0
 
 

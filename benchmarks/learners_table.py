@@ -21,9 +21,9 @@ learner with a weight per class on novel classes are reported as such, not left 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
+from pathlib import Path
 import time
 from typing import Any, Sequence
 
@@ -36,6 +36,9 @@ from calibprompt.evaluation.card import paired_bootstrap
 from calibprompt.runs.compare import parse_learners, run_comparison
 from calibprompt.runs.store import RunStore
 from calibprompt.training.learners import list_learners
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper
+from _report import write_outputs  # noqa: E402
 
 METHODS = ("coop", "calibprompt")
 
@@ -147,14 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"900 test images)\n\n{all_classes_table(rows, paired)}")
     if b2n:
         text += f"\n**Base-to-novel** (5 base, 4 novel classes)\n\n{base_to_novel_table(b2n)}"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"rows": rows, "base_to_novel": b2n, "seconds": seconds,
-                       "paired": [{"learner": k[0], "method": k[1], **v} for k, v in paired.items()]}, fh, indent=2)
+    write_outputs(text, args.markdown, args.json,
+                  {"rows": rows, "base_to_novel": b2n, "seconds": seconds,
+                   "paired": [{"learner": k[0], "method": k[1], **v} for k, v in paired.items()]})
     return 0
 
 

@@ -102,3 +102,10 @@ def test_fast_paths_writes_its_ratios_from_its_own_timings(tmp_path):
     assert demo["to_read"] == pytest.approx(demo["seconds"] / demo["read_seconds"])
     with pytest.raises(SystemExit, match="--boot must be a whole number >= 1"):
         _load("fast_paths").main(["--boot", "0"])
+
+
+@pytest.mark.parametrize("name", ["learners_table", "calibrators_table"])
+def test_the_table_benchmarks_load_and_take_their_options(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        _load(name).main(["--help"])
+    assert done.value.code == 0 and "--seeds" in capsys.readouterr().out

@@ -223,7 +223,7 @@ def test_with_logins_bob_cannot_use_alices_page(world):
     from calibprompt.app.page_binding import REFUSAL
 
     compare = alice.dep("compare-button")
-    data = [None, None, _sample(alice), ["zero-shot"], 90, "auto"]
+    data = [None, None, _sample(alice), ["zero-shot"], 90, "auto", "off"]  # ..., answer with, test-time tuning
     assert alice.call(compare, data).get("success")  # alice's page is live
     refused = bob.join(compare, data, session=alice.session)
     assert refused.status_code == 403 and refused.json()["detail"] == REFUSAL
