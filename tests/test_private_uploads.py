@@ -209,7 +209,8 @@ class Events:
 
 def _calibrate(dataset):
     return {"calibration-dataset": dataset, "prompts": ["zero-shot"], "calibration-bins": 10,
-            "calibration-ts": False, "calibration-layout": "side by side", "threshold": 80}
+            "calibration-ts": False, "calibration-calibrators": [], "calibration-layout": "side by side",
+            "threshold": 80}
 
 
 def _find(dataset):

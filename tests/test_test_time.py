@@ -250,3 +250,18 @@ def test_paths_and_pil_images_give_the_same_answer(tiny_native, prompt, images, 
     from_path = tt.test_time_predict(tiny_native, prompt, [path], "a-tpt", n_views=7)
     from_pil = tt.test_time_predict(tiny_native, prompt, images[:1], "a-tpt", n_views=7)
     np.testing.assert_array_equal(from_path.probs, from_pil.probs)
+
+
+def test_several_prompts_share_each_images_views_and_answer_as_alone(tiny_native, prompt, images, monkeypatch):
+    from calibprompt.training import features
+
+    other = PromptLearner(tiny_native, CLASSES, n_ctx=4, generator=torch.Generator().manual_seed(7))
+    alone = {name: tt.test_time_predict(tiny_native, p, images, "c-tpt", n_views=5).probs
+             for name, p in (("a", prompt), ("b", other))}
+    calls = []
+    real = features.encode_pixels
+    monkeypatch.setattr(features, "encode_pixels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    together = tt.test_time_predict_many(tiny_native, {"a": prompt, "b": other}, images, "c-tpt", n_views=5)
+    assert len(calls) == len(images)  # one encoder pass per image, not one per image and prompt
+    for name in ("a", "b"):
+        assert np.allclose(together[name].probs, alone[name], atol=1e-6)

@@ -59,23 +59,24 @@ def test_time_answers(core: Core, state: SessionState, heads: Sequence[str], ima
     """Each chosen prompt of ``heads`` tuned without labels on each of ``images`` (PIL) by ``method``
     (:func:`calibprompt.training.test_time.list_test_time`; None or :data:`OFF`: nothing). ValueError naming
     the methods for an unknown one."""
-    from calibprompt.training.test_time import get_test_time, test_time_predict
+    from calibprompt.training.test_time import get_test_time, resolve_prompt, test_time_predict_many
 
     out = TestTimeAnswers()
     if not method or method == OFF:
         return out
     spec = get_test_time(method)
-    backbone, views = core.loaded(state).backbone, None
+    prompts = {}
     for name in heads:
         try:
-            prompt = _prompt_of(core, state, name)
+            prompts[f"{name} + {spec.title}"] = resolve_prompt(_prompt_of(core, state, name))
         except ValueError as exc:
             out.skipped[name] = str(exc)
-            continue
-        result = test_time_predict(backbone, prompt, list(images), spec.name)
-        label = f"{name} + {spec.title}"
-        out.probs[label], out.seconds_per_image[label] = result.probs, result.seconds_per_image
-        views = result.n_views
+    views = None
+    if prompts:  # each image's views encoded once for every prompt
+        results = test_time_predict_many(core.loaded(state).backbone, prompts, list(images), spec.name)
+        for label, result in results.items():
+            out.probs[label], out.seconds_per_image[label] = result.probs, result.seconds_per_image
+            views = result.n_views
     done = ", ".join(f"{n} ({s:.1f} s per image)" for n, s in out.seconds_per_image.items())
     if not out.probs:
         out.note = f"{spec.title}: none of the chosen prompts can be tuned at test time ({'; '.join(out.skipped.values())})."

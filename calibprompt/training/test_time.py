@@ -64,7 +64,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ from calibprompt.prompting.learner import PromptLearner
 
 __all__ = ["TestTimeMethod", "TestTimeResult", "TEST_TIME_METHODS", "list_test_time", "get_test_time",
            "select_confident", "marginal_entropy", "atfd", "orthogonality", "angular_diversity",
-           "test_time_loss", "test_time_predict", "resolve_prompt"]
+           "test_time_loss", "test_time_predict", "test_time_predict_many", "resolve_prompt"]
 
 #: A-TPT's clamp of the cosine before arccos (``--tau_term`` in the authors' scripts)
 A_TPT_TAU = 0.99999
@@ -341,38 +341,60 @@ def test_time_predict(backbone, prompt, images: Sequence, method: str = "c-tpt",
 
     Returns a :class:`TestTimeResult`. The caller's context is never written (a private copy of it is
     tuned and reset to the learned values before each image), so it is bit-identical afterwards, even on
-    an exception, and concurrent calls on one prompt are safe.
+    an exception, and concurrent calls on one prompt are safe. Several prompts on the same images:
+    :func:`test_time_predict_many` (each image's views encoded once for all of them).
     """
+    return test_time_predict_many(backbone, {"prompt": prompt}, images, method, n_views=n_views, top=top,
+                                  steps=steps, lr=lr, seed=seed, on_image=on_image)["prompt"]
+
+
+def test_time_predict_many(backbone, prompts: Mapping[str, Any], images: Sequence, method: str = "c-tpt", *,
+                           n_views: int = 63, top: float = 0.1, steps: int = 1, lr: float = 5e-3, seed: int = 0,
+                           on_image: Callable[[int, int], None] | None = None) -> dict[str, TestTimeResult]:
+    """:func:`test_time_predict` for several prompts (``{name: prompt}``) on the same images: each image's
+    1 + ``n_views`` views are encoded once and every prompt is tuned on them (the image encoder runs once per
+    view, whatever the number of prompts). Each result's ``seconds_per_image`` is its tuning plus its share
+    of the encoding."""
     spec = get_test_time(method)
     _check_args(n_views, top, steps, lr)
-    learned = resolve_prompt(prompt)
+    learned = {name: resolve_prompt(p) for name, p in prompts.items()}
     images = list(images)
-    if not images:
-        raise ValueError("No images were given.")
+    if not images or not learned:
+        raise ValueError("No images were given." if not images else "No prompt was given.")
     from calibprompt.imaging import load_image
     from calibprompt.training.features import _SeededAugment, train_transform
 
     augment = _SeededAugment(train_transform(backbone.preprocess))
     scale = float(backbone.logit_scale)
-    original = learned.ctx.detach().clone()
-    tuned = _private_copy(learned)  # the caller's prompt is only read
-    ctx = tuned.ctx
-    rows, start = [], time.perf_counter()
+    originals = {n: p.ctx.detach().clone() for n, p in learned.items()}
+    tuned = {n: _private_copy(p) for n, p in learned.items()}  # the callers' prompts are only read
+    rows: dict[str, list] = {n: [] for n in learned}
+    seconds = dict.fromkeys(learned, 0.0)
     try:
         for index, image in enumerate(images):
+            start = time.perf_counter()
             image = image if getattr(image, "mode", None) == "RGB" else load_image(image)
-            feats = _view_features(backbone, image, augment, int(n_views), seed).to(ctx.device)
-            rows.append(_tune_and_predict(tuned, feats, scale, spec, top, int(steps), lr).cpu().double())
-            with torch.no_grad():  # the next image starts from the learned prompt
-                ctx.copy_(original)
-            ctx.grad = None
+            feats = _view_features(backbone, image, augment, int(n_views), seed)
+            shared = (time.perf_counter() - start) / len(learned)
+            for name, prompt in tuned.items():
+                start = time.perf_counter()
+                ctx = prompt.ctx
+                rows[name].append(_tune_and_predict(prompt, feats.to(ctx.device), scale, spec, top, int(steps),
+                                                    lr).cpu().double())
+                with torch.no_grad():  # the next image starts from the learned prompt
+                    ctx.copy_(originals[name])
+                ctx.grad = None
+                seconds[name] += shared + time.perf_counter() - start
             if on_image is not None:
                 on_image(index + 1, len(images))
     finally:
-        assert torch.equal(learned.ctx.detach(), original), "the prompt's context changed"
-    seconds = (time.perf_counter() - start) / len(images)
-    return TestTimeResult(torch.stack(rows).numpy(), seconds, spec.name, int(n_views), int(steps), float(top),
-                          float(lr), float(spec.weight), max(1, int((1 + int(n_views)) * float(top))))
+        for name, prompt in learned.items():
+            assert torch.equal(prompt.ctx.detach(), originals[name]), "the prompt's context changed"
+    kept = max(1, int((1 + int(n_views)) * float(top)))
+    return {name: TestTimeResult(torch.stack(rows[name]).numpy(), seconds[name] / len(images), spec.name,
+                                 int(n_views), int(steps), float(top), float(lr), float(spec.weight), kept)
+            for name in learned}
 
 
 test_time_predict.__test__ = False
+test_time_predict_many.__test__ = False
