@@ -33,6 +33,7 @@ binning and temperature scaling do not look at classes.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -350,7 +351,7 @@ def dac_class_scales(
 # ---------------------------------------------------------------------------
 # Classes: thin, fit(logits, labels) -> self, transform(logits) -> probs
 # ---------------------------------------------------------------------------
-class Calibrator:
+class Calibrator(ABC):
     """A post-hoc calibrator: :meth:`fit` on labelled logits, then :meth:`transform` logits to probabilities.
 
     Class attributes: ``name`` (registry key), ``title``, ``reference`` (paper and code followed),
@@ -385,15 +386,17 @@ class Calibrator:
                              f"on {self.num_classes}.")
         return self._transform(z)
 
+    @abstractmethod
     def params(self) -> dict:
         """The fitted parameters as a JSON-able dict of floats and lists."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fit(self, z: np.ndarray, y: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fit on validated logits (N, K) and labels (N,)."""
 
+    @abstractmethod
     def _transform(self, z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Probabilities (N, K) from validated logits (N, K)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fitted_on={self.fitted_on})"
