@@ -105,16 +105,18 @@ def all_classes_table(rows: list[dict[str, Any]], paired: dict[tuple, dict[str, 
 
 
 def base_to_novel_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| learner | loss | base acc % | novel acc % | HM acc % | base ECE % | novel ECE % | HM ECE % |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| learner | loss | base acc % | novel acc % | HM acc % | base ECE % | novel ECE % | HM ECE % | "
+             "novel ECE + DAC % |", "|---|---|---|---|---|---|---|---|---|"]
     for learner, method in dict.fromkeys((r["learner"], r["method"]) for r in rows):
         side = {s: [r for r in rows if (r["learner"], r["method"], r["side"]) == (learner, method, s)]
                 for s in ("base", "novel", "hm")}
         if all(r["refused"] for r in side["base"]):
-            lines.append(f"| {learner} | {method} | refused: needs learned class text features (AS) |||||||")
+            lines.append(f"| {learner} | {method} | refused: needs learned class text features (AS) ||||||||")
             continue
         cells = [_pm([r[m] for r in side[s]]) if not any(r["refused"] for r in side[s]) else "n/a¹"
                  for m in ("accuracy", "ece") for s in ("base", "novel", "hm")]
+        dac = [r["dac_ece"] for r in side["novel"] if r.get("dac_ece") is not None]
+        cells.append(_pm(dac) if len(dac) == len(side["novel"]) else "-")
         lines.append(f"| {learner} | {method} | " + " | ".join(cells) + " |")
     lines.append("\n¹ the learner learns a weight (or cache values) per training class: it has none for a novel class.")
     return "\n".join(lines) + "\n"

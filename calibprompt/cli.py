@@ -591,7 +591,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                            dry_run=args.dry_run, progress=progress, max_batch_prompts=args.max_batch_prompts,
                            n_boot=defaults.N_BOOT_TABLE, on_event=_ray_event,
                            executor=None if args.dry_run else _ray_executor(args, defaults.N_BOOT_TABLE),
-                           on_step=steps.update if not args.dry_run else None, learners=learners)
+                           on_step=steps.update if not args.dry_run else None, calibrators=args.calibrators or (), learners=learners)
     finally:
         if bar is not None:
             bar.close()
@@ -1036,6 +1036,9 @@ def _add_reproduce_parser(sub) -> None:
                    help=f"ECE points within which a row matches (default {defaults.TOLERANCE:g})")
     p.add_argument("--bins", type=_bounded("bins"), default=defaults.N_BINS, help=f"calibration bins (default {defaults.N_BINS})")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--calibrators", metavar="A,B",
+                   help="post-hoc calibrators cross-fitted on each cell's test predictions (temperature, vector, "
+                        "dirichlet, histogram, isotonic): the table gains an 'ECE + name' column per calibrator")
     p.add_argument("--dry-run", action="store_true", help="list the cells, the paper's values and missing data; run nothing")
     _add_batch_arguments(p)
     _add_ray_arguments(p)

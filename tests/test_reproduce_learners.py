@@ -154,3 +154,30 @@ def test_the_papers_values_apply_to_coop_rows_only(calibprompt_home):
     assert md[0].startswith("| Backbone | Dataset | Learner | Method |") and md[3].startswith("| b | d | clap | coop |")
     assert rp.table_markdown([coop]).startswith("| Backbone | Dataset | Method |")  # coop only: no column
     assert "learner" not in rp.table_csv([coop]).splitlines()[0]
+
+
+def test_the_table_gains_a_column_per_post_hoc_calibrator(learner_run, monkeypatch):
+    import numpy as np
+
+    from calibprompt.evaluation import metrics as M
+    from calibprompt.runs.reproduce import reproduce
+
+    store = learner_run["store"]
+    monkeypatch.setenv("CALIBPROMPT_HOME", str(store.path.parent))
+    result = reproduce("demo", "zeroshot,coop", "1", model="demo", shots=2, epochs=1, store=store, dry_run=True,
+                       learners="coop", calibrators="temperature")
+    row = next(r for r in result.table if (r["dataset"], r["method"]) == ("demo", "coop"))
+    stored = store.predictions(row["run_ids"][0])
+    z = np.log(np.clip(np.array([p["probs"] for p in stored]), 1e-12, 1.0))  # probabilities below 1e-12 clipped
+    y = np.array([p["label"] for p in stored])
+    mapped = np.empty_like(z)
+    even, odd = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    for fit_on, apply_to in ((even, odd), (odd, even)):
+        mapped[apply_to] = M.apply_temperature(z[apply_to], M.fit_temperature(z[fit_on], y[fit_on]))
+    assert row["temperature_ece_mean"] == pytest.approx(100 * M.expected_calibration_error(mapped, y), abs=1e-6)
+    zero_shot = next(r for r in result.table if (r["dataset"], r["method"]) == ("demo", "zeroshot"))
+    assert zero_shot["temperature_ece_mean"] is not None  # its evaluate run's predictions
+    assert "ECE + temperature (%)" in result.markdown().splitlines()[0]
+    assert "temperature_ece_mean" in result.csv().splitlines()[0]
+    with pytest.raises(ValueError, match="Leave dac out"):
+        reproduce("demo", "coop", "1", model="demo", store=store, dry_run=True, calibrators="dac")

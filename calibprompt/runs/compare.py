@@ -228,8 +228,9 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
 def calibrated_columns(row: dict[str, Any], calibrators: Sequence[str], store: RunStore,
                        zero_shot_probs: dict[tuple, tuple], n_bins: int) -> dict[str, float | None]:
     """``<name>_accuracy``, ``<name>_ece``, ``<name>_nll`` of one row's predictions mapped by each calibrator,
-    cross-fitted on them (:func:`calibprompt.evaluation.calibrators.calibrator_reports` on the log-probabilities:
-    a per-image shift of the logits, which temperature scaling ignores and the others are defined on); None
+    cross-fitted on them (:func:`calibprompt.evaluation.calibrators.calibrator_reports` on the log-probabilities,
+    probabilities below 1e-12 clipped: a per-image shift of the logits, which temperature scaling ignores and the
+    others are defined on); None
     where the row has no stored predictions (another side, a refused row)."""
     import numpy as np
 

@@ -41,6 +41,7 @@ from calibprompt import defaults
 from calibprompt.data.layouts import few_shot_split
 from calibprompt.data.sources import get_registered_dataset
 from calibprompt.paths import datasets_dir
+from calibprompt.evaluation.calibrators import parse_calibrators
 from calibprompt.runs.compare import ZERO_SHOT, parse_learners, parse_methods
 from calibprompt.runs.executors import Executor, JobGroup, local_executor
 from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, failure_text, find_done_run, open_dataset
@@ -52,7 +53,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PAPER_PAIRS", "DEMO_PAIRS", "SUITES", "PROTOCOLS", "DEFAULT_METHODS", "DEFAULT_SEEDS", "DEFAULT_TOLERANCE",
     "CELL_STATUSES", "PAPER_LEARNERS", "PAPER_RESULTS_FILE", "Cell", "Reproduction", "paper_results", "paper_value", "parse_seeds",
-    "dataset_available", "plan_cells", "reproduce", "build_table", "within_tolerance", "table_markdown",
+    "dataset_available", "plan_cells", "reproduce", "build_table", "add_calibrated", "within_tolerance",
+    "table_markdown",
     "table_csv",
 ]
 
@@ -333,6 +335,27 @@ def build_table(cells: Sequence[Cell], tolerance: float = DEFAULT_TOLERANCE) -> 
     return table
 
 
+def add_calibrated(table: Sequence[dict[str, Any]], store: RunStore, calibrators: Sequence[str],
+                   n_bins: int = defaults.N_BINS) -> None:
+    """Give each row ``<name>_ece_mean`` / ``<name>_ece_std`` (percent, over its seeds) for each post-hoc
+    calibrator, its runs' stored test predictions mapped by the calibrator cross-fitted on them
+    (:func:`calibprompt.runs.compare.calibrated_columns`); None for a row without results."""
+    from calibprompt.runs.compare import calibrated_columns
+
+    for row in table:
+        found = [calibrated_columns({"run_id": run_id, "seed": 0}, calibrators, store, {}, n_bins)
+                 for run_id in row["run_ids"]]
+        for name in calibrators:
+            mean, std = _mean_std([100.0 * f[f"{name}_ece"] for f in found])
+            row[f"{name}_ece_mean"], row[f"{name}_ece_std"] = mean, std
+
+
+def _calibrated_names(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The calibrators a table's rows carry (:func:`add_calibrated`), in order."""
+    return [key[:-len("_ece_mean")] for key in (table[0] if table else {}) if key.endswith("_ece_mean")
+            and key != "ece_mean"]
+
+
 def _shows_learners(table: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a table needs its learner column: some row's learner is neither coop nor zero-shot."""
     return any(row.get("learner", defaults.LEARNER) not in PAPER_LEARNERS for row in table)
@@ -358,14 +381,16 @@ def table_markdown(table: Sequence[Mapping[str, Any]], tolerance: float | None =
     tol = tolerance if tolerance is not None else (table[0]["tolerance"] if table else DEFAULT_TOLERANCE)
     learners = _shows_learners(table)
     names = ["Backbone", "Dataset"] + (["Learner"] if learners else []) + ["Method"]
-    head = names + ["Seeds", "Acc (%)", "ECE (%)", "Paper ECE", "Δ ECE", "Paper Acc", f"Within ±{tol:g}", "Status"]
+    calibrated = _calibrated_names(table)
+    head = names + ["Seeds", "Acc (%)", "ECE (%)", *(f"ECE + {n} (%)" for n in calibrated), "Paper ECE", "Δ ECE",
+                    "Paper Acc", f"Within ±{tol:g}", "Status"]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join([":--"] * len(names) + [":-:"] * (len(head) - len(names))) + "|"]
     for row in table:
         learner = [row.get("learner", defaults.LEARNER)] if learners else []
         cells = [row["backbone"], row["dataset"], *learner, row["method"], ",".join(map(str, row["seeds"])) or "-",
                  _pm(row["accuracy_mean"], row["accuracy_std"]), _pm(row["ece_mean"], row["ece_std"]),
-                 _num(row["paper_ece"]), _num(row["ece_diff"], signed=True), _num(row["paper_accuracy"]),
+                 *(_pm(row[f"{n}_ece_mean"], row[f"{n}_ece_std"]) for n in calibrated), _num(row["paper_ece"]), _num(row["ece_diff"], signed=True), _num(row["paper_accuracy"]),
                  _within_text(row["within"]), row["status"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -382,6 +407,8 @@ def table_csv(table: Sequence[Mapping[str, Any]]) -> str:
     columns = list(CSV_COLUMNS)
     if _shows_learners(table):
         columns.insert(columns.index("dataset") + 1, "learner")
+    for name in reversed(_calibrated_names(table)):
+        columns[columns.index("ece_std") + 1:columns.index("ece_std") + 1] = [f"{name}_ece_mean", f"{name}_ece_std"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -521,7 +548,7 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
               progress: Callable[[dict[str, Any]], None] | None = None, on_step: Callable | None = None,
               max_batch_prompts: int | None = defaults.MAX_BATCH_PROMPTS, executor: Executor | None = None,
               on_event: Callable[[dict], None] | None = None,
-              learners: str | Sequence[str] | None = None) -> Reproduction:
+              learners: str | Sequence[str] | None = None, calibrators: str | Sequence[str] = ()) -> Reproduction:
     """Run every todo cell of ``suite`` (see :func:`plan_cells`), reuse the done ones, and build the
     table (:func:`build_table`). With ``dry_run`` nothing runs: the cells keep their planned status.
 
@@ -541,8 +568,10 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
     text-encoder pass, ``n_boot`` resamples). They all ``start``, then each is ``done`` when recorded.
     ``on_step(run_id, info)`` gets their steps, ``on_event`` the executor's events (a Ray task's start,
     retry, failure). A failed training run raises (its failure is recorded in the store); running again
-    resumes after the last finished cell."""
+    resumes after the last finished cell. ``calibrators`` (post-hoc, :func:`~calibprompt.evaluation.calibrators.
+    parse_calibrators`): each table row gains ``<name>_ece_mean`` / ``_std`` (:func:`add_calibrated`)."""
     within_tolerance(0.0, 0.0, tolerance)
+    calibrators = parse_calibrators(calibrators)  # ValueError naming them, before anything runs
     store = store or RunStore()
     cells = plan_cells(suite, methods, seeds, protocol, shots=shots, epochs=epochs, n_bins=n_bins, model=model,
                        store=store, learners=learners)
@@ -578,4 +607,6 @@ def reproduce(suite: str = "paper", methods: str | Sequence[str] = DEFAULT_METHO
         executor = executor or local_executor(max_batch_prompts=max_batch_prompts, n_boot=n_boot)
         executor(groups, store, on_step=on_step, on_done=done, on_event=on_event)
     result.table = build_table(cells, tolerance)
+    if calibrators:
+        add_calibrated(result.table, store, calibrators, n_bins)
     return result
