@@ -14,7 +14,8 @@ from calibprompt import defaults
 from calibprompt.evaluation.calibrators import parse_calibrators
 from calibprompt.training.features import FeatureCache
 from calibprompt.runs.executors import Executor, JobGroup, local_executor
-from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, find_done_run, protocol_split, side_metrics
+from calibprompt.runs.jobs import TrainJob, evaluate_zero_shot, find_done_run
+from calibprompt.runs.sides import protocol_split, side_metrics
 from calibprompt.training.losses import get_method
 from calibprompt.backbones import load_backbone
 from calibprompt.runs.store import RunStore
