@@ -120,3 +120,16 @@ def test_parse_learners_names_the_learners():
     assert parse_learners("coop, LPP,coop") == ["coop", "lp++"]
     with pytest.raises(ValueError, match="clip-adapter"):
         parse_learners("coop,adapter-x")
+
+
+def test_a_feature_learners_random_start_follows_the_runs_seed(tiny_native):
+    """CLIP-Adapter's MLP starts at random: the run's seed fixes it, whatever ran before in the process."""
+    feats = torch.nn.functional.normalize(torch.randn(12, 2, tiny_native.embed_dim, generator=torch.Generator().manual_seed(3)), dim=-1)
+    labels = torch.arange(12) % 3
+    states = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        config = TrainConfig(method="ls", learner="clip-adapter", seed=5, learner_params={"epochs": 2})
+        result = train_prompts(tiny_native, ["a", "b", "c"], feats, labels, config)
+        states.append({k: v.clone() for k, v in result.learner.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -19,6 +19,7 @@ instead of a feature tensor, and each step encodes its batch anew.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -413,7 +414,10 @@ def train_features(backbone, classnames: Sequence[str], features: torch.Tensor, 
     params = {k: v for k, v in config.learner_params.items() if k not in defaults.LEARNER_RECIPE_KEYS}
     if zero_shot_text is not None:
         params.setdefault("zero_shot_text", F.normalize(zero_shot_text.float(), dim=-1))
-    params = {**get_learner(config.learner).data_params(len(labels)), **params}  # e.g. Tip-Adapter's cache size
+    cls = get_learner(config.learner)
+    params = {**cls.data_params(len(labels)), **params}  # e.g. Tip-Adapter's cache size
+    if "generator" in inspect.signature(cls.__init__).parameters:  # a random initialisation, seeded by the run
+        params.setdefault("generator", torch.Generator().manual_seed(int(config.seed)))
     learner = create_learner(config.learner, backbone, list(classnames), **params).to(backbone.device)
     epochs = int({**learner.defaults, **recipe}.get("epochs", 1))
     start = time.perf_counter()
