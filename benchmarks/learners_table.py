@@ -55,10 +55,10 @@ def _stacked(store: RunStore, run_ids: Sequence[str]) -> tuple[np.ndarray, np.nd
     """The runs' per-image probabilities stacked over seeds (N * S, K), labels and image keys in the same order."""
     probs, labels, keys = [], [], []
     for run_id in run_ids:
-        rows = sorted(store.predictions(run_id), key=lambda r: r["path"])
+        rows = sorted(store.predictions(run_id), key=lambda r: Path(r["path"]).parts[-3:])
         probs.append(np.array([r["probs"] for r in rows], dtype=np.float64))
         labels.extend(int(r["label"]) for r in rows)
-        keys.extend(f"{run_id[-4:]}:{r['path']}" for r in rows)
+        keys.extend(f"{run_id[-4:]}:{'/'.join(Path(r['path']).parts[-3:])}" for r in rows)  # split/class/file
     return np.concatenate(probs), np.array(labels), keys
 
 
