@@ -26,10 +26,10 @@ from pathlib import Path
 import time
 from typing import Any, Sequence
 
-import numpy as np
 
 from calibprompt import defaults
 from calibprompt.backbones import load_backbone
+from calibprompt.data.class_splits import stratified_subset
 from calibprompt.data.layouts import few_shot_split
 from calibprompt.data.resolve import open_dataset
 from calibprompt.demo import register
@@ -45,14 +45,6 @@ from _report import write_outputs  # noqa: E402
 
 POST_HOC = [n for n in list_calibrators() if n != "dac"]
 TEST_TIME = ("c-tpt", "o-tpt")
-
-
-def _subset(images, per_class: int, seed: int = 0):
-    """``per_class`` images of each class, drawn once with ``seed`` (the same subset for every prompt)."""
-    rng = np.random.default_rng(seed)
-    keep = [int(i) for label in sorted(set(images.labels))
-            for i in rng.permutation([j for j, y in enumerate(images.labels) if y == label])[:per_class]]
-    return images.subset(sorted(keep))
 
 
 def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -120,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for seed in seeds:
         _, test = few_shot_split(dataset, args.shots, seed)
-        subset = _subset(test, args.tt_per_class)
+        subset = stratified_subset(test, args.tt_per_class)
         checkpoints = {"zero-shot": None, **{r["method"]: store.get_run(r["run_id"]).checkpoint
                                              for r in runs if r["seed"] == seed}}
         for name, checkpoint in checkpoints.items():

@@ -265,10 +265,13 @@ def _test_time(args: argparse.Namespace, done, checkpoint) -> dict:
 
     from calibprompt.runs.evaluation import evaluate_test_time, test_time_prompt
 
+    from calibprompt.data.class_splits import stratified_subset
+
     prompt = test_time_prompt(done.backbone, done.task, checkpoint)
-    with tqdm(total=len(done.test), desc=f"test-time {args.test_time}", unit="image", file=sys.stderr,
+    images = stratified_subset(done.test, args.test_time_per_class) if args.test_time_per_class else done.test
+    with tqdm(total=len(images), desc=f"test-time {args.test_time}", unit="image", file=sys.stderr,
               leave=False) as bar:
-        return evaluate_test_time(done.backbone, done.task, done.test, prompt, args.test_time, n_bins=args.bins,
+        return evaluate_test_time(done.backbone, done.task, images, prompt, args.test_time, n_bins=args.bins,
                                   on_image=lambda i, n: bar.update(1))
 
 
@@ -963,6 +966,9 @@ def _add_evaluate_parser(sub) -> None:
                    help="label-free test-time prompt tuning of the prompt on each test image: tpt, c-tpt, o-tpt, "
                         "a-tpt (63 augmented views and one step per image: about a second per image on a CPU; "
                         "the JSON gains 'test_time')")
+    p.add_argument("--test-time-per-class", type=_bounded("shots"), metavar="K",
+                   help="tune at test time on K test images per class only (a seeded stratified subset; default: "
+                        "every test image), since each image costs a backward pass")
     p.add_argument("--alpha", action=_Moved, metavar="A",
                    message="--alpha is the loss's smoothing weight (train, compare); the conformal level of "
                            f"evaluate is --coverage, e.g. --coverage {defaults.COVERAGE:g} for "

@@ -74,6 +74,22 @@ def test_evaluate_test_time_tunes_without_touching_the_prompt(dataset, tiny_nati
     assert 0 <= tt["ece"] <= 1 and tt["untuned"]["accuracy"] == pytest.approx(run.metrics["accuracy"])
     assert open(weights, "rb").read() == before
     assert main(["evaluate", "--run", run.id, "--test-time", "magic"]) == 2
+    assert main(["evaluate", "--run", run.id, "--test-time", "tpt", "--test-time-per-class", "1", "--json",
+                 str(report)]) == 0  # a seeded stratified subset: one test image of each of the 3 classes
+    assert json.loads(report.read_text())["test_time"]["images"] == 3
+
+
+def test_a_stratified_subset_keeps_each_class_and_its_seed():
+    from calibprompt.data.class_splits import stratified_subset
+    from calibprompt.data.layouts import LabeledImages, Sample
+
+    images = LabeledImages("/d", ["a", "b"], ["a", "b"], [Sample(f"/d/{i}.png", i % 2) for i in range(10)])
+    picked = stratified_subset(images, 2, seed=3)
+    assert sorted(picked.labels) == [0, 0, 1, 1] and picked.paths == stratified_subset(images, 2, seed=3).paths
+    assert [str(p) for p in picked.paths] == sorted((str(p) for p in picked.paths), key=lambda p: int(p[3:-4]))
+    assert len(stratified_subset(images, 9).paths) == 10  # fewer images than asked: all of them
+    with pytest.raises(ValueError, match="at least 1"):
+        stratified_subset(images, 0)
 
 
 def test_a_learner_run_evaluates_but_cannot_be_tuned_at_test_time(dataset, tiny_native, calibprompt_home, capsys,

@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 from calibprompt.data.layouts import Dataset, LabeledImages
 
-__all__ = ["SIDES", "base_novel_classes", "restrict_classes", "evaluation_images", "check_same_classes"]
+__all__ = ["SIDES", "base_novel_classes", "restrict_classes", "evaluation_images", "check_same_classes",
+           "stratified_subset"]
 
 #: what a training run's classes are: all of them, or the base half of a base-to-novel split
 SIDES = ("all", "base")
@@ -63,3 +66,17 @@ def check_same_classes(source_ids: Sequence[str], target: Dataset, source_name: 
         raise ValueError(f"A cross-domain evaluation needs the same classes in the same order: {source_name!r} has "
                          f"{', '.join(source_ids)}, but {target.name!r} has {', '.join(target.class_ids)}. "
                          "Name a dataset of the same task.")
+
+
+def stratified_subset(images: LabeledImages, per_class: int, seed: int = 0) -> LabeledImages:
+    """At most ``per_class`` images of each class, drawn with ``numpy.random.default_rng(seed)`` (the same
+    subset for the same images and seed), in their original order: what an expensive evaluation (test-time
+    tuning) runs on when asked for fewer images."""
+    if int(per_class) < 1:
+        raise ValueError(f"Images per class must be at least 1, got {per_class}.")
+    rng = np.random.default_rng(int(seed))
+    labels = np.asarray(images.labels)
+    keep = [int(i) for label in sorted(set(labels.tolist()))
+            for i in rng.permutation(np.flatnonzero(labels == label))[:int(per_class)]]
+    return images.subset(sorted(keep))
+
