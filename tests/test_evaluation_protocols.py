@@ -175,9 +175,14 @@ def test_cross_domain_rows_and_a_target_of_other_classes(tiny_native, five, five
     assert target["test_images"] == 10 and target["dataset"] == str(five_shifted)  # its 5 x 2 test images
     assert target["ece"] == pytest.approx(rows[3]["ece"]) and rows[3]["ece"] != pytest.approx(rows[2]["ece"])
     other = make_three(tmp_path / "three")
+    before = len(store.list_runs())
     with pytest.raises(ValueError, match="same classes"):
         run_comparison("tiny-random", str(five), ["coop"], [1], shots=2, epochs=1, n_boot=10,
                        backbone=tiny_native, eval_dataset=str(other), store=store)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        run_comparison("tiny-random", str(other), ["coop"], [1], shots=1, epochs=1, backbone=tiny_native,
+                       base_to_novel=True, store=store)
+    assert len(store.list_runs()) == before  # refused before any run was recorded
 
 
 def make_three(root: Path) -> Path:

@@ -56,16 +56,18 @@ def evaluation_images(dataset: Dataset) -> LabeledImages:
     return images
 
 
-def check_same_classes(source_ids: Sequence[str], target: Dataset, source_name: str) -> None:
-    """Refuse a cross-domain target whose classes differ from the source's (ids and order).
+def check_same_classes(source_ids: Sequence[str], target: Dataset, source_name: str,
+                       target_name: str | None = None) -> None:
+    """Refuse a cross-domain target whose classes differ from the source's (ids and order); the datasets are
+    named as the user named them (``target_name``, default the target's folder name).
 
     Raises:
         ValueError: naming both class lists.
     """
     if list(source_ids) != list(target.class_ids):
         raise ValueError(f"A cross-domain evaluation needs the same classes in the same order: {source_name!r} has "
-                         f"{', '.join(source_ids)}, but {target.name!r} has {', '.join(target.class_ids)}. "
-                         "Name a dataset of the same task.")
+                         f"{', '.join(source_ids)}, but {(target_name or target.name)!r} has "
+                         f"{', '.join(target.class_ids)}. Name a dataset of the same task.")
 
 
 def stratified_subset(images: LabeledImages, per_class: int, seed: int = 0) -> LabeledImages:

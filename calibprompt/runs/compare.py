@@ -202,6 +202,9 @@ def run_comparison(model: str, dataset: str, methods: Sequence[str], seeds: Sequ
     by_learner = learners is not None or len(shot_counts) > 1 or base_to_novel or bool(eval_dataset)
     plan = _Plan(learners=list(learners or [defaults.LEARNER]), sides=_sides(base_to_novel, eval_dataset),
                  by_learner=by_learner, on_result=on_result)
+    if base_to_novel or eval_dataset:  # a protocol the data cannot follow is refused before any run exists
+        protocol_split(dataset, task, shot_counts[0], seeds[0], classes="base" if base_to_novel else "all",
+                       eval_dataset=eval_dataset)
     store = store or RunStore()
     backbone = backbone if backbone is not None else load_backbone(model, device=device)
     settings = dict(model=model, dataset=dataset, task=task, epochs=epochs, device=str(backbone.device),

@@ -60,7 +60,7 @@ def protocol_split(dataset: str, task: str | Task | None, shots: int, seed: int,
                                  restrict_classes(test, base))
     if eval_dataset:
         _, target = open_dataset(eval_dataset)  # its own classes: compared with the source's, not forced
-        check_same_classes(ds.class_ids, target, str(dataset))
+        check_same_classes(ds.class_ids, target, str(dataset), str(eval_dataset))
         sides.append(Side("target", task_obj, evaluation_images(target), str(eval_dataset)))
     return task_obj, ds, train, test, sides
 
