@@ -283,6 +283,9 @@ def _handlers(core):
             changed = sorted({r["calibrator"] for r in mapped if r["argmax_changed"] > 0})
             if changed:
                 text += f" {', '.join(changed)} changed some predicted classes, not only the confidence."
+        elif scaling or calibrators:
+            text += (f" No post-hoc calibrator was fitted: they need at least 4 labelled images (one half to fit, "
+                     f"the other to measure), and these are {len(ev.labels)}.")
         text += " Advice on new images in Compare is now calibrated on this dataset."
         curves, rows = core.selective(ev, _fraction(cut))
         state = state.with_(calibration_dataset=dataset)
