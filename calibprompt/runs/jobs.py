@@ -312,8 +312,10 @@ def prepare_jobs(jobs: Sequence[TrainJob], backbone, cache: FeatureCache | None 
 
     engines: dict[str, Engine] = {}
     prepared = []
-    for side in (side for *_, sides in splits.values() for side in sides):
+    for side in (side for *_, sides in splits.values() for side in sides):  # once per side, whatever its runs
         side.features = plain[[test_row[str(p)] for p in side.images.paths]]
+        if side.name == "novel":
+            side.zero_shot_text = _zero_shot_engine(backbone, side.task).heads["zero-shot"].text_features
     for job in jobs:
         task, dataset, train, test, sides = splits[_split_key(job)]
         if fresh[id(job)]:

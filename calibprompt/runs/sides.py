@@ -34,13 +34,16 @@ __all__ = ["Side", "protocol_split", "SIDE_FIELDS", "side_metrics", "evaluate_si
 class Side:
     """Images a trained run is evaluated on besides its own test split: the novel classes of a base-to-novel
     split (``name="novel"``) or another dataset with the same classes (``name="target"``); ``features``
-    (N, D) are filled by :func:`prepare_jobs`."""
+    (N, D) and, for the novel side, ``zero_shot_text`` are filled once by
+    :func:`calibprompt.runs.jobs.prepare_jobs`, however many runs share the side."""
 
     name: str
     task: Task
     images: LabeledImages
     dataset: str
     features: Any = None
+    #: the side's zero-shot class text features (K', D) for the novel classes (filled once by prepare_jobs)
+    zero_shot_text: Any = None
 
 
 def protocol_split(dataset: str, task: str | Task | None, shots: int, seed: int, *, classes: str = "all",
@@ -89,8 +92,7 @@ def evaluate_sides(prepared, learner, backbone, *, n_boot: int = defaults.N_BOOT
         try:
             trained = learner
             if side.name == "novel":
-                zero_shot = Engine(backbone).add_zero_shot("zero-shot", side.task).text_features
-                trained = for_classes(learner, backbone, side.task.classnames, zero_shot_text=zero_shot)
+                trained = for_classes(learner, backbone, side.task.classnames, zero_shot_text=side.zero_shot_text)
         except ValueError as exc:
             out[side.name] = {"refused": str(exc), **where}
             continue
@@ -99,7 +101,7 @@ def evaluate_sides(prepared, learner, backbone, *, n_boot: int = defaults.N_BOOT
                                      n_bins=prepared.job.n_bins, n_boot=n_boot)
         out[side.name] = {**side_metrics(evaluation), **where}
         if side.name == "novel" and base is not None:
-            dac = novel_with_dac(learner, trained, prepared.zero_shot_text, zero_shot, base, evaluation,
+            dac = novel_with_dac(learner, trained, prepared.zero_shot_text, side.zero_shot_text, base, evaluation,
                                  n_bins=prepared.job.n_bins)
             if dac is not None:
                 out[side.name]["dac"] = dac

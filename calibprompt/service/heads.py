@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from calibprompt.service.session import SessionState
 
 __all__ = ["LEARNED", "finished_runs", "default_prompt", "prompt_options", "prompt_choices", "zero_shot_head",
-           "prompt_head", "resolve_heads", "split_head_name", "head_name",
+           "prompt_head", "resolve_heads", "checkpoint_for", "split_head_name", "head_name",
            "PLAIN_LEARNER"]
 
 #: the learned methods whose default prompt a session can pick by name
@@ -156,7 +156,7 @@ def _learner_checkpoint_head(model: LoadedBackbone, checkpoint: str) -> Head:
     return learner_head("prompt", learner, metadata)
 
 
-def _checkpoint_for(core: Core, state: SessionState, name: str, task: Task) -> str:
+def checkpoint_for(core: Core, state: SessionState, name: str, task: Task) -> str:
     """The checkpoint behind a learned head's name (``coop``, ``calibprompt``, ``learner/method`` or
     ``run:<id>``)."""
     if name in LEARNED or "/" in name:
@@ -187,7 +187,7 @@ def resolve_heads(core: Core, state: SessionState, names: Sequence[str] = ()) ->
         if name == "zero-shot":
             heads[name] = zero_shot_head(core, model, task)
             continue
-        head = prompt_head(core, model, _checkpoint_for(core, state, name, task))
+        head = prompt_head(core, model, checkpoint_for(core, state, name, task))
         if head.classnames != task.classnames:
             raise ValueError(f"The prompt {name} was trained for the classes {head.classnames}, not for the task "
                              f"{task.name!r} ({task.classnames}).")

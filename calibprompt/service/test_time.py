@@ -48,10 +48,10 @@ class TestTimeAnswers:
 def _prompt_of(core: Core, state: SessionState, name: str):
     """The PromptLearner test-time tuning starts from for the chosen head ``name`` (ValueError: none)."""
     from calibprompt.runs.evaluation import test_time_prompt
-    from calibprompt.service.heads import _checkpoint_for
+    from calibprompt.service.heads import checkpoint_for
 
     task, backbone = state.task_object(), core.loaded(state).backbone
-    return test_time_prompt(backbone, task, None if name == "zero-shot" else _checkpoint_for(core, state, name, task))
+    return test_time_prompt(backbone, task, None if name == "zero-shot" else checkpoint_for(core, state, name, task))
 
 
 def test_time_answers(core: Core, state: SessionState, heads: Sequence[str], images: Sequence[Any],
